@@ -1,0 +1,64 @@
+//! Command-line types only; `main.rs` runs them.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "outpost", version, about = "Build immutable appliance images for health facilities with poor connectivity")]
+pub struct Cli {
+    /// Layer cache directory [default: $OUTPOST_CACHE, else ~/.cache/outpost]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print a machine-readable JSON report on stdout instead of progress
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image definition into raw and qcow2 disks, manifest.json and SHA256SUMS
+    Build {
+        /// Image definition, e.g. images/demo.toml
+        image: PathBuf,
+        /// Output directory
+        #[arg(long, value_name = "DIR", default_value = "out")]
+        out: PathBuf,
+    },
+    /// Print the resolved layers in order with their cache keys; builds nothing
+    Plan {
+        /// Image definition, e.g. images/demo.toml
+        image: PathBuf,
+    },
+    /// Boot an image under QEMU and check a scenario's assertions
+    Test {
+        /// Scenario, e.g. qemu-tests/debian-base.toml
+        scenario: PathBuf,
+        /// Boot this disk instead of building the scenario's image
+        #[arg(long, value_name = "PATH")]
+        image: Option<PathBuf>,
+        /// Where the console log, overlay and (if built) image go [default: a new directory under /var/tmp]
+        #[arg(long, value_name = "DIR")]
+        work: Option<PathBuf>,
+    },
+    /// Inspect or prune the layer cache
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// List missing host tools and the Debian packages that provide them
+    Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cached layers
+    Ls,
+    /// Remove cached layers no given image uses, and leftovers of interrupted builds
+    Gc {
+        /// Image definitions whose layers to keep [default: images/*.toml]
+        images: Vec<PathBuf>,
+    },
+}

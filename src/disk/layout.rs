@@ -1,0 +1,161 @@
+//! Partition layout maths, pure: where each partition starts and ends, and its GUIDs, derived
+//! from the image's inputs so two builds of the same inputs lay out the same bytes.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub const SECTOR: u64 = 512;
+/// Partitions start on 1 MiB boundaries (what every partitioning tool does since 2010).
+pub const ALIGN: u64 = 1 << 20;
+/// The backup GPT: 32 sectors of entries and the header.
+const BACKUP_GPT: u64 = 33 * SECTOR;
+
+/// Discoverable Partitions Specification type GUIDs.
+pub mod types {
+    pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+    pub const ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
+    pub const VAR: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Esp,
+    Root,
+    Data,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Partition {
+    pub role: Role,
+    pub label: String,
+    pub type_guid: Uuid,
+    pub guid: Uuid,
+    pub first_lba: u64,
+    pub last_lba: u64,
+}
+
+impl Partition {
+    pub fn offset(&self) -> u64 {
+        self.first_lba * SECTOR
+    }
+
+    pub fn size(&self) -> u64 {
+        (self.last_lba + 1 - self.first_lba) * SECTOR
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    pub disk_guid: Uuid,
+    pub size: u64,
+    pub partitions: Vec<Partition>,
+}
+
+impl Layout {
+    pub fn get(&self, role: Role) -> &Partition {
+        self.partitions.iter().find(|p| p.role == role).expect("every layout has all roles")
+    }
+}
+
+/// A version-4-shaped UUID from sha256(seed, what): stable for the same inputs, distinct per use.
+pub fn derive_uuid(seed: &str, what: &str) -> Uuid {
+    let mut h = Sha256::new();
+    h.update(seed.as_bytes());
+    h.update([0]);
+    h.update(what.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_random_bytes(b).into_uuid()
+}
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Lays out ESP, root and data partitions, in that order, each aligned to 1 MiB.
+pub fn plan(esp: u64, root: u64, data: u64, seed: &str) -> Layout {
+    let mut partitions = Vec::new();
+    let mut at = ALIGN;
+    for (role, label, ty, size) in [
+        (Role::Esp, "esp", types::ESP, esp),
+        (Role::Root, "root-x86-64", types::ROOT_X86_64, root),
+        (Role::Data, "data", types::VAR, data),
+    ] {
+        let size = align_up(size);
+        partitions.push(Partition {
+            role,
+            label: label.to_string(),
+            type_guid: Uuid::parse_str(ty).expect("constant GUIDs parse"),
+            guid: derive_uuid(seed, &format!("partition {label}")),
+            first_lba: at / SECTOR,
+            last_lba: (at + size) / SECTOR - 1,
+        });
+        at += size;
+    }
+    // Room for the backup GPT, rounded so the disk is a whole number of MiB (qemu-img and
+    // cloud importers like that).
+    let size = align_up(at + BACKUP_GPT);
+    Layout { disk_guid: derive_uuid(seed, "disk"), size, partitions }
+}
+
+/// How big an ext4 file system must be to hold a tree of `bytes` in `inodes` files, with
+/// headroom for the journal, metadata and what the running system writes.
+pub fn ext4_size_for(bytes: u64, inodes: u64) -> u64 {
+    let metadata = inodes * 256 + bytes / 64;
+    align_up((bytes + metadata) * 5 / 4 + 192 * ALIGN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_aligned_ordered_and_fit() {
+        let l = plan(256 << 20, 1000 << 20, 1 << 30, "seed");
+        assert_eq!(l.partitions.len(), 3);
+        let mut prev_end = 0;
+        for p in &l.partitions {
+            assert_eq!(p.offset() % ALIGN, 0, "{p:?}");
+            assert_eq!(p.size() % ALIGN, 0, "{p:?}");
+            assert!(p.first_lba > prev_end, "{p:?}");
+            prev_end = p.last_lba;
+        }
+        assert_eq!(l.partitions[0].offset(), 1 << 20);
+        assert_eq!(l.get(Role::Root).size(), 1000 << 20);
+        // The backup GPT fits after the last partition.
+        assert!(l.size >= (prev_end + 1) * SECTOR + 33 * SECTOR);
+        assert_eq!(l.size % ALIGN, 0);
+    }
+
+    #[test]
+    fn types_follow_the_discoverable_partitions_spec() {
+        let l = plan(256 << 20, 512 << 20, 64 << 20, "seed");
+        assert_eq!(l.get(Role::Esp).type_guid.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+        assert_eq!(l.get(Role::Root).type_guid.to_string(), "4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+        assert_eq!(l.get(Role::Data).type_guid.to_string(), "4d21b016-b534-45c2-a9fb-5c16e091fd2d");
+    }
+
+    #[test]
+    fn guids_are_stable_and_distinct() {
+        let a = plan(256 << 20, 512 << 20, 64 << 20, "seed");
+        let b = plan(256 << 20, 512 << 20, 64 << 20, "seed");
+        let c = plan(256 << 20, 512 << 20, 64 << 20, "other");
+        assert_eq!(a, b);
+        assert_ne!(a.disk_guid, c.disk_guid);
+        let mut guids: Vec<Uuid> = a.partitions.iter().map(|p| p.guid).collect();
+        guids.push(a.disk_guid);
+        guids.sort();
+        guids.dedup();
+        assert_eq!(guids.len(), 4);
+        assert_eq!(a.disk_guid.get_version_num(), 4);
+    }
+
+    #[test]
+    fn unaligned_sizes_round_up() {
+        let l = plan(100 << 20, (300 << 20) + 1, 64 << 20, "s");
+        assert_eq!(l.get(Role::Root).size(), 301 << 20);
+    }
+}

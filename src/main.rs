@@ -1,0 +1,219 @@
+//! outpost: parse the command line, run it, print `error: ...` and set the exit code.
+
+mod cache;
+mod cli;
+mod disk;
+mod output;
+mod pipeline;
+mod plan;
+mod progress;
+mod rootfs;
+mod spec;
+mod tool;
+mod vmtest;
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use cli::{CacheCommand, Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn ctx(cli: &Cli) -> Result<pipeline::Ctx> {
+    let dir = cli.cache.clone().unwrap_or_else(cache::Cache::default_dir);
+    Ok(pipeline::Ctx {
+        cache: cache::Cache::open(&dir)?,
+        epoch: pipeline::source_date_epoch()?,
+        progress: progress::Progress::new(cli.json || !std::io::stderr().is_terminal()),
+    })
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Build { image, out } => {
+            let ctx = ctx(&cli)?;
+            let report = pipeline::build(&ctx, image, out)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print_build_summary(&report);
+            }
+            Ok(0)
+        }
+        Command::Plan { image } => {
+            let plan = pipeline::load_plan(image)?;
+            let cache = cache::Cache::open(&cli.cache.clone().unwrap_or_else(cache::Cache::default_dir))?;
+            if cli.json {
+                let layers: Vec<_> = plan
+                    .layers
+                    .iter()
+                    .map(|l| serde_json::json!({"name": l.name, "key": l.key, "cached": cache.has(&l.key), "packages": l.packages}))
+                    .collect();
+                print_json(&serde_json::json!({"image": plan.image, "base": plan.base, "layers": layers}))?;
+            } else {
+                print!("{}", plan_text(&plan, |k| cache.has(k)));
+            }
+            Ok(0)
+        }
+        Command::Test { scenario, image, work } => {
+            let ctx = ctx(&cli)?;
+            let work = match work {
+                Some(w) => w.clone(),
+                None => {
+                    let name = scenario.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                    PathBuf::from("/var/tmp").join(format!("outpost-test-{name}-{}", std::process::id()))
+                }
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(pipeline::test(&ctx, scenario, image.as_deref(), &work))?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                for p in &report.passed {
+                    println!("ok    {p}");
+                }
+                for f in &report.failed {
+                    println!("FAIL  {f}");
+                }
+            }
+            if report.failed.is_empty() {
+                if !cli.json {
+                    println!("{} passed, 0 failed ({}, console log {})", report.passed.len(), report.accel, report.console_log.display());
+                }
+                Ok(0)
+            } else {
+                eprintln!("--- last lines of the console ({}) ---\n{}", report.console_log.display(), vmtest::console_tail(&report.console_log, 40));
+                println!("{} passed, {} failed", report.passed.len(), report.failed.len());
+                Ok(1)
+            }
+        }
+        Command::Cache { command } => {
+            let dir = cli.cache.clone().unwrap_or_else(cache::Cache::default_dir);
+            let cache = cache::Cache::open(&dir)?;
+            match command {
+                CacheCommand::Ls => {
+                    let entries = cache.entries()?;
+                    if cli.json {
+                        print_json(&entries)?;
+                    } else {
+                        println!("{:<16} {:<20} {:<16} {:>10}", "KEY", "LAYER", "IMAGE", "SIZE");
+                        for e in &entries {
+                            let (layer, image) = e.meta.as_ref().map(|m| (m.layer.as_str(), m.image.as_str())).unwrap_or(("?", "?"));
+                            println!("{:<16} {:<20} {:<16} {:>10}", &e.key[..16.min(e.key.len())], layer, image, human(e.size));
+                        }
+                        println!("{} entries, {} in {}", entries.len(), human(entries.iter().map(|e| e.size).sum()), dir.display());
+                    }
+                }
+                CacheCommand::Gc { images } => {
+                    let images = if images.is_empty() { default_images()? } else { images.clone() };
+                    let mut keep = BTreeSet::new();
+                    for i in &images {
+                        let plan = pipeline::load_plan(i)?;
+                        keep.extend(plan.layers.iter().map(|l| l.key.clone()));
+                    }
+                    let report = cache.gc(&keep)?;
+                    if cli.json {
+                        print_json(&report)?;
+                    } else {
+                        println!("removed {} entries ({}), kept {}", report.removed.len(), human(report.freed), report.kept);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Doctor => {
+            let all: Vec<&str> = tool::HOST_TOOLS.iter().map(|t| t.program).collect();
+            let missing = tool::missing(&all);
+            for t in tool::HOST_TOOLS {
+                let ok = !missing.contains(t);
+                println!("{} {:<34} {:<16} {}", if ok { "ok     " } else { "MISSING" }, t.program, t.package, t.why);
+            }
+            if missing.is_empty() {
+                println!("all host tools are installed");
+                Ok(0)
+            } else {
+                let mut pkgs: Vec<&str> = missing.iter().map(|t| t.package).collect();
+                pkgs.dedup();
+                println!("install them with: sudo apt-get install {}", pkgs.join(" "));
+                Ok(1)
+            }
+        }
+    }
+}
+
+fn default_images() -> Result<Vec<PathBuf>> {
+    let dir = Path::new("images");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {} (name the images whose layers to keep)", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    out.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    out.sort();
+    Ok(out)
+}
+
+fn plan_text(plan: &plan::BuildPlan, cached: impl Fn(&str) -> bool) -> String {
+    let b = &plan.base;
+    let mut s = format!(
+        "image {}: {} {} {} (archive: {})\n",
+        plan.image,
+        b.distro,
+        b.suite,
+        b.architecture,
+        b.mirror.as_deref().unwrap_or("host apt sources or mmdebstrap default")
+    );
+    for (i, l) in plan.layers.iter().enumerate() {
+        s.push_str(&format!(
+            "{:>2}. {:<20} {}  {}\n",
+            i + 1,
+            l.name,
+            &l.key[..16],
+            if cached(&l.key) { "cached" } else { "to build" }
+        ));
+        if !l.packages.is_empty() {
+            s.push_str(&format!("      packages: {}\n", l.packages.join(" ")));
+        }
+    }
+    s
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn print_build_summary(r: &pipeline::BuildReport) {
+    println!("built {} into {}", r.image, r.out_dir.display());
+    println!("layers: {} built, {} reused from the cache", r.built_layers.len(), r.reused_layers.len());
+    for (stage, secs) in &r.stages {
+        println!("  {stage:<36} {secs:>7.1} s");
+    }
+    println!("  {:<36} {:>7.1} s", "total", r.stages.iter().map(|s| s.1).sum::<f64>());
+    for o in &r.outputs {
+        println!("  {:<36} {:>10}  sha256 {}", o.file, human(o.size), &o.sha256[..16]);
+    }
+}

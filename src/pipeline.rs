@@ -1,0 +1,209 @@
+//! The build, top to bottom: one line per step, each step a plain function of the previous
+//! step's result.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::disk::{self, Role};
+use crate::output::{self, Manifest};
+use crate::plan::{self, BuildPlan};
+use crate::progress::Progress;
+use crate::rootfs;
+use crate::spec::{Image, OutputFormat};
+use crate::tool::{self, Tool};
+
+pub struct Ctx {
+    pub cache: Cache,
+    pub epoch: i64,
+    pub progress: Progress,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub image: String,
+    pub built_layers: Vec<String>,
+    pub reused_layers: Vec<String>,
+    pub stages: Vec<(String, f64)>,
+    pub outputs: Vec<output::OutputFile>,
+    pub out_dir: PathBuf,
+}
+
+/// SOURCE_DATE_EPOCH, or now when it is not set (the build is then not reproducible).
+pub fn source_date_epoch() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds since 1970")),
+        Err(_) => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64),
+    }
+}
+
+/// Host tools a build needs.
+pub fn build_tools(plan: &BuildPlan) -> Vec<&'static str> {
+    let mut t = vec!["mmdebstrap", "unshare", "chroot", "mkfs.ext4", "debugfs", "mkfs.fat", "mcopy", "qemu-img"];
+    if plan.base.keyring.is_some() {
+        t.push("gpg");
+    }
+    t
+}
+
+pub fn load_plan(image_path: &Path) -> Result<BuildPlan> {
+    let image = Image::load(image_path)?;
+    Ok(plan::resolve(&image)?)
+}
+
+pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport> {
+    let plan = ctx.progress.stage("planning", || load_plan(image_path))?;
+    tool::preflight(&build_tools(&plan))?;
+    check_keyring(&plan)?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating the output directory {}", out_dir.display()))?;
+    let name = &plan.image;
+    let raw = out_dir.join(format!("{name}.raw"));
+    let qcow2 = out_dir.join(format!("{name}.qcow2"));
+    let finals = [raw.clone(), qcow2.clone()];
+    let result = build_into(ctx, &plan, out_dir, &raw, &qcow2);
+    if result.is_err() {
+        output::remove_partials(&finals);
+    }
+    result
+}
+
+fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &Path) -> Result<BuildReport> {
+    let p = &ctx.progress;
+    let layers = p.stage("layers", || rootfs::build_layers(plan, &ctx.cache, |m| p.message(m)))?;
+    let work = ctx.cache.work_dir("assemble")?;
+    let tree = work.path().join("root");
+    p.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &tree, ctx.epoch))?;
+
+    let seed = format!("{}:{}", plan.image, plan.top_key());
+    let (bytes, inodes) = disk::measure(&tree)?;
+    let root_size = plan.spec.partitions.root.map(|s| s.0).unwrap_or_else(|| disk::layout::ext4_size_for(bytes, inodes));
+    let layout = disk::plan(plan.spec.partitions.esp.0, root_size, plan.spec.partitions.data.0, &seed);
+    let cmdline = kernel_cmdline(plan, &layout);
+
+    let esp_dir = work.path().join("esp");
+    let esp_img = work.path().join("esp.img");
+    let root_img = work.path().join("root.img");
+    p.stage("writing the EFI system partition", || {
+        disk::stage_esp(&tree, &esp_dir, &cmdline, &plan.image)?;
+        let serial = u32::from_be_bytes(layout.disk_guid.as_bytes()[..4].try_into().expect("4 bytes"));
+        disk::make_fat(&esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)
+    })?;
+    p.stage("writing the root filesystem", || {
+        let fs_uuid = disk::derive_uuid(&seed, "root filesystem");
+        disk::make_ext4(&tree, &root_img, layout.get(Role::Root).size(), "root", &fs_uuid, ctx.epoch)
+    })?;
+    let packages = rootfs::installed_packages(&tree)?;
+    drop(work);
+
+    let mut finals = Vec::new();
+    let mut outputs = Vec::new();
+    p.stage("writing the raw disk", || disk::write(&layout, &[(Role::Esp, &esp_img), (Role::Root, &root_img)], &output::partial(raw)))?;
+    let _ = std::fs::remove_file(&esp_img);
+    let _ = std::fs::remove_file(&root_img);
+    if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
+        p.stage("writing the qcow2 image", || output::qcow2(&output::partial(raw), &output::partial(qcow2)))?;
+        finals.push(qcow2.to_path_buf());
+    }
+    if plan.spec.outputs.contains(&OutputFormat::Raw) {
+        finals.insert(0, raw.to_path_buf());
+    } else {
+        std::fs::remove_file(output::partial(raw))?;
+    }
+    p.stage("checksums and manifest", || {
+        for f in &finals {
+            let part = output::partial(f);
+            outputs.push(output::OutputFile {
+                file: f.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                size: std::fs::metadata(&part)?.len(),
+                sha256: output::sha256_file(&part)?,
+            });
+        }
+        let manifest = Manifest {
+            outpost_version: env!("CARGO_PKG_VERSION"),
+            image: plan.image.clone(),
+            distro: plan.base.distro.clone(),
+            suite: plan.base.suite.clone(),
+            architecture: plan.base.architecture.clone(),
+            hostname: plan.spec.hostname.clone(),
+            source_date_epoch: ctx.epoch,
+            kernel_cmdline: cmdline.clone(),
+            layers: plan.layers.iter().map(|l| output::LayerRecord { name: l.name.clone(), key: l.key.clone() }).collect(),
+            partitions: layout.partitions.clone(),
+            disk_guid: layout.disk_guid.to_string(),
+            packages: packages.iter().map(|(n, v)| output::Package { name: n.clone(), version: v.clone() }).collect(),
+            outputs: std::mem::take(&mut outputs),
+        };
+        output::publish(out_dir, &manifest, &finals)?;
+        outputs = manifest.outputs;
+        anyhow::Ok(())
+    })?;
+    Ok(BuildReport {
+        image: plan.image.clone(),
+        built_layers: layers.built,
+        reused_layers: layers.reused,
+        stages: p.times(),
+        outputs,
+        out_dir: out_dir.to_path_buf(),
+    })
+}
+
+/// The kernel command line: the root by partition UUID, the serial console last so that
+/// /dev/console (and the verdict line) goes to it, then the image's own options.
+fn kernel_cmdline(plan: &BuildPlan, layout: &disk::Layout) -> String {
+    let mut c = format!(
+        "root=PARTUUID={} rootfstype=ext4 rw console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0",
+        layout.get(Role::Root).guid
+    );
+    if !plan.spec.cmdline.trim().is_empty() {
+        c.push(' ');
+        c.push_str(plan.spec.cmdline.trim());
+    }
+    c
+}
+
+/// The bottom layer's archive keyring must hold the key with the pinned fingerprint.
+fn check_keyring(plan: &BuildPlan) -> Result<()> {
+    let Some(k) = &plan.base.keyring else { return Ok(()) };
+    let out = Tool::new("gpg")
+        .describe(format!("reading the keyring {}", k.file.display()))
+        .args(["--batch", "--no-default-keyring", "--with-colons", "--show-keys"])
+        .arg(&k.file)
+        .env("GNUPGHOME", std::env::temp_dir())
+        .output()?;
+    let fprs: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':')).collect();
+    anyhow::ensure!(
+        fprs.iter().any(|f| f.eq_ignore_ascii_case(&k.fingerprint)),
+        "{}: the keyring holds {} but the layer pins fingerprint {}; refusing to trust it",
+        k.file.display(),
+        if fprs.is_empty() { "no key".to_string() } else { fprs.join(", ") },
+        k.fingerprint
+    );
+    Ok(())
+}
+
+/// `outpost test`: builds the scenario's image through the cache (unless `image` is given),
+/// boots it and checks every assertion.
+pub async fn test(ctx: &Ctx, scenario_path: &Path, image: Option<&Path>, work: &Path) -> Result<crate::vmtest::Report> {
+    let scenario = crate::spec::Scenario::load(scenario_path)?;
+    tool::preflight(&["qemu-system-x86_64", "qemu-img", "/usr/share/OVMF/OVMF_CODE_4M.fd"])?;
+    let image_path = match image {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let out = work.join("image");
+            let report = build(ctx, &scenario.image, &out)?;
+            let file = report
+                .outputs
+                .iter()
+                .find(|o| o.file.ends_with(".qcow2") || o.file.ends_with(".raw"))
+                .context("the image has no raw or qcow2 output to boot")?;
+            out.join(&file.file)
+        }
+    };
+    let started = Instant::now();
+    let report = ctx.progress.stage_async("booting and checking", crate::vmtest::run(&scenario, &image_path, &work.join("vm"))).await?;
+    crate::tool::debug(&format!("test took {:?}", started.elapsed()));
+    Ok(report)
+}

@@ -1,0 +1,326 @@
+//! The root filesystem: bootstrap the base with mmdebstrap, apply one layer at a time (packages
+//! in a chroot, files, scripts, units), store each layer's changes in the cache, and assemble the
+//! final tree from the cached layers.
+
+mod tarball;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::cache::{Cache, EntryMeta};
+use crate::plan::{Base, BuildPlan, PlannedLayer, render};
+use crate::tool::Tool;
+
+pub use tarball::{clamp_times, extract, snapshot, write_delta};
+
+/// dpkg paths left out of every image: documentation and translations nobody reads on an
+/// appliance console (copyright files stay, as licences require).
+const DPKG_EXCLUDES: &[&str] = &[
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-exclude=/usr/share/info/*",
+];
+
+/// Runs a command chrooted into `root`, in a private mount namespace with /proc, /sys and /dev,
+/// so nothing stays mounted when it ends, whatever happens.
+fn chroot(root: &Path, why: &str) -> Tool {
+    const SETUP: &str = r#"set -e
+root="$1"; shift
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs tmpfs "$root/tmp"
+mount -t tmpfs tmpfs "$root/run"
+exec chroot "$root" "$@""#;
+    Tool::new("unshare")
+        .describe(why.to_string())
+        .args(["--mount", "--propagation", "private", "--fork", "--", "sh", "-c", SETUP, "outpost-chroot"])
+        .arg(root)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+}
+
+/// Bootstraps the base with mmdebstrap: minbase plus the bottom layer's packages.
+pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
+    let mut t = Tool::new("mmdebstrap")
+        .describe(format!("bootstrapping {} {} with the packages of layer `{}`", base.distro, base.suite, layer.name))
+        .args(["--mode=root", "--variant=minbase", "--format=directory", "--quiet"])
+        .arg(format!("--architectures={}", base.architecture))
+        .arg(format!("--components={}", base.components))
+        .arg("--aptopt=Acquire::Retries \"3\"")
+        .arg("--aptopt=APT::Install-Recommends \"false\"");
+    for d in DPKG_EXCLUDES {
+        t = t.arg(format!("--dpkgopt={d}"));
+    }
+    if !layer.packages.is_empty() {
+        t = t.arg(format!("--include={}", layer.packages.join(",")));
+    }
+    if let Some(k) = &base.keyring {
+        t = t.arg(format!("--keyring={}", k.file.display()));
+    }
+    t = t.arg(&base.suite).arg(root);
+    if let Some(m) = &base.mirror {
+        t = t.arg(m);
+    }
+    t.run()?;
+    // Later layers run `apt-get update` in the chroot and need the archive key there too.
+    if let Some(k) = &base.keyring {
+        let name = k.file.file_name().context("keyring file name")?;
+        let dest = root.join("etc/apt/trusted.gpg.d").join(name);
+        fs::copy(&k.file, &dest).with_context(|| format!("copying {} to {}", k.file.display(), dest.display()))?;
+    }
+    Ok(())
+}
+
+/// Applies one layer on top of the tree: packages (unless `bootstrapped`), files, scripts and
+/// units.
+pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: bool) -> Result<()> {
+    let l = &layer.layer;
+    // Services must not start inside the build chroot (Debian policy-rc.d protocol).
+    let policy = root.join("usr/sbin/policy-rc.d");
+    if !bootstrapped && !layer.packages.is_empty() {
+        fs::write(&policy, "#!/bin/sh\nexit 101\n").with_context(|| format!("writing {}", policy.display()))?;
+        fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
+        let excludes = DPKG_EXCLUDES.iter().map(|d| d.replace('=', " ")).collect::<Vec<_>>().join("\n");
+        fs::write(root.join("etc/dpkg/dpkg.cfg.d/outpost-excludes"), excludes + "\n")?;
+        let script = format!(
+            "set -e\napt-get update -q\napt-get install -y -q --no-install-recommends {}\napt-get clean\nrm -rf /var/lib/apt/lists/*\n",
+            layer.packages.iter().map(|p| crate::tool::shell_quote(p)).collect::<Vec<_>>().join(" ")
+        );
+        let result = chroot(root, &format!("installing the packages of layer `{}` ({})", layer.name, layer.packages.join(" ")))
+            .args(["sh", "-c", &script])
+            .run();
+        fs::remove_file(&policy).with_context(|| format!("removing {}", policy.display()))?;
+        fs::remove_file(root.join("etc/dpkg/dpkg.cfg.d/outpost-excludes"))?;
+        result?;
+    }
+    copy_files(plan, layer, root)?;
+    for s in &l.scripts {
+        let name = s.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let inside = format!("/run/outpost-{name}");
+        let mut t = chroot(root, &format!("running {} of layer `{}`", s.display(), layer.name));
+        for (k, v) in &layer.variables {
+            t = t.env(format!("OUTPOST_{}", k.to_uppercase()), v);
+        }
+        // The script is piped through sh's stdin from the host path, as /run is a fresh tmpfs.
+        let body = fs::read_to_string(s).with_context(|| format!("reading {}", s.display()))?;
+        t.args(["sh", "-euc", &body, &inside]).run()?;
+    }
+    if !l.units.is_empty() {
+        chroot(root, &format!("enabling the units of layer `{}`", layer.name))
+            .args(["systemctl", "enable"])
+            .args(&l.units)
+            .run()?;
+    }
+    Ok(())
+}
+
+/// Copies `files/` onto the tree; `*.tera` files are rendered and lose the suffix.
+fn copy_files(plan: &BuildPlan, layer: &PlannedLayer, root: &Path) -> Result<()> {
+    let src = layer.layer.dir.join("files");
+    let ctx = plan.context(layer);
+    for rel in &layer.layer.files {
+        let from = src.join(rel);
+        let meta = fs::symlink_metadata(&from).with_context(|| format!("reading {}", from.display()))?;
+        let mut to = root.join(rel);
+        if meta.is_dir() {
+            fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            continue;
+        }
+        if let Ok(m) = fs::symlink_metadata(&to)
+            && (m.is_dir() || m.file_type().is_symlink())
+            && !meta.is_dir()
+        {
+            // A file replaces whatever was there (a symlink such as resolv.conf, say).
+            if m.is_dir() { fs::remove_dir_all(&to)? } else { fs::remove_file(&to)? }
+        }
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&from)?;
+            std::os::unix::fs::symlink(&target, &to).with_context(|| format!("creating {}", to.display()))?;
+            continue;
+        }
+        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+        if from.extension().is_some_and(|e| e == "tera") {
+            to.set_extension("");
+            let text = fs::read_to_string(&from).with_context(|| format!("reading {}", from.display()))?;
+            let out = render(&rel.display().to_string(), &text, &ctx).map_err(|e| anyhow::anyhow!("{}: template error: {e}", from.display()))?;
+            if let Ok(m) = fs::symlink_metadata(&to)
+                && m.file_type().is_symlink()
+            {
+                fs::remove_file(&to)?;
+            }
+            fs::write(&to, out).with_context(|| format!("writing {}", to.display()))?;
+        } else {
+            fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+        fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
+        std::os::unix::fs::lchown(&to, Some(0), Some(0)).with_context(|| format!("setting the owner of {}", to.display()))?;
+    }
+    Ok(())
+}
+
+/// What building the layers did, per layer.
+pub struct LayersReport {
+    pub built: Vec<String>,
+    pub reused: Vec<String>,
+}
+
+/// Builds every layer missing from the cache, each on top of its parent; layers already cached
+/// are not touched.
+pub fn build_layers(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&str)) -> Result<LayersReport> {
+    let mut report = LayersReport { built: Vec::new(), reused: Vec::new() };
+    let work = cache.work_dir("layers")?;
+    let tree = work.path().join("tree");
+    // Index of the last layer the tree holds, when it holds any.
+    let mut tree_at: Option<usize> = None;
+    for (i, layer) in plan.layers.iter().enumerate() {
+        if cache.has(&layer.key) {
+            report.reused.push(layer.name.clone());
+            continue;
+        }
+        progress(&format!("layer {} ({}/{})", layer.name, i + 1, plan.layers.len()));
+        if i > 0 && tree_at != Some(i - 1) {
+            reset_dir(&tree)?;
+            for l in &plan.layers[..i] {
+                extract(&cache.layer_path(&l.key), &tree)?;
+            }
+        }
+        let before = if i == 0 {
+            if tree.exists() {
+                fs::remove_dir_all(&tree)?;
+            }
+            bootstrap(&plan.base, layer, &tree)?;
+            None
+        } else {
+            Some(snapshot(&tree)?)
+        };
+        apply(plan, layer, &tree, i == 0)?;
+        let meta = EntryMeta {
+            layer: layer.name.clone(),
+            image: plan.image.clone(),
+            parent: (i > 0).then(|| plan.layers[i - 1].key.clone()),
+            created: now(),
+        };
+        cache
+            .publish(&layer.key, &meta, |f| write_delta(&tree, before.as_ref(), f).map(|_| ()))
+            .with_context(|| format!("storing layer `{}` in the cache", layer.name))?;
+        tree_at = Some(i);
+        report.built.push(layer.name.clone());
+    }
+    Ok(report)
+}
+
+/// Lays all layers down into a fresh `root`, in order, then makes it an appliance of this image:
+/// hostname, empty machine-id, no package lists or logs, times clamped.
+pub fn assemble(plan: &BuildPlan, cache: &Cache, root: &Path, epoch: i64) -> Result<()> {
+    reset_dir(root)?;
+    for l in &plan.layers {
+        extract(&cache.layer_path(&l.key), root).with_context(|| format!("laying down layer `{}`", l.name))?;
+    }
+    finalize(plan, root)?;
+    clamp_times(root, epoch)
+}
+
+fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
+    let host = &plan.spec.hostname;
+    write(root, "etc/hostname", &format!("{host}\n"))?;
+    write(root, "etc/hosts", &format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))?;
+    // Empty: systemd generates the machine's own ID on first boot (machine-id(5)).
+    write(root, "etc/machine-id", "")?;
+    for gone in ["var/lib/dbus/machine-id", "var/cache/ldconfig/aux-cache", "etc/ssh/ssh_host_ecdsa_key", "etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_rsa_key"] {
+        let p = root.join(gone);
+        if p.exists() || p.is_symlink() {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    // Build-time logs and caches record when and how the build ran, not what the image is.
+    for dir in ["var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
+        let d = root.join(dir);
+        if !d.is_dir() {
+            continue;
+        }
+        for e in fs::read_dir(&d)? {
+            let p = e?.path();
+            let keep_dir = p.is_dir() && !p.is_symlink() && dir == "var/log";
+            if keep_dir {
+                // Keep /var/log/journal and friends as empty directories.
+                for inner in fs::read_dir(&p)? {
+                    let ip = inner?.path();
+                    if ip.is_dir() && !ip.is_symlink() { fs::remove_dir_all(&ip)? } else { fs::remove_file(&ip)? }
+                }
+            } else if dir == "var/cache/debconf" && !p.to_string_lossy().ends_with("-old") {
+                continue;
+            } else if p.is_dir() && !p.is_symlink() {
+                fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            } else {
+                fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+    }
+    for f in ["var/lib/dpkg/status-old", "var/lib/dpkg/available-old", "var/lib/dpkg/diversions-old", "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"] {
+        let p = root.join(f);
+        if p.exists() {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
+    let p = root.join(rel);
+    if p.is_symlink() {
+        fs::remove_file(&p)?;
+    }
+    fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+}
+
+fn reset_dir(p: &Path) -> Result<()> {
+    if p.exists() {
+        fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Packages installed in the tree, from dpkg's status file: (name, version), sorted.
+pub fn installed_packages(root: &Path) -> Result<Vec<(String, String)>> {
+    let p = root.join("var/lib/dpkg/status");
+    let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let mut out = Vec::new();
+    for para in text.split("\n\n") {
+        let field = |name: &str| para.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
+        if let (Some(n), Some(v), Some(s)) = (field("Package:"), field("Version:"), field("Status:"))
+            && s.ends_with(" installed")
+        {
+            out.push((n, v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The kernel and initrd the tree's packages installed, newest version first.
+pub fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let boot = root.join("boot");
+    let mut kernels: Vec<PathBuf> = fs::read_dir(&boot)
+        .with_context(|| format!("reading {}", boot.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .collect();
+    kernels.sort();
+    let kernel = kernels.pop().with_context(|| {
+        format!("no kernel in {}: add a kernel package (linux-image-*) to the image's base layer", boot.display())
+    })?;
+    let version = kernel.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    let initrd = boot.join(format!("initrd.img-{version}"));
+    anyhow::ensure!(initrd.is_file(), "no initrd for kernel {version} in {}: add initramfs-tools to the base layer", boot.display());
+    Ok((kernel, initrd))
+}

@@ -1,0 +1,301 @@
+//! Layer tarballs: what a layer changed in the tree, as a zstd tar with sorted entries and
+//! `.wh.NAME` whiteouts for removals (the OCI convention), and how to lay them back down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+const WHITEOUT: &str = ".wh.";
+
+/// What identifies an inode's state: any content or metadata change moves its ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+    mode: u32,
+}
+
+/// The tree's state before a layer is applied, to tell afterwards what the layer changed.
+pub struct Snapshot(HashMap<PathBuf, Stamp>);
+
+fn walk(root: &Path) -> impl Iterator<Item = Result<walkdir::DirEntry>> + '_ {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .same_file_system(true)
+        .sort_by_file_name()
+        .into_iter()
+        .map(move |e| e.with_context(|| format!("walking {}", root.display())))
+}
+
+pub fn snapshot(root: &Path) -> Result<Snapshot> {
+    let mut map = HashMap::new();
+    for e in walk(root) {
+        let e = e?;
+        let m = e.metadata().with_context(|| format!("reading {}", e.path().display()))?;
+        let rel = e.path().strip_prefix(root)?.to_path_buf();
+        map.insert(rel, Stamp { dev: m.dev(), ino: m.ino(), ctime: m.ctime(), ctime_nsec: m.ctime_nsec(), mode: m.mode() });
+    }
+    Ok(Snapshot(map))
+}
+
+/// Writes every entry of `root` that is new or changed since `before` (all of them when
+/// `before` is None) and a whiteout for every removed one, as zstd-compressed tar.
+pub fn write_delta(root: &Path, before: Option<&Snapshot>, out: &mut File) -> Result<u64> {
+    let enc = zstd::Encoder::new(BufWriter::new(out), 3)?;
+    let mut tar = tar::Builder::new(enc);
+    let mut seen_links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut present: BTreeMap<PathBuf, ()> = BTreeMap::new();
+    let mut count = 0u64;
+    for e in walk(root) {
+        let e = e?;
+        let rel = e.path().strip_prefix(root)?.to_path_buf();
+        let m = e.metadata().with_context(|| format!("reading {}", e.path().display()))?;
+        present.insert(rel.clone(), ());
+        if let Some(b) = before
+            && let Some(s) = b.0.get(&rel)
+            && *s == (Stamp { dev: m.dev(), ino: m.ino(), ctime: m.ctime(), ctime_nsec: m.ctime_nsec(), mode: m.mode() })
+        {
+            continue;
+        }
+        append(&mut tar, e.path(), &rel, &m, &mut seen_links)?;
+        count += 1;
+    }
+    if let Some(b) = before {
+        let mut removed: Vec<&PathBuf> = b.0.keys().filter(|p| !present.contains_key(*p)).collect();
+        removed.sort();
+        for p in removed {
+            // A removed directory's whiteout covers its children.
+            if p.parent().is_some_and(|parent| !parent.as_os_str().is_empty() && !present.contains_key(parent)) {
+                continue;
+            }
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let wh = p.with_file_name(format!("{WHITEOUT}{name}"));
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            tar.append_data(&mut h, &wh, io::empty())?;
+            count += 1;
+        }
+    }
+    let enc = tar.into_inner()?;
+    let mut buf = enc.finish()?;
+    buf.flush()?;
+    Ok(count)
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    rel: &Path,
+    m: &fs::Metadata,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> Result<()> {
+    let ft = m.file_type();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(m.mode() & 0o7777);
+    h.set_uid(m.uid() as u64);
+    h.set_gid(m.gid() as u64);
+    h.set_mtime(m.mtime().max(0) as u64);
+    h.set_size(0);
+    // Extended attributes carry file capabilities (ping's cap_net_raw, for one).
+    let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+    if !ft.is_symlink() {
+        let mut names: Vec<_> = xattr::list(path).with_context(|| format!("listing xattrs of {}", path.display()))?.collect();
+        names.sort();
+        for n in names {
+            if let Some(v) = xattr::get(path, &n).with_context(|| format!("reading xattrs of {}", path.display()))? {
+                pax.push((format!("SCHILY.xattr.{}", n.to_string_lossy()), v));
+            }
+        }
+    }
+    if !pax.is_empty() {
+        tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
+    let what = || format!("archiving {}", path.display());
+    if ft.is_dir() {
+        h.set_entry_type(tar::EntryType::Directory);
+        tar.append_data(&mut h, rel, io::empty()).with_context(what)?;
+    } else if ft.is_symlink() {
+        h.set_entry_type(tar::EntryType::Symlink);
+        let target = fs::read_link(path).with_context(what)?;
+        tar.append_link(&mut h, rel, &target).with_context(what)?;
+    } else if ft.is_file() {
+        if m.nlink() > 1 {
+            if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                h.set_entry_type(tar::EntryType::Link);
+                tar.append_link(&mut h, rel, first).with_context(what)?;
+                return Ok(());
+            }
+            links.insert((m.dev(), m.ino()), rel.to_path_buf());
+        }
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(m.len());
+        let f = File::open(path).with_context(what)?;
+        tar.append_data(&mut h, rel, BufReader::new(f).take(m.len())).with_context(what)?;
+    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+        h.set_entry_type(if ft.is_char_device() {
+            tar::EntryType::Char
+        } else if ft.is_block_device() {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Fifo
+        });
+        let rdev = m.rdev();
+        h.set_device_major(libc::major(rdev))?;
+        h.set_device_minor(libc::minor(rdev))?;
+        tar.append_data(&mut h, rel, io::empty()).with_context(what)?;
+    }
+    // Sockets are runtime state and are not archived.
+    Ok(())
+}
+
+/// Lays one layer tarball down on `root`, applying its whiteouts.
+pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
+    let f = File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?;
+    let dec = zstd::Decoder::new(f)?;
+    let mut ar = tar::Archive::new(dec);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_ownerships(true);
+    ar.set_preserve_mtime(true);
+    ar.set_unpack_xattrs(true);
+    ar.set_overwrite(true);
+    let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
+    for entry in ar.entries().with_context(|| format!("reading {}", tarball.display()))? {
+        let mut entry = entry.with_context(|| format!("reading {}", tarball.display()))?;
+        let rel = entry.path()?.into_owned();
+        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(gone) = name.strip_prefix(WHITEOUT) {
+            remove_any(&root.join(rel.with_file_name(gone)))?;
+            continue;
+        }
+        let dest = root.join(&rel);
+        let is_dir = entry.header().entry_type().is_dir();
+        if let Ok(existing) = fs::symlink_metadata(&dest)
+            && (existing.is_dir() != is_dir || existing.file_type().is_symlink())
+        {
+            remove_any(&dest)?;
+        }
+        if is_dir {
+            dirs.push((rel.clone(), entry.header().mtime()?));
+        }
+        entry.unpack(&dest).with_context(|| format!("extracting {} from {}", rel.display(), tarball.display()))?;
+    }
+    // Entries written into a directory move its mtime: set directories' mtimes last.
+    for (rel, mtime) in dirs.into_iter().rev() {
+        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
+        filetime::set_symlink_file_times(root.join(rel), t, t)?;
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display())),
+        Ok(_) => fs::remove_file(p).with_context(|| format!("removing {}", p.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// Sets every mtime later than `epoch` to `epoch`, and every atime to its mtime, so that the
+/// file system written from the tree does not depend on when it was built.
+pub fn clamp_times(root: &Path, epoch: i64) -> Result<()> {
+    let mut dirs = Vec::new();
+    for e in walk(root).chain(std::iter::once(Ok(walkdir::WalkDir::new(root).max_depth(0).into_iter().next().context("reading the root")??))) {
+        let e = e?;
+        let m = e.metadata()?;
+        let t = filetime::FileTime::from_unix_time(m.mtime().min(epoch), 0);
+        if e.file_type().is_dir() {
+            dirs.push((e.path().to_path_buf(), t));
+        } else {
+            filetime::set_symlink_file_times(e.path(), t, t).with_context(|| format!("setting times of {}", e.path().display()))?;
+        }
+    }
+    for (p, t) in dirs.into_iter().rev() {
+        filetime::set_symlink_file_times(&p, t, t).with_context(|| format!("setting times of {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tree_listing(root: &Path) -> Vec<String> {
+        walkdir::WalkDir::new(root)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter()
+            .map(|e| {
+                let e = e.unwrap();
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                if e.file_type().is_symlink() {
+                    format!("{rel} -> {}", fs::read_link(e.path()).unwrap().display())
+                } else if e.file_type().is_file() {
+                    format!("{rel} = {}", fs::read_to_string(e.path()).unwrap())
+                } else {
+                    format!("{rel}/")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn delta_round_trip_applies_changes_and_removals() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        fs::create_dir_all(a.join("etc/old")).unwrap();
+        fs::write(a.join("etc/keep"), "1").unwrap();
+        fs::write(a.join("etc/change"), "1").unwrap();
+        fs::write(a.join("etc/gone"), "1").unwrap();
+        fs::write(a.join("etc/old/inner"), "1").unwrap();
+        let base_tar = tmp.path().join("base.tar.zst");
+        write_delta(&a, None, &mut File::create(&base_tar).unwrap()).unwrap();
+
+        let before = snapshot(&a).unwrap();
+        fs::write(a.join("etc/change"), "2").unwrap();
+        fs::remove_file(a.join("etc/gone")).unwrap();
+        fs::remove_dir_all(a.join("etc/old")).unwrap();
+        fs::create_dir(a.join("new")).unwrap();
+        symlink("../etc/keep", a.join("new/link")).unwrap();
+        let delta_tar = tmp.path().join("delta.tar.zst");
+        let n = write_delta(&a, Some(&before), &mut File::create(&delta_tar).unwrap()).unwrap();
+        // etc/ (its entries changed), etc/change, new/, new/link, and two whiteouts.
+        assert_eq!(n, 6);
+
+        let b = tmp.path().join("b");
+        fs::create_dir(&b).unwrap();
+        extract(&base_tar, &b).unwrap();
+        extract(&delta_tar, &b).unwrap();
+        assert_eq!(tree_listing(&a), tree_listing(&b));
+    }
+
+    #[test]
+    fn same_tree_gives_same_tarball() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut outs = Vec::new();
+        for name in ["x", "y"] {
+            let root = tmp.path().join(name);
+            // Created in different orders: the archive must not care.
+            let files = if name == "x" { ["b", "a", "c"] } else { ["c", "b", "a"] };
+            fs::create_dir(&root).unwrap();
+            for f in files {
+                fs::write(root.join(f), f).unwrap();
+            }
+            clamp_times(&root, 1_700_000_000).unwrap();
+            let out = tmp.path().join(format!("{name}.tar.zst"));
+            write_delta(&root, None, &mut File::create(&out).unwrap()).unwrap();
+            outs.push(fs::read(out).unwrap());
+        }
+        assert_eq!(outs[0], outs[1]);
+    }
+}

@@ -1,0 +1,228 @@
+//! `images/NAME.toml`: the distribution, the layers, variables, partitions and outputs of one
+//! appliance image.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Problems, SpecError, check_version, parse_toml, valid_variable_name};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Distro {
+    Debian,
+    Ubuntu,
+}
+
+impl Distro {
+    pub fn name(self) -> &'static str {
+        match self {
+            Distro::Debian => "debian",
+            Distro::Ubuntu => "ubuntu",
+        }
+    }
+
+    fn default_suite(self) -> &'static str {
+        match self {
+            Distro::Debian => "bookworm",
+            Distro::Ubuntu => "noble",
+        }
+    }
+
+    /// Archive components the base is bootstrapped from.
+    pub fn components(self) -> &'static str {
+        match self {
+            Distro::Debian => "main",
+            Distro::Ubuntu => "main,universe",
+        }
+    }
+}
+
+impl fmt::Display for Distro {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    Raw,
+    Qcow2,
+}
+
+/// A size in bytes, written as `512M`, `2G` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub const MIB: u64 = 1 << 20;
+
+    pub fn parse(s: &str) -> Result<Size, String> {
+        let s = s.trim();
+        let (num, mul) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            None => (s, 1),
+            Some((i, _)) => {
+                let mul = match s[i..].trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+                    "K" => 1 << 10,
+                    "M" => 1 << 20,
+                    "G" => 1 << 30,
+                    "T" => 1 << 40,
+                    "" => 1,
+                    other => return Err(format!("unknown size unit `{other}` in `{s}` (use K, M, G or T)")),
+                };
+                (&s[..i], mul)
+            }
+        };
+        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size such as `512M` or `2G`"))?;
+        n.checked_mul(mul).map(Size).ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Size::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ImageToml {
+    version: u32,
+    #[serde(default)]
+    description: String,
+    distro: Option<Distro>,
+    suite: Option<String>,
+    mirror: Option<String>,
+    #[serde(default = "default_arch")]
+    architecture: String,
+    layers: Vec<String>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    hostname: String,
+    #[serde(default)]
+    cmdline: String,
+    #[serde(default)]
+    partitions: PartitionsToml,
+    #[serde(default = "default_outputs")]
+    outputs: Vec<OutputFormat>,
+}
+
+fn default_arch() -> String {
+    "amd64".into()
+}
+
+fn default_outputs() -> Vec<OutputFormat> {
+    vec![OutputFormat::Raw, OutputFormat::Qcow2]
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PartitionsToml {
+    esp: Option<Size>,
+    root: Option<Size>,
+    data: Option<Size>,
+}
+
+/// Partition sizes; `root: None` means "the tree's size plus headroom".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Partitions {
+    pub esp: Size,
+    pub root: Option<Size>,
+    pub data: Size,
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub name: String,
+    pub file: PathBuf,
+    pub project: PathBuf,
+    pub description: String,
+    pub distro: Distro,
+    pub suite: String,
+    pub mirror: Option<String>,
+    pub architecture: String,
+    pub layers: Vec<String>,
+    pub variables: BTreeMap<String, String>,
+    pub hostname: String,
+    pub cmdline: String,
+    pub partitions: Partitions,
+    pub outputs: Vec<OutputFormat>,
+}
+
+impl Image {
+    pub fn load(file: &Path) -> Result<Image, SpecError> {
+        let (t, _): (ImageToml, String) = parse_toml(file)?;
+        let mut p = Problems::default();
+        check_version(&mut p, file, t.version);
+        let distro = t.distro.unwrap_or(Distro::Ubuntu);
+        if t.architecture != "amd64" {
+            p.push(file, "architecture", format!("`{}` is not supported yet; only amd64 is", t.architecture));
+        }
+        if t.layers.is_empty() {
+            p.push(file, "layers", "an image needs at least one layer");
+        }
+        if !valid_hostname(&t.hostname) {
+            p.push(file, "hostname", format!("`{}` is not a valid hostname (letters, digits and `-`, at most 63 characters)", t.hostname));
+        }
+        for name in t.variables.keys() {
+            if !valid_variable_name(name) {
+                p.push(file, &format!("variables.{name}"), "variable names are lowercase letters, digits and `_`, starting with a letter");
+            }
+        }
+        if let Some(m) = &t.mirror
+            && !(m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/"))
+        {
+            p.push(file, "mirror", format!("`{m}` is not an http(s):// or file:/ URL"));
+        }
+        let parts = Partitions {
+            esp: t.partitions.esp.unwrap_or(Size(256 * Size::MIB)),
+            root: t.partitions.root,
+            data: t.partitions.data.unwrap_or(Size(1024 * Size::MIB)),
+        };
+        if parts.esp.0 < 64 * Size::MIB {
+            p.push(file, "partitions.esp", "the EFI system partition must be at least 64M (FAT32 and room for a kernel)");
+        }
+        if parts.data.0 < 16 * Size::MIB {
+            p.push(file, "partitions.data", "the data partition must be at least 16M");
+        }
+        if t.outputs.is_empty() {
+            p.push(file, "outputs", "list at least one output: \"raw\" or \"qcow2\"");
+        }
+        p.into_result()?;
+        let mut outputs = t.outputs;
+        outputs.sort();
+        outputs.dedup();
+        Ok(Image {
+            name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: file.to_path_buf(),
+            project: super::project_root(file),
+            description: t.description,
+            distro,
+            suite: t.suite.unwrap_or_else(|| distro.default_suite().into()),
+            mirror: t.mirror,
+            architecture: t.architecture,
+            layers: t.layers,
+            variables: t.variables,
+            hostname: t.hostname,
+            cmdline: t.cmdline,
+            partitions: parts,
+            outputs,
+        })
+    }
+
+    pub fn layers_dir(&self) -> PathBuf {
+        self.project.join("layers")
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && !h.starts_with('-')
+        && !h.ends_with('-')
+        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}

@@ -1,0 +1,157 @@
+//! `layers/NAME/layer.toml`: packages, files, scripts, units and variables of one layer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Problems, SpecError, check_version, parse_toml, valid_variable_name};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LayerToml {
+    version: u32,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    depends: Vec<String>,
+    #[serde(default)]
+    packages: Vec<String>,
+    #[serde(default)]
+    units: Vec<String>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    #[serde(default)]
+    distro: BTreeMap<String, DistroToml>,
+}
+
+/// Additions that apply only when the image is of one distribution.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct DistroToml {
+    #[serde(default)]
+    packages: Vec<String>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    keyring: Option<KeyringToml>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct KeyringToml {
+    file: PathBuf,
+    fingerprint: String,
+}
+
+/// An archive keyring shipped in a layer, pinned by the fingerprint of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyring {
+    pub file: PathBuf,
+    pub fingerprint: String,
+}
+
+/// A layer with its distro-specific parts already chosen for one image's distribution.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub name: String,
+    pub dir: PathBuf,
+    pub file: PathBuf,
+    /// The definition's bytes, part of the cache key.
+    pub text: String,
+    pub description: String,
+    pub depends: Vec<String>,
+    /// Package names, possibly templates such as `{{ kernel }}`.
+    pub packages: Vec<String>,
+    pub units: Vec<String>,
+    pub variables: BTreeMap<String, String>,
+    pub keyring: Option<Keyring>,
+    /// `files/` entries relative to it, sorted; `*.tera` still carry their suffix.
+    pub files: Vec<PathBuf>,
+    /// `scripts/*.sh`, sorted by name.
+    pub scripts: Vec<PathBuf>,
+}
+
+const KNOWN_DISTROS: &[&str] = &["debian", "ubuntu"];
+
+impl Layer {
+    /// Loads `DIR/layer.toml` for an image of `distro`; problems go to `p`.
+    pub fn load(dir: &Path, distro: &str) -> Result<Layer, SpecError> {
+        let file = dir.join("layer.toml");
+        let (t, text): (LayerToml, String) = parse_toml(&file)?;
+        let mut p = Problems::default();
+        check_version(&mut p, &file, t.version);
+        for d in t.distro.keys() {
+            if !KNOWN_DISTROS.contains(&d.as_str()) {
+                p.push(&file, &format!("distro.{d}"), format!("unknown distribution `{d}`; known: {}", KNOWN_DISTROS.join(", ")));
+            }
+        }
+        let extra = t.distro.get(distro).cloned().unwrap_or_default();
+        let mut variables = t.variables.clone();
+        variables.extend(extra.variables.clone());
+        for name in variables.keys() {
+            if !valid_variable_name(name) {
+                p.push(&file, &format!("variables.{name}"), "variable names are lowercase letters, digits and `_`, starting with a letter");
+            }
+        }
+        for (i, u) in t.units.iter().enumerate() {
+            if !u.contains('.') {
+                p.push(&file, &format!("units[{i}]"), format!("`{u}` is not a unit name (expected e.g. `{u}.service`)"));
+            }
+        }
+        let keyring = extra.keyring.map(|k| {
+            let path = dir.join(&k.file);
+            if !path.is_file() {
+                p.push(&file, &format!("distro.{distro}.keyring.file"), format!("{} does not exist", path.display()));
+            }
+            let fpr: String = k.fingerprint.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_uppercase();
+            if fpr.len() != 40 || !fpr.chars().all(|c| c.is_ascii_hexdigit()) {
+                p.push(&file, &format!("distro.{distro}.keyring.fingerprint"), "expected a 40-digit hexadecimal OpenPGP fingerprint");
+            }
+            Keyring { file: path, fingerprint: fpr }
+        });
+        let files = list_tree(&dir.join("files"));
+        let scripts_dir = dir.join("scripts");
+        let mut scripts: Vec<PathBuf> = std::fs::read_dir(&scripts_dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        scripts.retain(|s| {
+            let ok = s.extension().is_some_and(|e| e == "sh") && s.is_file();
+            if !ok {
+                p.push(s, "", "only `*.sh` files belong in a layer's scripts/ directory");
+            }
+            ok
+        });
+        scripts.sort();
+        p.into_result()?;
+        let mut packages = t.packages;
+        packages.extend(extra.packages);
+        Ok(Layer {
+            name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            dir: dir.to_path_buf(),
+            file,
+            text,
+            description: t.description,
+            depends: t.depends,
+            packages,
+            units: t.units,
+            variables,
+            keyring,
+            files,
+            scripts,
+        })
+    }
+}
+
+/// Every path below `root`, relative and sorted; empty when `root` does not exist.
+pub fn list_tree(root: &Path) -> Vec<PathBuf> {
+    if !root.is_dir() {
+        return Vec::new();
+    }
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.path().strip_prefix(root).ok().map(Path::to_path_buf))
+        .collect()
+}

@@ -1,0 +1,121 @@
+//! `qemu-tests/NAME.toml`: which image to boot and what must hold once it is up.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Problems, SpecError, check_version, parse_toml};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ScenarioToml {
+    version: u32,
+    #[serde(default)]
+    description: String,
+    image: PathBuf,
+    #[serde(default = "default_timeout")]
+    timeout: u64,
+    #[serde(default = "default_memory")]
+    memory: u64,
+    verdict: String,
+    #[serde(default)]
+    command: Vec<Command>,
+    #[serde(default)]
+    http: Vec<Http>,
+}
+
+fn default_timeout() -> u64 {
+    300
+}
+
+fn default_memory() -> u64 {
+    1024
+}
+
+/// A command run in the guest (through the QEMU guest agent) and what its output must contain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Command {
+    pub run: String,
+    #[serde(default)]
+    pub expect: Option<String>,
+    #[serde(default)]
+    pub expect_status: i64,
+}
+
+/// A guest TCP port forwarded to the host that must answer HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Http {
+    pub port: u16,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default = "default_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub contains: Option<String>,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub file: PathBuf,
+    pub description: String,
+    /// The image definition, resolved against the scenario's directory.
+    pub image: PathBuf,
+    /// Seconds from power-on to the verdict line.
+    pub timeout: u64,
+    /// Guest memory in MiB.
+    pub memory: u64,
+    /// The line a unit in the guest prints on the serial console when the system is up.
+    pub verdict: String,
+    pub commands: Vec<Command>,
+    pub http: Vec<Http>,
+}
+
+impl Scenario {
+    pub fn load(file: &Path) -> Result<Scenario, SpecError> {
+        let (t, _): (ScenarioToml, String) = parse_toml(file)?;
+        let mut p = Problems::default();
+        check_version(&mut p, file, t.version);
+        let base = file.parent().unwrap_or(Path::new("."));
+        let image = base.join(&t.image);
+        if !image.is_file() {
+            p.push(file, "image", format!("{} does not exist", image.display()));
+        }
+        if t.verdict.trim().is_empty() {
+            p.push(file, "verdict", "the verdict line must not be empty");
+        }
+        if t.timeout == 0 {
+            p.push(file, "timeout", "the timeout is in seconds and must be above 0");
+        }
+        if t.memory < 256 {
+            p.push(file, "memory", "give the guest at least 256 (MiB)");
+        }
+        for (i, h) in t.http.iter().enumerate() {
+            if !h.path.starts_with('/') {
+                p.push(file, &format!("http[{i}].path"), format!("`{}` must start with `/`", h.path));
+            }
+        }
+        p.into_result()?;
+        Ok(Scenario {
+            name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            file: file.to_path_buf(),
+            description: t.description,
+            image,
+            timeout: t.timeout,
+            memory: t.memory,
+            verdict: t.verdict,
+            commands: t.command,
+            http: t.http,
+        })
+    }
+}

@@ -1,0 +1,274 @@
+//! The only place that spawns processes: a cleared environment, stdin from /dev/null, and errors
+//! that tell "not installed" (with the Debian package) from "killed" and "exited N".
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use anyhow::Result;
+
+/// Environment variables passed through to tools; everything else is dropped.
+const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "TMPDIR", "TERM", "http_proxy", "https_proxy", "no_proxy"];
+
+/// How many bytes of stderr an error carries.
+const STDERR_TAIL: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{program} is not installed (needed for {why}); install the Debian package `{package}`: apt-get install {package}")]
+    NotFound { program: String, package: String, why: String },
+    #[error("{why}: `{cmdline}` was killed by signal {signal}{tail}")]
+    Signal { why: String, cmdline: String, signal: i32, tail: String },
+    #[error("{why}: `{cmdline}` exited with status {code}{tail}")]
+    Exit { why: String, cmdline: String, code: i32, tail: String },
+}
+
+/// A host program outpost needs, with the reason and the package that provides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostTool {
+    pub program: &'static str,
+    pub package: &'static str,
+    pub why: &'static str,
+}
+
+/// Every host program outpost may run, by program name.
+pub const HOST_TOOLS: &[HostTool] = &[
+    HostTool { program: "mmdebstrap", package: "mmdebstrap", why: "bootstrapping the base root filesystem" },
+    HostTool { program: "unshare", package: "util-linux", why: "running layer steps in a private mount namespace" },
+    HostTool { program: "chroot", package: "coreutils", why: "running package installs and scripts inside the root filesystem" },
+    HostTool { program: "gpg", package: "gpg", why: "checking archive keyring fingerprints" },
+    HostTool { program: "mkfs.ext4", package: "e2fsprogs", why: "writing the root filesystem" },
+    HostTool { program: "debugfs", package: "e2fsprogs", why: "fixing inode times of the root filesystem for reproducibility" },
+    HostTool { program: "mkfs.fat", package: "dosfstools", why: "formatting the EFI system partition" },
+    HostTool { program: "mcopy", package: "mtools", why: "filling the EFI system partition without mounting it" },
+    HostTool { program: "qemu-img", package: "qemu-utils", why: "writing the qcow2 output" },
+    HostTool { program: "qemu-system-x86_64", package: "qemu-system-x86", why: "booting images in `outpost test`" },
+    HostTool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", why: "UEFI firmware for `outpost test`" },
+];
+
+pub fn host_tool(program: &str) -> HostTool {
+    HOST_TOOLS.iter().copied().find(|t| t.program == program).unwrap_or(HostTool {
+        program: "",
+        package: "",
+        why: "",
+    })
+}
+
+/// Finds a program on PATH (or an absolute path that exists).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.is_absolute() {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    // Debian keeps mkfs.* in /usr/sbin, which is not on a normal user's PATH.
+    let extra = OsString::from(":/usr/sbin:/sbin");
+    let mut all = path;
+    all.push(&extra);
+    std::env::split_paths(&all).map(|d| d.join(program)).find(|c| c.is_file())
+}
+
+pub struct Tool {
+    program: String,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    why: String,
+}
+
+impl Tool {
+    pub fn new(program: &str) -> Self {
+        Tool { program: program.to_string(), args: Vec::new(), envs: Vec::new(), why: String::new() }
+    }
+
+    /// What the command is for, in the words of an error message ("formatting the root partition").
+    pub fn describe(mut self, why: impl Into<String>) -> Self {
+        self.why = why.into();
+        self
+    }
+
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.args.push(a.as_ref().to_os_string());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
+        self.envs.push((k.as_ref().to_os_string(), v.as_ref().to_os_string()));
+        self
+    }
+
+    pub fn cmdline(&self) -> String {
+        let mut s = shell_quote(&self.program);
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&shell_quote(&a.to_string_lossy()));
+        }
+        s
+    }
+
+    fn command(&self) -> Result<Command, ToolError> {
+        let Some(path) = which(&self.program) else {
+            let t = host_tool(&self.program);
+            return Err(ToolError::NotFound {
+                program: self.program.clone(),
+                package: if t.package.is_empty() { self.program.clone() } else { t.package.into() },
+                why: if self.why.is_empty() { t.why.into() } else { self.why.clone() },
+            });
+        };
+        let mut cmd = Command::new(path);
+        cmd.args(&self.args).env_clear().stdin(Stdio::null());
+        for k in ENV_ALLOWLIST {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("LC_ALL", "C.UTF-8");
+        if let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") {
+            cmd.env("SOURCE_DATE_EPOCH", v);
+        }
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
+        Ok(cmd)
+    }
+
+    fn check(&self, status: ExitStatus, stderr: &[u8]) -> Result<(), ToolError> {
+        use std::os::unix::process::ExitStatusExt;
+        if status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(stderr);
+        let text = text.trim();
+        let tail = if text.is_empty() {
+            String::new()
+        } else {
+            let start = text.len().saturating_sub(STDERR_TAIL);
+            let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            format!("; its output ends with:\n{}", &text[start..])
+        };
+        let why = if self.why.is_empty() { format!("running {}", self.program) } else { self.why.clone() };
+        Err(match status.signal() {
+            Some(signal) => ToolError::Signal { why, cmdline: self.cmdline(), signal, tail },
+            None => ToolError::Exit { why, cmdline: self.cmdline(), code: status.code().unwrap_or(-1), tail },
+        })
+    }
+
+    /// Runs to completion; stdout and stderr are captured and only shown on failure.
+    pub fn run(&self) -> Result<(), ToolError> {
+        self.output().map(|_| ())
+    }
+
+    /// Runs to completion and returns stdout.
+    pub fn output(&self) -> Result<String, ToolError> {
+        debug(&format!("+ {}", self.cmdline()));
+        let out = self.command()?.stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| {
+            ToolError::Exit { why: self.why.clone(), cmdline: self.cmdline(), code: -1, tail: format!(": {e}") }
+        })?;
+        // Tools such as mmdebstrap report on stdout what went wrong; keep both for the error.
+        let mut both = out.stdout.clone();
+        both.extend_from_slice(&out.stderr);
+        self.check(out.status, &both)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+pub fn debug(msg: &str) {
+    if std::env::var_os("OUTPOST_DEBUG").is_some() {
+        eprintln!("{msg}");
+    }
+}
+
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Host tools from `needed` that are missing.
+pub fn missing(needed: &[&str]) -> Vec<HostTool> {
+    let mut out: Vec<HostTool> = needed.iter().filter(|p| which(p).is_none()).map(|p| host_tool(p)).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Makes sure every tool in `needed` is there: as root on Debian/Ubuntu, installs the missing
+/// packages (saying so); otherwise returns one error listing them with the apt-get line.
+pub fn preflight(needed: &[&str]) -> Result<()> {
+    let miss = missing(needed);
+    if miss.is_empty() {
+        return Ok(());
+    }
+    let mut pkgs: Vec<&str> = miss.iter().map(|t| t.package).collect();
+    pkgs.sort();
+    pkgs.dedup();
+    let list: Vec<String> = miss.iter().map(|t| format!("{} ({}, for {})", t.program, t.package, t.why)).collect();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if is_root && Path::new("/usr/bin/apt-get").exists() {
+        eprintln!("outpost: installing missing host packages: {}", pkgs.join(" "));
+        Tool::new("apt-get")
+            .describe("updating the host's package lists")
+            .arg("update")
+            .run()?;
+        Tool::new("apt-get")
+            .describe("installing host packages outpost needs")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .run()?;
+        let still = missing(needed);
+        if still.is_empty() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!(
+        "missing host tools: {}. Install them with: sudo apt-get install {}",
+        list.join(", "),
+        pkgs.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_program_names_the_package() {
+        let err = Tool::new("mkfs.nonexistent-outpost").describe("formatting x").run().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("mkfs.nonexistent-outpost is not installed"), "{msg}");
+        assert!(msg.contains("formatting x"), "{msg}");
+    }
+
+    #[test]
+    fn exit_status_and_stderr_tail_are_reported() {
+        let err = Tool::new("sh").describe("testing").args(["-c", "echo boom >&2; exit 3"]).run().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("exited with status 3"), "{msg}");
+        assert!(msg.contains("boom"), "{msg}");
+        assert!(msg.contains("`sh -c 'echo boom >&2; exit 3'`"), "{msg}");
+    }
+
+    #[test]
+    fn signal_is_told_apart() {
+        let err = Tool::new("sh").args(["-c", "kill -9 $$"]).run().unwrap_err();
+        assert!(err.to_string().contains("killed by signal 9"), "{err}");
+    }
+
+    #[test]
+    fn environment_is_cleared() {
+        // SAFETY: test sets a variable only it reads.
+        unsafe { std::env::set_var("OUTPOST_TEST_SECRET", "x") };
+        let out = Tool::new("sh").args(["-c", "echo ${OUTPOST_TEST_SECRET:-unset} $LC_ALL"]).output().unwrap();
+        assert_eq!(out.trim(), "unset C.UTF-8");
+    }
+}
