@@ -96,13 +96,11 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         disk::make_ext4(&tree, &root_img, layout.get(Role::Root).size(), "root", &fs_uuid, ctx.epoch)
     })?;
     let packages = rootfs::installed_packages(&tree)?;
-    drop(work);
 
     let mut finals = Vec::new();
     let mut outputs = Vec::new();
     p.stage("writing the raw disk", || disk::write(&layout, &[(Role::Esp, &esp_img), (Role::Root, &root_img)], &output::partial(raw)))?;
-    let _ = std::fs::remove_file(&esp_img);
-    let _ = std::fs::remove_file(&root_img);
+    drop(work);
     if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
         p.stage("writing the qcow2 image", || output::qcow2(&output::partial(raw), &output::partial(qcow2)))?;
         finals.push(qcow2.to_path_buf());

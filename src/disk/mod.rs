@@ -139,11 +139,17 @@ fn ext4_time(epoch: i64) -> String {
 /// Writes the raw disk: protective MBR, primary and backup GPT, and each partition's image at
 /// its offset (zero blocks skipped, so the file stays sparse).
 pub fn write(layout: &Layout, images: &[(Role, &Path)], out: &Path) -> Result<()> {
-    let mut f = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
     f.set_len(layout.size)?;
     for (role, img) in images {
         let part = layout.get(*role);
-        let len = fs::metadata(img)?.len();
+        let len = fs::metadata(img).with_context(|| format!("reading {}", img.display()))?.len();
         anyhow::ensure!(
             len <= part.size(),
             "the {:?} file system ({len} bytes) does not fit its partition ({} bytes)",

@@ -1,0 +1,122 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn write(dir: &Path, rel: &str, text: &str) -> PathBuf {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A project with layers base <- mid <- top, and an image of `top`.
+fn project() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "layers/base/layer.toml", "version = 1\npackages = [\"systemd\", \"{{ kernel }}\"]\n[variables]\nkernel = \"linux-image-amd64\"\n");
+    write(d, "layers/mid/layer.toml", "version = 1\ndepends = [\"base\"]\n[variables]\ngreeting = \"hello\"\n");
+    write(d, "layers/mid/files/etc/motd.tera", "{{ greeting }} from {{ distro }}\n");
+    write(d, "layers/top/layer.toml", "version = 1\ndepends = [\"mid\", \"base\"]\n");
+    write(d, "layers/top/files/etc/top.conf", "a\n");
+    let img = write(d, "images/x.toml", "version = 1\ndistro = \"debian\"\nlayers = [\"top\"]\nhostname = \"x\"\n");
+    (tmp, img)
+}
+
+fn plan_of(img: &Path) -> Result<BuildPlan, SpecError> {
+    resolve(&Image::load(img).unwrap())
+}
+
+#[test]
+fn layers_come_in_dependency_order_with_rendered_packages() {
+    let (_t, img) = project();
+    let p = plan_of(&img).unwrap();
+    let names: Vec<&str> = p.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["base", "mid", "top"]);
+    assert_eq!(p.layers[0].packages, ["systemd", "linux-image-amd64"]);
+    assert_eq!(p.base.suite, "bookworm");
+    // Each layer sees its own and its dependencies' variables, and the built-ins.
+    assert_eq!(p.layers[1].variables["greeting"], "hello");
+    assert_eq!(p.layers[1].variables["distro"], "debian");
+    assert!(!p.layers[0].variables.contains_key("greeting"));
+}
+
+#[test]
+fn keys_are_stable_and_change_only_from_the_edited_layer_up() {
+    let (t, img) = project();
+    let a = plan_of(&img).unwrap();
+    let again = plan_of(&img).unwrap();
+    let keys = |p: &BuildPlan| p.layers.iter().map(|l| l.key.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&a), keys(&again));
+
+    write(t.path(), "layers/top/files/etc/top.conf", "b\n");
+    let b = plan_of(&img).unwrap();
+    assert_eq!(keys(&a)[..2], keys(&b)[..2]);
+    assert_ne!(keys(&a)[2], keys(&b)[2]);
+
+    write(t.path(), "layers/mid/files/etc/motd.tera", "{{ greeting }}!\n");
+    let c = plan_of(&img).unwrap();
+    assert_eq!(keys(&b)[0], keys(&c)[0]);
+    assert_ne!(keys(&b)[1], keys(&c)[1]);
+    assert_ne!(keys(&b)[2], keys(&c)[2]);
+}
+
+#[test]
+fn image_variables_change_only_layers_that_use_them() {
+    let (t, img) = project();
+    let a = plan_of(&img).unwrap();
+    write(t.path(), "images/x.toml", "version = 1\ndistro = \"debian\"\nlayers = [\"top\"]\nhostname = \"x\"\n[variables]\ngreeting = \"hi\"\n");
+    let b = plan_of(&img).unwrap();
+    assert_eq!(a.layers[0].key, b.layers[0].key);
+    assert_ne!(a.layers[1].key, b.layers[1].key);
+}
+
+#[test]
+fn executable_bit_is_part_of_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let (t, img) = project();
+    let a = plan_of(&img).unwrap();
+    let f = t.path().join("layers/top/files/etc/top.conf");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let b = plan_of(&img).unwrap();
+    assert_ne!(a.layers[2].key, b.layers[2].key);
+}
+
+#[test]
+fn problems_are_all_reported_with_file_and_key() {
+    let (t, img) = project();
+    write(t.path(), "layers/mid/layer.toml", "version = 1\ndepends = [\"base\", \"nosuch\"]\n[variables]\ngreeting = \"x\"\n");
+    write(t.path(), "layers/top/files/etc/bad.tera", "{{ undefined_thing }}\n");
+    write(t.path(), "images/x.toml", "version = 1\ndistro = \"debian\"\nlayers = [\"top\", \"other\"]\nhostname = \"x\"\n[variables]\ntypo = \"1\"\n");
+    let err = plan_of(&img).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("mid/layer.toml: key `depends[1]`: unknown layer `nosuch`"), "{text}");
+    assert!(text.contains("x.toml: key `layers[1]`: unknown layer `other`"), "{text}");
+    // Loading stops at unknown layers; the variable and template problems come on the next run.
+    write(t.path(), "layers/mid/layer.toml", "version = 1\ndepends = [\"base\"]\n[variables]\ngreeting = \"x\"\n");
+    write(t.path(), "images/x.toml", "version = 1\ndistro = \"debian\"\nlayers = [\"top\"]\nhostname = \"x\"\n[variables]\ntypo = \"1\"\n");
+    let text = plan_of(&img).unwrap_err().to_string();
+    assert!(text.contains("key `variables.typo`: no layer of this image declares this variable"), "{text}");
+    assert!(text.contains("bad.tera: template error"), "{text}");
+    assert!(text.contains("undefined_thing"), "{text}");
+    assert!(text.starts_with("2 problems"), "{text}");
+}
+
+#[test]
+fn cycles_are_named() {
+    let (t, img) = project();
+    write(t.path(), "layers/base/layer.toml", "version = 1\ndepends = [\"top\"]\n");
+    let text = plan_of(&img).unwrap_err().to_string();
+    assert!(text.contains("dependency cycle: top -> mid -> base -> top"), "{text}");
+}
+
+#[test]
+fn templates_render_with_image_values() {
+    let ctx = {
+        let mut c = tera::Context::new();
+        c.insert("port", "8080");
+        c
+    };
+    assert_eq!(render("t", "listen {{ port }}", &ctx).unwrap(), "listen 8080");
+    let err = render("unit.service.tera", "{{ nope }}", &ctx).unwrap_err();
+    assert!(err.contains("nope"), "{err}");
+}

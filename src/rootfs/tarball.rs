@@ -186,6 +186,14 @@ pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
         if is_dir {
             dirs.push((rel.clone(), entry.header().mtime()?));
         }
+        if entry.header().entry_type() == tar::EntryType::Link {
+            // Link targets are relative to the archive root, which `Entry::unpack` does not know.
+            let target = entry.link_name()?.context("hard link without a target")?.into_owned();
+            remove_any(&dest)?;
+            fs::hard_link(root.join(&target), &dest)
+                .with_context(|| format!("linking {} to {} from {}", rel.display(), target.display(), tarball.display()))?;
+            continue;
+        }
         entry.unpack(&dest).with_context(|| format!("extracting {} from {}", rel.display(), tarball.display()))?;
     }
     // Entries written into a directory move its mtime: set directories' mtimes last.
