@@ -12,6 +12,9 @@ mod spec;
 mod tool;
 mod vmtest;
 
+#[cfg(test)]
+mod e2e_tests;
+
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -72,10 +72,10 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
 
 fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &Path) -> Result<BuildReport> {
     let p = &ctx.progress;
-    let layers = p.stage("layers", || rootfs::build_layers(plan, &ctx.cache, |m| p.message(m)))?;
-    let work = ctx.cache.work_dir("assemble")?;
+    let work = ctx.cache.work_dir("build")?;
     let tree = work.path().join("root");
-    p.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &tree, ctx.epoch))?;
+    let layers = p.stage("layers", || rootfs::build_layers(plan, &ctx.cache, &tree, |m| p.message(m)))?;
+    p.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &tree, layers.tree_complete, ctx.epoch))?;
 
     let seed = format!("{}:{}", plan.image, plan.top_key());
     let (bytes, inodes) = disk::measure(&tree)?;

@@ -74,7 +74,8 @@ pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> R
 }
 
 /// Writes `root` into `img` as ext4, with UUID and hash seed given, and every inode time set to
-/// `epoch` (mkfs.ext4 -d copies ctime and atime from the build host; debugfs sets them).
+/// `epoch` (mkfs.ext4 -d copies ctime and atime from the build host; debugfs sets them), and
+/// the superblocks' lifetime write counter at zero (it counts bytes mkfs happened to write).
 pub fn make_ext4(root: &Path, img: &Path, size: u64, label: &str, uuid: &uuid::Uuid, epoch: i64) -> Result<()> {
     if img.exists() {
         fs::remove_file(img)?;
@@ -93,6 +94,8 @@ pub fn make_ext4(root: &Path, img: &Path, size: u64, label: &str, uuid: &uuid::U
         .run()?;
     let stamp = ext4_time(epoch);
     let mut script = String::new();
+    // mkfs and debugfs count the bytes they wrote in the superblock; zero stays zero.
+    script.push_str("ssv kbytes_written 0\n");
     for e in walkdir::WalkDir::new(root).sort_by_file_name() {
         let e = e?;
         let rel = e.path().strip_prefix(root)?;
@@ -106,6 +109,8 @@ pub fn make_ext4(root: &Path, img: &Path, size: u64, label: &str, uuid: &uuid::U
             script.push_str(&format!("sif \"{p}\" {field} {stamp}\n"));
         }
     }
+    // -a: write the superblock to the backup groups too, so they carry the same values.
+    script.push_str("close -a\n");
     let script_path = img.with_extension("debugfs");
     fs::write(&script_path, script)?;
     Tool::new("debugfs")

@@ -49,7 +49,7 @@ exec chroot "$root" "$@""#;
 pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
     let mut t = Tool::new("mmdebstrap")
         .describe(format!("bootstrapping {} {} with the packages of layer `{}`", base.distro, base.suite, layer.name))
-        .args(["--mode=root", "--variant=minbase", "--format=directory", "--quiet"])
+        .args(["--mode=root", "--variant=minbase", "--format=directory", "--quiet", "--skip=cleanup/apt/lists"])
         .arg(format!("--architectures={}", base.architecture))
         .arg(format!("--components={}", base.components))
         .arg("--aptopt=Acquire::Retries \"3\"")
@@ -88,10 +88,13 @@ pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: 
         fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
         let excludes = DPKG_EXCLUDES.iter().map(|d| d.replace('=', " ")).collect::<Vec<_>>().join("\n");
         fs::write(root.join("etc/dpkg/dpkg.cfg.d/outpost-excludes"), excludes + "\n")?;
-        let script = format!(
-            "set -e\napt-get update -q\napt-get install -y -q --no-install-recommends {}\napt-get clean\nrm -rf /var/lib/apt/lists/*\n",
-            layer.packages.iter().map(|p| crate::tool::shell_quote(p)).collect::<Vec<_>>().join(" ")
-        );
+        // The package lists fetched by the bottom layer stay in the layers (finalize removes them
+        // from the image), so every layer installs from the same archive state without
+        // fetching the lists again. When the archive has moved on and a package is gone, fetch
+        // them anew.
+        let pkgs = layer.packages.iter().map(|p| crate::tool::shell_quote(p)).collect::<Vec<_>>().join(" ");
+        let install = format!("apt-get install -y -q --no-install-recommends {pkgs}");
+        let script = format!("set -e\n{install} || {{ apt-get update -q && {install}; }}\napt-get clean\n");
         let result = chroot(root, &format!("installing the packages of layer `{}` ({})", layer.name, layer.packages.join(" ")))
             .args(["sh", "-c", &script])
             .run();
@@ -168,14 +171,16 @@ fn copy_files(plan: &BuildPlan, layer: &PlannedLayer, root: &Path) -> Result<()>
 pub struct LayersReport {
     pub built: Vec<String>,
     pub reused: Vec<String>,
+    pub tree_complete: bool,
 }
 
 /// Builds every layer missing from the cache, each on top of its parent; layers already cached
 /// are not touched.
-pub fn build_layers(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&str)) -> Result<LayersReport> {
-    let mut report = LayersReport { built: Vec::new(), reused: Vec::new() };
-    let work = cache.work_dir("layers")?;
-    let tree = work.path().join("tree");
+///
+/// `tree` is a scratch directory; when the top layer was built, it is left holding the whole
+/// root filesystem (`tree_complete`), which spares the assembly extracting it all again.
+pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, mut progress: impl FnMut(&str)) -> Result<LayersReport> {
+    let mut report = LayersReport { built: Vec::new(), reused: Vec::new(), tree_complete: false };
     // Index of the last layer the tree holds, when it holds any.
     let mut tree_at: Option<usize> = None;
     for (i, layer) in plan.layers.iter().enumerate() {
@@ -185,21 +190,18 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&s
         }
         progress(&format!("layer {} ({}/{})", layer.name, i + 1, plan.layers.len()));
         if i > 0 && tree_at != Some(i - 1) {
-            reset_dir(&tree)?;
-            for l in &plan.layers[..i] {
-                extract(&cache.layer_path(&l.key), &tree)?;
-            }
+            extract_all(cache, &plan.layers[..i], tree)?;
         }
         let before = if i == 0 {
             if tree.exists() {
-                fs::remove_dir_all(&tree)?;
+                fs::remove_dir_all(tree)?;
             }
-            bootstrap(&plan.base, layer, &tree)?;
+            bootstrap(&plan.base, layer, tree)?;
             None
         } else {
-            Some(snapshot(&tree)?)
+            Some(snapshot(tree)?)
         };
-        apply(plan, layer, &tree, i == 0)?;
+        apply(plan, layer, tree, i == 0)?;
         let meta = EntryMeta {
             layer: layer.name.clone(),
             image: plan.image.clone(),
@@ -207,20 +209,30 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&s
             created: now(),
         };
         cache
-            .publish(&layer.key, &meta, |f| write_delta(&tree, before.as_ref(), f).map(|_| ()))
+            .publish(&layer.key, &meta, |f| write_delta(tree, before.as_ref(), f).map(|_| ()))
             .with_context(|| format!("storing layer `{}` in the cache", layer.name))?;
         tree_at = Some(i);
         report.built.push(layer.name.clone());
     }
+    report.tree_complete = tree_at == Some(plan.layers.len() - 1);
     Ok(report)
 }
 
-/// Lays all layers down into a fresh `root`, in order, then makes it an appliance of this image:
-/// hostname, empty machine-id, no package lists or logs, times clamped.
-pub fn assemble(plan: &BuildPlan, cache: &Cache, root: &Path, epoch: i64) -> Result<()> {
+fn extract_all(cache: &Cache, layers: &[PlannedLayer], root: &Path) -> Result<()> {
     reset_dir(root)?;
-    for l in &plan.layers {
+    for l in layers {
         extract(&cache.layer_path(&l.key), root).with_context(|| format!("laying down layer `{}`", l.name))?;
+    }
+    Ok(())
+}
+
+/// Makes `root` the image's root filesystem: all layers laid down in order (unless
+/// `tree_complete` says it holds them already; mkfs.ext4 -d sorts entries, so how the tree was
+/// made does not show in the file system), then hostname, an empty machine-id, no package lists
+/// or logs, times clamped.
+pub fn assemble(plan: &BuildPlan, cache: &Cache, root: &Path, tree_complete: bool, epoch: i64) -> Result<()> {
+    if !tree_complete {
+        extract_all(cache, &plan.layers, root)?;
     }
     finalize(plan, root)?;
     clamp_times(root, epoch)
@@ -238,8 +250,9 @@ fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
             fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
-    // Build-time logs and caches record when and how the build ran, not what the image is.
-    for dir in ["var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
+    // Build-time logs and caches record when and how the build ran, not what the image is;
+    // /dev is devtmpfs at run time.
+    for dir in ["dev", "var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
         let d = root.join(dir);
         if !d.is_dir() {
             continue;

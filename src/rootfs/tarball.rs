@@ -140,20 +140,12 @@ fn append<W: Write>(
         h.set_size(m.len());
         let f = File::open(path).with_context(what)?;
         tar.append_data(&mut h, rel, BufReader::new(f).take(m.len())).with_context(what)?;
-    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-        h.set_entry_type(if ft.is_char_device() {
-            tar::EntryType::Char
-        } else if ft.is_block_device() {
-            tar::EntryType::Block
-        } else {
-            tar::EntryType::Fifo
-        });
-        let rdev = m.rdev();
-        h.set_device_major(libc::major(rdev))?;
-        h.set_device_minor(libc::minor(rdev))?;
+    } else if ft.is_fifo() {
+        h.set_entry_type(tar::EntryType::Fifo);
         tar.append_data(&mut h, rel, io::empty()).with_context(what)?;
     }
-    // Sockets are runtime state and are not archived.
+    // Device nodes (mmdebstrap's /dev) and sockets are not archived: the booted system mounts
+    // devtmpfs on /dev, and sockets are runtime state.
     Ok(())
 }
 
@@ -165,7 +157,6 @@ pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
     ar.set_preserve_permissions(true);
     ar.set_preserve_ownerships(true);
     ar.set_preserve_mtime(true);
-    ar.set_unpack_xattrs(true);
     ar.set_overwrite(true);
     let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
     for entry in ar.entries().with_context(|| format!("reading {}", tarball.display()))? {
@@ -194,7 +185,20 @@ pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
                 .with_context(|| format!("linking {} to {} from {}", rel.display(), target.display(), tarball.display()))?;
             continue;
         }
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry.pax_extensions()? {
+            for ext in exts {
+                let ext = ext?;
+                if let Some(name) = ext.key()?.strip_prefix("SCHILY.xattr.") {
+                    xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
         entry.unpack(&dest).with_context(|| format!("extracting {} from {}", rel.display(), tarball.display()))?;
+        // tar's own xattr support skips some namespaces (POSIX ACLs among them): set them here.
+        for (name, value) in xattrs {
+            xattr::set(&dest, &name, &value).with_context(|| format!("setting xattr {name} on {}", dest.display()))?;
+        }
     }
     // Entries written into a directory move its mtime: set directories' mtimes last.
     for (rel, mtime) in dirs.into_iter().rev() {
