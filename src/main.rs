@@ -87,6 +87,9 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(pipeline::test(&ctx, scenario, image.as_deref(), &work))?;
+            if !cli.json && !report.description.is_empty() {
+                println!("{}: {}", report.scenario, report.description);
+            }
             if cli.json {
                 print_json(&report)?;
             } else {
@@ -176,8 +179,9 @@ fn default_images() -> Result<Vec<PathBuf>> {
 fn plan_text(plan: &plan::BuildPlan, cached: impl Fn(&str) -> bool) -> String {
     let b = &plan.base;
     let mut s = format!(
-        "image {}: {} {} {} (archive: {})\n",
+        "image {}: {}\n  {} {} {} (archive: {})\n",
         plan.image,
+        plan.spec.description,
         b.distro,
         b.suite,
         b.architecture,
@@ -185,11 +189,12 @@ fn plan_text(plan: &plan::BuildPlan, cached: impl Fn(&str) -> bool) -> String {
     );
     for (i, l) in plan.layers.iter().enumerate() {
         s.push_str(&format!(
-            "{:>2}. {:<20} {}  {}\n",
+            "{:>2}. {:<20} {}  {:<8}  {}\n",
             i + 1,
             l.name,
             &l.key[..16],
-            if cached(&l.key) { "cached" } else { "to build" }
+            if cached(&l.key) { "cached" } else { "to build" },
+            l.layer.description
         ));
         if !l.packages.is_empty() {
             s.push_str(&format!("      packages: {}\n", l.packages.join(" ")));

@@ -6,7 +6,6 @@ pub mod layout;
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -221,12 +220,6 @@ fn write_gpt(layout: &Layout, mut f: File) -> Result<()> {
     let f = disk.write()?;
     f.sync_all()?;
     Ok(())
-}
-
-/// Apparent and allocated size of a file, for the summary.
-pub fn file_sizes(p: &Path) -> Result<(u64, u64)> {
-    let m = fs::metadata(p)?;
-    Ok((m.len(), m.blocks() * 512))
 }
 
 #[cfg(test)]

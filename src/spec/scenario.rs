@@ -67,7 +67,6 @@ fn default_status() -> u16 {
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
-    pub file: PathBuf,
     pub description: String,
     /// The image definition, resolved against the scenario's directory.
     pub image: PathBuf,
@@ -108,7 +107,6 @@ impl Scenario {
         p.into_result()?;
         Ok(Scenario {
             name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-            file: file.to_path_buf(),
             description: t.description,
             image,
             timeout: t.timeout,

@@ -27,6 +27,7 @@ pub enum Accel {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Report {
     pub scenario: String,
+    pub description: String,
     pub accel: String,
     pub passed: Vec<String>,
     pub failed: Vec<String>,
@@ -144,6 +145,7 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
     let mut vm = Vm(child);
     let mut report = Report {
         scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
         accel: format!("{accel:?}").to_lowercase(),
         console_log: console.clone(),
         ..Default::default()
