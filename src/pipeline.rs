@@ -46,6 +46,9 @@ pub fn build_tools(plan: &BuildPlan) -> Vec<&'static str> {
     if plan.base.keyring.is_some() {
         t.push("gpg");
     }
+    if plan.base.distro == "ubuntu" {
+        t.push("/usr/share/distro-info/ubuntu.csv");
+    }
     t
 }
 
@@ -85,40 +88,44 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
 
     let esp_dir = work.path().join("esp");
     let esp_img = work.path().join("esp.img");
-    let root_img = work.path().join("root.img");
-    p.stage("writing the EFI system partition", || {
+    let disk_file = output::partial(raw);
+    p.stage("writing the partition table and ESP", || {
+        disk::create(&layout, &disk_file)?;
         disk::stage_esp(&tree, &esp_dir, &cmdline, &plan.image)?;
         let serial = u32::from_be_bytes(layout.disk_guid.as_bytes()[..4].try_into().expect("4 bytes"));
-        disk::make_fat(&esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)
+        disk::make_fat(&esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)?;
+        disk::copy_into(&layout, Role::Esp, &esp_img, &disk_file)
     })?;
     p.stage("writing the root filesystem", || {
         let fs_uuid = disk::derive_uuid(&seed, "root filesystem");
-        disk::make_ext4(&tree, &root_img, layout.get(Role::Root).size(), "root", &fs_uuid, ctx.epoch)
+        disk::make_ext4(&tree, &disk_file, layout.get(Role::Root), "root", &fs_uuid, ctx.epoch)
     })?;
     let packages = rootfs::installed_packages(&tree)?;
-
+    drop(work);
     let mut finals = Vec::new();
     let mut outputs = Vec::new();
-    p.stage("writing the raw disk", || disk::write(&layout, &[(Role::Esp, &esp_img), (Role::Root, &root_img)], &output::partial(raw)))?;
-    drop(work);
-    if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
-        p.stage("writing the qcow2 image", || output::qcow2(&output::partial(raw), &output::partial(qcow2)))?;
-        finals.push(qcow2.to_path_buf());
-    }
-    if plan.spec.outputs.contains(&OutputFormat::Raw) {
-        finals.insert(0, raw.to_path_buf());
-    } else {
-        std::fs::remove_file(output::partial(raw))?;
-    }
-    p.stage("checksums and manifest", || {
-        for f in &finals {
-            let part = output::partial(f);
-            outputs.push(output::OutputFile {
-                file: f.file_name().unwrap_or_default().to_string_lossy().into_owned(),
-                size: std::fs::metadata(&part)?.len(),
-                sha256: output::sha256_file(&part)?,
-            });
+    p.stage("writing qcow2 and checksums", || {
+        // Hash the raw disk on the second core while qemu-img compresses it.
+        let raw_sum = std::thread::scope(|s| {
+            let sum = s.spawn(|| output::sha256_file(&output::partial(raw)));
+            if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
+                output::qcow2(&output::partial(raw), &output::partial(qcow2))?;
+            }
+            sum.join().map_err(|_| anyhow::anyhow!("hashing {} panicked", raw.display()))?
+        })?;
+        if plan.spec.outputs.contains(&OutputFormat::Raw) {
+            outputs.push(output_file(raw, raw_sum)?);
+            finals.push(raw.to_path_buf());
+        } else {
+            std::fs::remove_file(output::partial(raw))?;
         }
+        if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
+            outputs.push(output_file(qcow2, output::sha256_file(&output::partial(qcow2))?)?);
+            finals.push(qcow2.to_path_buf());
+        }
+        anyhow::Ok(())
+    })?;
+    p.stage("manifest", || {
         let manifest = Manifest {
             outpost_version: env!("CARGO_PKG_VERSION"),
             image: plan.image.clone(),
@@ -145,6 +152,14 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         stages: p.times(),
         outputs,
         out_dir: out_dir.to_path_buf(),
+    })
+}
+
+fn output_file(f: &Path, sha256: String) -> Result<output::OutputFile> {
+    Ok(output::OutputFile {
+        file: f.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        size: std::fs::metadata(output::partial(f))?.len(),
+        sha256,
     })
 }
 

@@ -36,6 +36,7 @@ pub const HOST_TOOLS: &[HostTool] = &[
     HostTool { program: "mmdebstrap", package: "mmdebstrap", why: "bootstrapping the base root filesystem" },
     HostTool { program: "unshare", package: "util-linux", why: "running layer steps in a private mount namespace" },
     HostTool { program: "chroot", package: "coreutils", why: "running package installs and scripts inside the root filesystem" },
+    HostTool { program: "/usr/share/distro-info/ubuntu.csv", package: "distro-info-data", why: "letting mmdebstrap recognise Ubuntu suites and choose their archive" },
     HostTool { program: "gpg", package: "gpg", why: "checking archive keyring fingerprints" },
     HostTool { program: "mkfs.ext4", package: "e2fsprogs", why: "writing the root filesystem" },
     HostTool { program: "debugfs", package: "e2fsprogs", why: "fixing inode times of the root filesystem for reproducibility" },

@@ -72,23 +72,25 @@ pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> R
     Ok(())
 }
 
-/// Writes `root` into `img` as ext4, with UUID and hash seed given, and every inode time set to
-/// `epoch` (mkfs.ext4 -d copies ctime and atime from the build host; debugfs sets them), and
-/// the superblocks' lifetime write counter at zero (it counts bytes mkfs happened to write).
-pub fn make_ext4(root: &Path, img: &Path, size: u64, label: &str, uuid: &uuid::Uuid, epoch: i64) -> Result<()> {
-    if img.exists() {
-        fs::remove_file(img)?;
-    }
+/// Writes `root` as ext4 into partition `part` of the disk file `disk`, in place (no copy),
+/// with UUID and hash seed given, and every inode time set to `epoch` (mkfs.ext4 -d copies
+/// ctime and atime from the build host; debugfs sets them), and the superblocks' lifetime write
+/// counter at zero (it counts bytes mkfs happened to write).
+pub fn make_ext4(root: &Path, disk: &Path, part: &layout::Partition, label: &str, uuid: &uuid::Uuid, epoch: i64) -> Result<()> {
     let uuid = uuid.to_string();
+    let offset = part.offset();
+    // e2fsprogs opens `FILE?offset=N` as the file system N bytes into FILE.
+    let in_disk = format!("{}?offset={offset}", disk.display());
+    anyhow::ensure!(!disk.to_string_lossy().contains('?'), "{}: the output path must not contain `?`", disk.display());
     Tool::new("mkfs.ext4")
         .describe(format!("writing the {label} file system"))
         .args(["-q", "-F", "-L", label, "-U", &uuid, "-m", "1", "-b", "4096", "-I", "256"])
         .arg("-E")
-        .arg(format!("hash_seed={uuid},root_owner=0:0,nodiscard"))
+        .arg(format!("offset={offset},hash_seed={uuid},root_owner=0:0,nodiscard"))
         .arg("-d")
         .arg(root)
-        .arg(img)
-        .arg(format!("{}k", size / 1024))
+        .arg(disk)
+        .arg(format!("{}k", part.size() / 1024))
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .run()?;
     let stamp = ext4_time(epoch);
@@ -110,13 +112,13 @@ pub fn make_ext4(root: &Path, img: &Path, size: u64, label: &str, uuid: &uuid::U
     }
     // -a: write the superblock to the backup groups too, so they carry the same values.
     script.push_str("close -a\n");
-    let script_path = img.with_extension("debugfs");
+    let script_path = root.with_file_name("ext4-times.debugfs");
     fs::write(&script_path, script)?;
     Tool::new("debugfs")
         .describe(format!("setting inode times of the {label} file system"))
         .args(["-w", "-f"])
         .arg(&script_path)
-        .arg(img)
+        .arg(&in_disk)
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .run()?;
     fs::remove_file(&script_path)?;
@@ -140,10 +142,10 @@ fn ext4_time(epoch: i64) -> String {
     format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-/// Writes the raw disk: protective MBR, primary and backup GPT, and each partition's image at
-/// its offset (zero blocks skipped, so the file stays sparse).
-pub fn write(layout: &Layout, images: &[(Role, &Path)], out: &Path) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
+/// Creates the raw disk: protective MBR, primary and backup GPT; partitions are written into
+/// it afterwards, in place.
+pub fn create(layout: &Layout, out: &Path) -> Result<()> {
+    let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -151,18 +153,18 @@ pub fn write(layout: &Layout, images: &[(Role, &Path)], out: &Path) -> Result<()
         .open(out)
         .with_context(|| format!("creating {}", out.display()))?;
     f.set_len(layout.size)?;
-    for (role, img) in images {
-        let part = layout.get(*role);
-        let len = fs::metadata(img).with_context(|| format!("reading {}", img.display()))?.len();
-        anyhow::ensure!(
-            len <= part.size(),
-            "the {:?} file system ({len} bytes) does not fit its partition ({} bytes)",
-            role,
-            part.size()
-        );
-        copy_sparse(img, &mut f, part.offset()).with_context(|| format!("copying {} into {}", img.display(), out.display()))?;
-    }
     write_gpt(layout, f).with_context(|| format!("writing the partition table of {}", out.display()))
+}
+
+/// Copies a file system image into its partition (zero blocks skipped: the disk stays sparse).
+pub fn copy_into(layout: &Layout, role: Role, img: &Path, out: &Path) -> Result<()> {
+    let part = layout.get(role);
+    let len = fs::metadata(img).with_context(|| format!("reading {}", img.display()))?.len();
+    anyhow::ensure!(len <= part.size(), "the {role:?} file system ({len} bytes) does not fit its partition ({} bytes)", part.size());
+    let mut f = fs::OpenOptions::new().write(true).open(out).with_context(|| format!("opening {}", out.display()))?;
+    copy_sparse(img, &mut f, part.offset()).with_context(|| format!("copying {} into {}", img.display(), out.display()))?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> Result<()> {
@@ -244,7 +246,8 @@ mod tests {
         let blob = tmp.path().join("p.img");
         fs::write(&blob, vec![7u8; 4096]).unwrap();
         let out = tmp.path().join("disk.raw");
-        write(&layout, &[(Role::Root, &blob)], &out).unwrap();
+        create(&layout, &out).unwrap();
+        copy_into(&layout, Role::Root, &blob, &out).unwrap();
         let v = Tool::new("sgdisk").arg("-v").arg(&out).output().unwrap();
         assert!(v.contains("No problems found"), "{v}");
         let info = Tool::new("sgdisk").args(["-i", "2"]).arg(&out).output().unwrap();
