@@ -59,6 +59,12 @@ pub fn load_plan(image_path: &Path) -> Result<BuildPlan> {
 
 pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport> {
     let plan = ctx.progress.stage("planning", || load_plan(image_path))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "outpost build must run as root: packages are installed with mmdebstrap and apt-get in a chroot, \
+         which need root (a CI job's root, or a container's, is enough; no mounts or loop devices are used)"
+    );
     tool::preflight(&build_tools(&plan))?;
     check_keyring(&plan)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating the output directory {}", out_dir.display()))?;
