@@ -71,7 +71,9 @@ pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
     // Later layers run `apt-get update` in the chroot and need the archive key there too.
     if let Some(k) = &base.keyring {
         let name = k.file.file_name().context("keyring file name")?;
-        let dest = root.join("etc/apt/trusted.gpg.d").join(name);
+        let dir = root.join("etc/apt/trusted.gpg.d");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dest = dir.join(name);
         fs::copy(&k.file, &dest).with_context(|| format!("copying {} to {}", k.file.display(), dest.display()))?;
     }
     Ok(())
