@@ -43,6 +43,23 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         work: Option<PathBuf>,
     },
+    /// Write a site's settings into the seed partition of a copy of an image (the root is untouched)
+    Personalize {
+        /// A built image: NAME.raw or NAME.qcow2
+        image: PathBuf,
+        /// The site definition, e.g. sites/clinic.toml
+        #[arg(long, value_name = "FILE")]
+        site: PathBuf,
+        /// The personalized copy: NAME-SITE.raw or NAME-SITE.qcow2
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// The appliance's first-boot agent (runs inside the image)
+    #[command(hide = true)]
+    Seed {
+        #[command(subcommand)]
+        command: SeedCommand,
+    },
     /// Inspect or prune the layer cache
     Cache {
         #[command(subcommand)]
@@ -60,5 +77,21 @@ pub enum CacheCommand {
     Gc {
         /// Image definitions whose layers to keep [default: images/*.toml]
         images: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeedCommand {
+    /// Apply the seed partition's site.toml to this system
+    Apply {
+        /// Read the seed from this device or file instead of the `seed` partition
+        #[arg(long)]
+        device: Option<PathBuf>,
+    },
+    /// Check the site's static network settings; fall back to DHCP when they give no connectivity
+    CheckNetwork {
+        /// Seconds to wait for the addresses to come up
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
     },
 }

@@ -8,6 +8,7 @@ mod pipeline;
 mod plan;
 mod progress;
 mod rootfs;
+mod site;
 mod spec;
 mod tool;
 mod vmtest;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use cli::{CacheCommand, Cli, Command};
+use cli::{CacheCommand, Cli, Command, SeedCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -110,6 +111,24 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{} passed, {} failed", report.passed.len(), report.failed.len());
                 Ok(1)
             }
+        }
+        Command::Personalize { image, site, out } => {
+            let started = std::time::Instant::now();
+            site::personalize(image, site, out, pipeline::source_date_epoch()?)?;
+            let secs = started.elapsed().as_secs_f64();
+            if cli.json {
+                print_json(&serde_json::json!({"out": out, "sha256": output::sha256_file(out)?, "seconds": secs}))?;
+            } else {
+                println!("wrote {} with the site {} in {secs:.2} s", out.display(), site.display());
+            }
+            Ok(0)
+        }
+        Command::Seed { command } => {
+            match command {
+                SeedCommand::Apply { device } => site::apply(Path::new("/"), device.as_deref())?,
+                SeedCommand::CheckNetwork { timeout } => site::check_network(Path::new("/"), std::time::Duration::from_secs(*timeout))?,
+            }
+            Ok(0)
         }
         Command::Cache { command } => {
             let dir = cli.cache.clone().unwrap_or_else(cache::Cache::default_dir);

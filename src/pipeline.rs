@@ -100,7 +100,14 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         disk::stage_esp(&tree, &esp_dir, &cmdline, &plan.image)?;
         let serial = u32::from_be_bytes(layout.disk_guid.as_bytes()[..4].try_into().expect("4 bytes"));
         disk::make_fat(&esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)?;
-        disk::copy_into(&layout, Role::Esp, &esp_img, &disk_file)
+        disk::copy_into(&layout, Role::Esp, &esp_img, &disk_file)?;
+        // An empty seed (README and an example): the image boots with its own defaults until
+        // `outpost personalize`, or someone with a laptop, puts a site.toml there.
+        let seed = layout.get(Role::Seed);
+        let seed_serial = u32::from_be_bytes(seed.guid.as_bytes()[..4].try_into().expect("4 bytes"));
+        let seed_img = crate::site::seed::image(seed.size(), seed_serial, ctx.epoch, None)?;
+        std::fs::write(work.path().join("seed.img"), seed_img)?;
+        disk::copy_into(&layout, Role::Seed, &work.path().join("seed.img"), &disk_file)
     })?;
     p.stage("writing the root filesystem", || {
         let fs_uuid = disk::derive_uuid(&seed, "root filesystem");
@@ -220,6 +227,18 @@ pub async fn test(ctx: &Ctx, scenario_path: &Path, image: Option<&Path>, work: &
                 .context("the image has no raw or qcow2 output to boot")?;
             out.join(&file.file)
         }
+    };
+    if !scenario.ssh.is_empty() {
+        tool::preflight(&["ssh"])?;
+    }
+    let image_path = match &scenario.site {
+        Some(site) => {
+            let out = work.join("personalized.raw");
+            std::fs::create_dir_all(work)?;
+            ctx.progress.stage("personalizing", || crate::site::personalize(&image_path, site, &out, ctx.epoch))?;
+            out
+        }
+        None => image_path,
     };
     let started = Instant::now();
     let report = ctx.progress.stage_async("booting and checking", crate::vmtest::run(&scenario, &image_path, &work.join("vm"))).await?;

@@ -43,6 +43,7 @@ pub const HOST_TOOLS: &[HostTool] = &[
     HostTool { program: "mkfs.fat", package: "dosfstools", why: "formatting the EFI system partition" },
     HostTool { program: "mcopy", package: "mtools", why: "filling the EFI system partition without mounting it" },
     HostTool { program: "qemu-img", package: "qemu-utils", why: "writing the qcow2 output" },
+    HostTool { program: "ssh", package: "openssh-client", why: "logging in to test guests in `outpost test`" },
     HostTool { program: "sgdisk", package: "gdisk", why: "checking partition tables in the test suite" },
     HostTool { program: "qemu-system-x86_64", package: "qemu-system-x86", why: "booting images in `outpost test`" },
     HostTool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", why: "UEFI firmware for `outpost test`" },

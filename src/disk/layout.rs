@@ -16,13 +16,21 @@ pub mod types {
     pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
     pub const ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
     pub const VAR: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
+    /// Microsoft basic data: what Windows and macOS open, so the seed can be edited anywhere.
+    pub const BASIC_DATA: &str = "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7";
 }
+
+/// The seed partition: small, FAT, holding `site.toml`.
+pub const SEED_SIZE: u64 = 16 << 20;
+/// Its GPT partition name, which the first-boot agent looks for.
+pub const SEED_LABEL: &str = "seed";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     Esp,
     Root,
+    Seed,
     Data,
 }
 
@@ -75,13 +83,15 @@ fn align_up(n: u64) -> u64 {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// Lays out ESP, root and data partitions, in that order, each aligned to 1 MiB.
+/// Lays out ESP, root, seed and data partitions, in that order, each aligned to 1 MiB. Data
+/// comes last so that it can grow into a larger disk.
 pub fn plan(esp: u64, root: u64, data: u64, seed: &str) -> Layout {
     let mut partitions = Vec::new();
     let mut at = ALIGN;
     for (role, label, ty, size) in [
         (Role::Esp, "esp", types::ESP, esp),
         (Role::Root, "root-x86-64", types::ROOT_X86_64, root),
+        (Role::Seed, SEED_LABEL, types::BASIC_DATA, SEED_SIZE),
         (Role::Data, "data", types::VAR, data),
     ] {
         let size = align_up(size);
@@ -115,7 +125,7 @@ mod tests {
     #[test]
     fn partitions_are_aligned_ordered_and_fit() {
         let l = plan(256 << 20, 1000 << 20, 1 << 30, "seed");
-        assert_eq!(l.partitions.len(), 3);
+        assert_eq!(l.partitions.len(), 4);
         let mut prev_end = 0;
         for p in &l.partitions {
             assert_eq!(p.offset() % ALIGN, 0, "{p:?}");
@@ -149,7 +159,7 @@ mod tests {
         guids.push(a.disk_guid);
         guids.sort();
         guids.dedup();
-        assert_eq!(guids.len(), 4);
+        assert_eq!(guids.len(), 5);
         assert_eq!(a.disk_guid.get_version_num(), 4);
     }
 

@@ -127,6 +127,12 @@ pub fn make_ext4(root: &Path, disk: &Path, part: &layout::Partition, label: &str
 
 /// debugfs's time format, YYYYMMDDHHMMSS in UTC.
 fn ext4_time(epoch: i64) -> String {
+    let (y, m, d, hh, mm, ss) = civil_time(epoch);
+    format!("{y:04}{m:02}{d:02}{hh:02}{mm:02}{ss:02}")
+}
+
+/// UTC calendar date and time of a Unix time: (year, month, day, hour, minute, second).
+pub fn civil_time(epoch: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = epoch.div_euclid(86400);
     let secs = epoch.rem_euclid(86400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -139,7 +145,7 @@ fn ext4_time(epoch: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// Creates the raw disk: protective MBR, primary and backup GPT; partitions are written into

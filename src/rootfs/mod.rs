@@ -240,7 +240,15 @@ pub fn assemble(plan: &BuildPlan, cache: &Cache, root: &Path, tree_complete: boo
     clamp_times(root, epoch)
 }
 
+/// Where outpost puts itself in every image, as the first-boot agent (`outpost seed apply`).
+pub const AGENT_PATH: &str = "usr/lib/outpost/outpost";
+
 fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
+    let agent = root.join(AGENT_PATH);
+    fs::create_dir_all(agent.parent().expect("has a parent"))?;
+    let me = std::env::current_exe().context("finding the outpost binary to install as the first-boot agent")?;
+    fs::copy(&me, &agent).with_context(|| format!("installing {} as {}", me.display(), agent.display()))?;
+    fs::set_permissions(&agent, fs::Permissions::from_mode(0o755))?;
     let host = &plan.spec.hostname;
     write(root, "etc/hostname", &format!("{host}\n"))?;
     write(root, "etc/hosts", &format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))?;

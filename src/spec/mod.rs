@@ -5,13 +5,15 @@
 mod image;
 mod layer;
 mod scenario;
+mod site;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use image::{Image, OutputFormat};
 pub use layer::{Keyring, Layer};
-pub use scenario::{Http, Scenario};
+pub use scenario::{Http, Scenario, Ssh};
+pub use site::{Cidr, Site};
 
 /// The only definition format version this outpost reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -66,9 +68,16 @@ impl Problems {
 /// Reads and parses one TOML definition; a syntax or type error becomes a [`Problem`] with the
 /// line and column toml reports.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, String), SpecError> {
-    let one = |key: &str, message: String| SpecError(vec![Problem { file: path.into(), key: key.into(), message }]);
-    let text = std::fs::read_to_string(path).map_err(|e| one("", format!("cannot read the file: {e}")))?;
-    let value: T = toml::from_str(&text).map_err(|e| {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SpecError(vec![Problem { file: path.into(), key: String::new(), message: format!("cannot read the file: {e}") }])
+    })?;
+    let value = parse_toml_str(path, &text)?;
+    Ok((value, text))
+}
+
+/// Parses TOML text read from `path`.
+pub fn parse_toml_str<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, SpecError> {
+    toml::from_str(text).map_err(|e| {
         let (line, col) = e
             .span()
             .map(|s| {
@@ -77,9 +86,9 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, Str
             })
             .unwrap_or((0, 0));
         let msg = e.message().trim().to_string();
-        one("", if line > 0 { format!("line {line}, column {col}: {msg}") } else { msg })
-    })?;
-    Ok((value, text))
+        let message = if line > 0 { format!("line {line}, column {col}: {msg}") } else { msg };
+        SpecError(vec![Problem { file: path.into(), key: String::new(), message }])
+    })
 }
 
 fn check_version(p: &mut Problems, file: &Path, version: u32) {

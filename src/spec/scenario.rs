@@ -18,8 +18,22 @@ struct ScenarioToml {
     #[serde(default = "default_memory")]
     memory: u64,
     verdict: String,
+    /// A site to personalize the image with before booting it.
+    #[serde(default)]
+    site: Option<PathBuf>,
+    /// QEMU user-mode network (default 10.0.2.0/24).
+    #[serde(default)]
+    net: Option<String>,
+    /// The guest's address on that network, where forwarded ports go (default: QEMU's first
+    /// DHCP lease); set it when the site gives the guest a fixed address.
+    #[serde(default)]
+    guest_address: Option<std::net::Ipv4Addr>,
     #[serde(default)]
     command: Vec<Command>,
+    #[serde(default)]
+    ssh: Vec<Ssh>,
+    #[serde(default)]
+    console: Vec<Console>,
     #[serde(default)]
     http: Vec<Http>,
 }
@@ -41,6 +55,34 @@ pub struct Command {
     pub expect: Option<String>,
     #[serde(default)]
     pub expect_status: i64,
+}
+
+/// An SSH login from the host through a forwarded port 22.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Ssh {
+    pub user: String,
+    /// Private key, relative to the scenario; none means a password login attempt.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default = "default_ssh_run")]
+    pub run: String,
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// The login must be refused.
+    #[serde(default)]
+    pub refused: bool,
+}
+
+fn default_ssh_run() -> String {
+    "true".into()
+}
+
+/// Text the serial console must show.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Console {
+    pub contains: String,
 }
 
 /// A guest TCP port forwarded to the host that must answer HTTP.
@@ -76,7 +118,12 @@ pub struct Scenario {
     pub memory: u64,
     /// The line a unit in the guest prints on the serial console when the system is up.
     pub verdict: String,
+    pub site: Option<PathBuf>,
+    pub net: Option<String>,
+    pub guest_address: Option<std::net::Ipv4Addr>,
     pub commands: Vec<Command>,
+    pub ssh: Vec<Ssh>,
+    pub console: Vec<Console>,
     pub http: Vec<Http>,
 }
 
@@ -104,8 +151,34 @@ impl Scenario {
                 p.push(file, &format!("http[{i}].path"), format!("`{}` must start with `/`", h.path));
             }
         }
+        let site = t.site.map(|s| base.join(s));
+        if let Some(s) = &site
+            && !s.is_file()
+        {
+            p.push(file, "site", format!("{} does not exist", s.display()));
+        }
+        if let Some(n) = &t.net
+            && super::Cidr::parse(n).map(|c| !c.addr.is_ipv4() || c.prefix > 24).unwrap_or(true)
+        {
+            p.push(file, "net", format!("`{n}` is not an IPv4 network of /24 or larger, such as 192.168.76.0/24"));
+        }
+        let mut ssh = t.ssh;
+        for (i, s) in ssh.iter_mut().enumerate() {
+            if let Some(k) = s.key.take() {
+                let path = base.join(k);
+                if !path.is_file() {
+                    p.push(file, &format!("ssh[{i}].key"), format!("{} does not exist", path.display()));
+                }
+                s.key = Some(path);
+            }
+        }
         p.into_result()?;
         Ok(Scenario {
+            site,
+            net: t.net,
+            guest_address: t.guest_address,
+            ssh,
+            console: t.console,
             name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             description: t.description,
             image,

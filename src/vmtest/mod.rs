@@ -105,11 +105,13 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
 
     let mut forwards = Vec::new();
     let mut port_map = std::collections::BTreeMap::new();
-    for h in &scenario.http {
-        if let std::collections::btree_map::Entry::Vacant(e) = port_map.entry(h.port) {
+    let guest_ports = scenario.http.iter().map(|h| h.port).chain((!scenario.ssh.is_empty()).then_some(22));
+    for port in guest_ports {
+        if let std::collections::btree_map::Entry::Vacant(e) = port_map.entry(port) {
             let host = free_port()?;
             e.insert(host);
-            forwards.push(format!(",hostfwd=tcp:127.0.0.1:{host}-:{}", h.port));
+            let guest = scenario.guest_address.map(|a| a.to_string()).unwrap_or_default();
+            forwards.push(format!(",hostfwd=tcp:127.0.0.1:{host}-{guest}:{port}"));
         }
     }
     let accel_args: Vec<&str> = match accel {
@@ -130,7 +132,11 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
         .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
         // restrict=on: the guest reaches nothing outside, as in a clinic without internet.
         .arg("-netdev")
-        .arg(format!("user,id=n0,restrict=on{}", forwards.concat()))
+        .arg(format!(
+            "user,id=n0,restrict=on{}{}",
+            scenario.net.as_ref().map(|n| format!(",net={n}")).unwrap_or_default(),
+            forwards.concat()
+        ))
         .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-serial-pci"])
         .arg("-chardev")
         .arg(format!("socket,path={},server=on,wait=off,id=qga0", qga.display()))
@@ -182,6 +188,21 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
                 Err(e) => report.failed.push(format!("`{}`: {e:#}", c.run)),
             }
         }
+        let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        for c in &scenario.console {
+            if text.contains(&c.contains) {
+                report.passed.push(format!("console shows `{}`", c.contains));
+            } else {
+                report.failed.push(format!("the console never showed `{}`", c.contains));
+            }
+        }
+        for s in &scenario.ssh {
+            let port = port_map[&22];
+            match ssh_check(port, s, dir, Instant::now() + Duration::from_secs(90)).await {
+                Ok(msg) => report.passed.push(msg),
+                Err(e) => report.failed.push(format!("ssh {}@guest: {e:#}", s.user)),
+            }
+        }
         for h in &scenario.http {
             let port = port_map[&h.port];
             match http_check(port, h, Instant::now() + Duration::from_secs(60)).await {
@@ -218,6 +239,54 @@ async fn wait_verdict(vm: &mut Vm, console: &Path, deadline: Instant) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+async fn ssh_check(port: u16, s: &crate::spec::Ssh, dir: &Path, deadline: Instant) -> Result<String> {
+    let mut t = Tool::new("ssh").args([
+        "-p",
+        &port.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+    ]);
+    match &s.key {
+        Some(k) => {
+            // ssh refuses keys others can read, and git does not keep modes.
+            use std::os::unix::fs::PermissionsExt;
+            let copy = dir.join(format!("ssh-key-{}", s.user));
+            std::fs::copy(k, &copy).with_context(|| format!("copying {}", k.display()))?;
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))?;
+            t = t.arg("-i").arg(copy).args(["-o", "IdentitiesOnly=yes"]);
+        }
+        None => t = t.args(["-o", "PubkeyAuthentication=no"]),
+    }
+    let t = t.arg(format!("{}@127.0.0.1", s.user)).arg(&s.run);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let result = tokio::task::block_in_place(|| t.output());
+        match (result, s.refused) {
+            (Ok(out), false) => {
+                if s.expect.as_ref().is_none_or(|e| out.contains(e.as_str())) {
+                    return Ok(format!("ssh {}@guest `{}` -> {}", s.user, s.run, out.trim()));
+                }
+                bail!("`{}` printed `{}`, expected `{}`", s.run, out.trim(), s.expect.as_deref().unwrap_or(""));
+            }
+            (Err(e), true) if e.to_string().contains("Permission denied") => {
+                return Ok(format!("ssh {}@guest without a key is refused", s.user));
+            }
+            (Ok(_), true) => bail!("the login succeeded but must be refused"),
+            (Err(e), _) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    bail!("{last}")
 }
 
 async fn http_check(port: u16, h: &crate::spec::Http, deadline: Instant) -> Result<String> {

@@ -1,0 +1,447 @@
+//! Sites: one image, many clinics. `personalize` writes a site's settings into the seed
+//! partition of a copy of an image (never touching the root); in the guest, `outpost seed
+//! apply` renders them into system configuration at boot, and `outpost seed check-network`
+//! falls back to DHCP when they give no connectivity.
+
+pub mod seed;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::disk::layout::SEED_LABEL;
+use crate::spec::{Cidr, Site};
+use crate::tool::{Tool, shell_quote};
+
+/// Where the applied site is kept in the guest, for the network check and the next boot.
+const APPLIED: &str = "var/lib/outpost/site.toml";
+const NETWORK_PREFIX: &str = "10-outpost-site-";
+const HEADER: &str = "# Written by outpost from the site seed; edits here are replaced at the next boot.\n";
+
+/// A file the site wants, relative to the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    File { mode: u32, text: String },
+    Symlink(PathBuf),
+}
+
+/// The configuration files a site stands for. Pure, so that tests and `personalize --dry-run`
+/// can look at it.
+pub fn render(site: &Site) -> BTreeMap<PathBuf, Entry> {
+    let file = |text: String| Entry::File { mode: 0o644, text };
+    let mut out = BTreeMap::new();
+    out.insert(PathBuf::from("etc/hostname"), file(format!("{}\n", site.hostname)));
+    out.insert(
+        PathBuf::from("etc/hosts"),
+        file(format!("127.0.0.1\tlocalhost\n127.0.1.1\t{0}\n::1\tlocalhost ip6-localhost ip6-loopback\n", site.hostname)),
+    );
+    for (i, ifc) in site.interfaces.iter().enumerate() {
+        let mut t = format!("{HEADER}[Match]\nName={}\n\n[Network]\n", ifc.name);
+        if ifc.dhcp {
+            t.push_str("DHCP=yes\n");
+        }
+        for a in &ifc.address {
+            t.push_str(&format!("Address={a}\n"));
+        }
+        for g in ifc.gateway.iter().chain(ifc.gateway6.iter()) {
+            t.push_str(&format!("Gateway={g}\n"));
+        }
+        for d in &ifc.dns {
+            t.push_str(&format!("DNS={d}\n"));
+        }
+        out.insert(PathBuf::from(format!("etc/systemd/network/{NETWORK_PREFIX}{i}.network")), file(t));
+    }
+    if let Some(w) = &site.wifi {
+        let key_mgmt = if w.security == "wpa3" { "SAE" } else { "WPA-PSK" };
+        let psk = if w.security == "wpa3" { "sae_password" } else { "psk" };
+        out.insert(
+            PathBuf::from("etc/wpa_supplicant/wpa_supplicant-outpost.conf"),
+            Entry::File {
+                mode: 0o600,
+                text: format!(
+                    "{HEADER}ctrl_interface=DIR=/run/wpa_supplicant\nnetwork={{\n\tssid=\"{}\"\n\tkey_mgmt={key_mgmt}\n\t{psk}=\"{}\"\n}}\n",
+                    w.ssid.replace('"', ""),
+                    w.passphrase.replace('"', "")
+                ),
+            },
+        );
+        out.insert(
+            PathBuf::from(format!("etc/systemd/network/{NETWORK_PREFIX}wifi.network")),
+            file(format!("{HEADER}[Match]\nType=wlan\n\n[Network]\nDHCP=yes\n")),
+        );
+    }
+    if !site.ntp.is_empty() {
+        out.insert(PathBuf::from("etc/systemd/timesyncd.conf.d/outpost-site.conf"), file(format!("{HEADER}[Time]\nNTP={}\n", site.ntp.join(" "))));
+    }
+    if let Some(tz) = &site.timezone {
+        out.insert(PathBuf::from("etc/localtime"), Entry::Symlink(PathBuf::from("/usr/share/zoneinfo").join(tz)));
+        out.insert(PathBuf::from("etc/timezone"), file(format!("{tz}\n")));
+    }
+    // The console login screen: what clinic staff read off the screen. agetty fills in \4 and
+    // \6 with the current addresses.
+    let mut issue = format!("\n  outpost appliance {}\n  IPv4: \\4   IPv6: \\6\n  Status page: http://\\4/\n", site.hostname);
+    for (k, v) in &site.app {
+        if k.ends_with("url") {
+            issue.push_str(&format!("  {}: {v}\n", k.replace('_', " ")));
+        }
+    }
+    issue.push('\n');
+    out.insert(PathBuf::from("etc/issue"), file(issue));
+    let mut env = format!("{HEADER}OUTPOST_SITE_HOSTNAME={}\n", shell_quote(&site.hostname));
+    for (k, v) in &site.app {
+        env.push_str(&format!("{}={}\n", k.to_uppercase(), shell_quote(v)));
+    }
+    out.insert(PathBuf::from("etc/outpost/site.env"), file(env));
+    for a in &site.admins {
+        out.insert(PathBuf::from(format!("home/{}/.ssh/authorized_keys", a.name)), Entry::File { mode: 0o600, text: a.ssh_keys.join("\n") + "\n" });
+    }
+    out
+}
+
+/// Writes what differs; returns the paths it changed.
+fn write_entries(root: &Path, entries: &BTreeMap<PathBuf, Entry>) -> Result<Vec<PathBuf>> {
+    let mut changed = Vec::new();
+    for (rel, e) in entries {
+        let p = root.join(rel);
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        match e {
+            Entry::File { mode, text } => {
+                let same = !p.is_symlink()
+                    && fs::read(&p).is_ok_and(|b| b == text.as_bytes())
+                    && fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode);
+                if same {
+                    continue;
+                }
+                if p.is_symlink() {
+                    fs::remove_file(&p)?;
+                }
+                fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(*mode))?;
+            }
+            Entry::Symlink(target) => {
+                if fs::read_link(&p).is_ok_and(|t| &t == target) {
+                    continue;
+                }
+                if p.exists() || p.is_symlink() {
+                    fs::remove_file(&p)?;
+                }
+                std::os::unix::fs::symlink(target, &p).with_context(|| format!("linking {}", p.display()))?;
+            }
+        }
+        changed.push(rel.clone());
+    }
+    // Interfaces a previous seed configured and this one does not.
+    let net = root.join("etc/systemd/network");
+    if let Ok(rd) = fs::read_dir(&net) {
+        for e in rd {
+            let e = e?;
+            let rel = PathBuf::from("etc/systemd/network").join(e.file_name());
+            if e.file_name().to_string_lossy().starts_with(NETWORK_PREFIX) && !entries.contains_key(&rel) {
+                fs::remove_file(e.path())?;
+                changed.push(rel);
+            }
+        }
+    }
+    Ok(changed)
+}
+
+fn console(msg: &str) {
+    // The unit sends stdout to the journal and the console.
+    println!("outpost: {msg}");
+}
+
+/// `outpost seed apply`, in the guest at boot: the seed's site.toml, if any, becomes system
+/// configuration. Idempotent: the same seed twice changes nothing the second time.
+pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
+    let dev = match device {
+        Some(d) => Some(d.to_path_buf()),
+        None => wait_for(&Path::new("/dev/disk/by-partlabel").join(SEED_LABEL), Duration::from_secs(10)),
+    };
+    let Some(dev) = dev else {
+        console("no seed partition; keeping the image's settings (DHCP on every wired interface)");
+        return Ok(());
+    };
+    let Some(text) = seed::read_site(&dev)? else {
+        console("the seed has no site.toml; keeping the image's settings (DHCP on every wired interface)");
+        return Ok(());
+    };
+    let site = match Site::parse(Path::new("seed:/site.toml"), &text) {
+        Ok(s) => s,
+        Err(e) => {
+            // A typo made on a laptop must not stop the clinic's box from booting.
+            console(&format!("the seed's site.toml is invalid; keeping the previous settings. {e}"));
+            return Ok(());
+        }
+    };
+    let mut changed = write_entries(root, &render(&site))?;
+    for a in &site.admins {
+        if ensure_user(root, &a.name)? {
+            changed.push(PathBuf::from(format!("user {}", a.name)));
+        }
+    }
+    let applied = root.join(APPLIED);
+    fs::create_dir_all(applied.parent().expect("has a parent"))?;
+    if fs::read_to_string(&applied).ok().as_deref() != Some(&text) {
+        fs::write(&applied, &text)?;
+    }
+    if root == Path::new("/") {
+        set_hostname(&site.hostname)?;
+        if crate::tool::which("ssh-keygen").is_some() {
+            Tool::new("ssh-keygen").describe("creating this machine's SSH host keys").arg("-A").run()?;
+        }
+        for ifc in wireless_interfaces() {
+            if site.wifi.is_some() {
+                enable_wifi(&ifc)?;
+            }
+        }
+    }
+    if changed.is_empty() {
+        console(&format!("site {} unchanged", site.hostname));
+    } else {
+        let list: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
+        console(&format!("site {} applied: {}", site.hostname, list.join(", ")));
+    }
+    Ok(())
+}
+
+fn wait_for(p: &Path, limit: Duration) -> Option<PathBuf> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if p.exists() {
+            return Some(p.to_path_buf());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+fn set_hostname(name: &str) -> Result<()> {
+    // SAFETY: the pointer and length describe a live byte slice.
+    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    anyhow::ensure!(rc == 0, "setting the hostname to {name}: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Creates an administrator with a locked password (SSH keys only), in the sudo group when
+/// there is one. Returns whether it did anything.
+fn ensure_user(root: &Path, name: &str) -> Result<bool> {
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let exists = passwd.lines().any(|l| l.split(':').next() == Some(name));
+    let home = root.join("home").join(name);
+    if !exists {
+        let group = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+        let mut t = Tool::new("useradd").describe(format!("creating the administrator {name}"));
+        if root != Path::new("/") {
+            t = t.arg("--root").arg(root);
+        }
+        t = t.args(["--create-home", "--shell", "/bin/bash"]);
+        if group.lines().any(|l| l.starts_with("sudo:")) {
+            t = t.args(["--groups", "sudo"]);
+        }
+        t.arg(name).run()?;
+    }
+    // authorized_keys was written as root before the user existed: hand the tree over.
+    let ids = fs::read_to_string(root.join("etc/passwd"))?
+        .lines()
+        .find(|l| l.split(':').next() == Some(name))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.get(2)?.parse::<u32>().ok()?, f.get(3)?.parse::<u32>().ok()?))
+        });
+    if let Some((uid, gid)) = ids {
+        for p in [home.clone(), home.join(".ssh"), home.join(".ssh/authorized_keys")] {
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid)).with_context(|| format!("setting the owner of {}", p.display()))?;
+            }
+        }
+        if home.join(".ssh").exists() {
+            fs::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    Ok(!exists)
+}
+
+fn wireless_interfaces() -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir("/sys/class/net")
+        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().join("wireless").exists()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn enable_wifi(ifc: &str) -> Result<()> {
+    if crate::tool::which("wpa_supplicant").is_none() {
+        console(&format!("{ifc} is a Wi-Fi interface but the image has no wpa_supplicant (package wpasupplicant); Wi-Fi settings not applied"));
+        return Ok(());
+    }
+    let conf = format!("/etc/wpa_supplicant/wpa_supplicant-{ifc}.conf");
+    if !Path::new(&conf).exists() {
+        std::os::unix::fs::symlink("wpa_supplicant-outpost.conf", &conf)?;
+    }
+    Tool::new("systemctl").args(["enable", "--now", "--no-block"]).arg(format!("wpa_supplicant@{ifc}.service")).run()?;
+    Ok(())
+}
+
+/// `outpost seed check-network`, in the guest once networkd runs: every static address of the
+/// applied site must come up and its gateway answer; otherwise the site's network files go and
+/// DHCP takes over, and the console says why.
+pub fn check_network(root: &Path, limit: Duration) -> Result<()> {
+    let Ok(text) = fs::read_to_string(root.join(APPLIED)) else { return Ok(()) };
+    let site = Site::parse(&root.join(APPLIED), &text)?;
+    let mut wanted: Vec<(String, Cidr, Option<String>)> = Vec::new();
+    for ifc in &site.interfaces {
+        for a in &ifc.address {
+            wanted.push((ifc.name.clone(), Cidr::parse(a).map_err(anyhow::Error::msg)?, ifc.gateway.clone()));
+        }
+    }
+    if wanted.is_empty() {
+        report_addresses();
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut problem = String::new();
+    'wait: while start.elapsed() < limit {
+        problem.clear();
+        let up = addresses_up()?;
+        for (ifc, cidr, _) in &wanted {
+            if !up.iter().any(|a| *a == cidr.addr.to_string()) {
+                problem = format!("{ifc}: address {} is not up (no link, or no such interface)", cidr.addr);
+                std::thread::sleep(Duration::from_secs(1));
+                continue 'wait;
+            }
+        }
+        break;
+    }
+    if problem.is_empty() {
+        for (ifc, _, gw) in &wanted {
+            if let Some(gw) = gw
+                && !(0..5).any(|_| gateway_present(gw))
+            {
+                problem = format!("{ifc}: the gateway {gw} does not answer");
+            }
+        }
+    }
+    if problem.is_empty() {
+        console(&format!("site network settings are up ({:.0} s)", start.elapsed().as_secs_f64()));
+    } else {
+        console(&format!("site network settings give no connectivity ({problem}); falling back to DHCP"));
+        let net = root.join("etc/systemd/network");
+        for e in fs::read_dir(&net)? {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with(NETWORK_PREFIX) {
+                fs::remove_file(e.path())?;
+            }
+        }
+        fs::create_dir_all(root.join("run/outpost"))?;
+        fs::write(root.join("run/outpost/network-fallback"), format!("{problem}\n"))?;
+        Tool::new("networkctl").arg("reload").run()?;
+        let links = fs::read_dir("/sys/class/net")?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "lo");
+        for l in links {
+            Tool::new("networkctl").args(["reconfigure", &l]).run()?;
+        }
+        let start = Instant::now();
+        while start.elapsed() < limit && addresses_up()?.is_empty() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    report_addresses();
+    Ok(())
+}
+
+/// Whether the gateway is on the link: it answers ping, or at least ARP/NDP (routers that drop
+/// ICMP still resolve).
+fn gateway_present(gw: &str) -> bool {
+    if Tool::new("busybox").args(["ping", "-c", "1", "-W", "2", gw]).run().is_ok() {
+        return true;
+    }
+    let out = Tool::new("ip").args(["-j", "neigh", "show", gw]).output().unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .is_some_and(|n| n.iter().any(|e| e.get("lladdr").is_some()))
+}
+
+/// Global addresses currently assigned, from `ip -j address`.
+fn addresses_up() -> Result<Vec<String>> {
+    let out = Tool::new("ip").args(["-j", "address", "show", "scope", "global"]).output()?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("reading `ip -j address`")?;
+    let mut addrs = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            if let Some(s) = a["local"].as_str() {
+                addrs.push(s.to_string());
+            }
+        }
+    }
+    Ok(addrs)
+}
+
+fn report_addresses() {
+    let addrs = addresses_up().unwrap_or_default();
+    let host = fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let urls: Vec<String> = addrs.iter().filter(|a| !a.contains(':')).map(|a| format!("http://{a}/")).collect();
+    console(&format!("{} is at {} {}", host.trim(), addrs.join(" "), urls.join(" ")));
+}
+
+/// `outpost personalize`: a copy of `image` whose seed partition holds `site_file`. Only the
+/// seed is written; the root, ESP and data partitions are the image's bytes.
+pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Result<()> {
+    Site::load(site_file)?;
+    let text = fs::read_to_string(site_file).with_context(|| format!("reading {}", site_file.display()))?;
+    let ext = |p: &Path| p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    for (p, what) in [(image, "image"), (out, "--out")] {
+        anyhow::ensure!(matches!(ext(p).as_str(), "raw" | "qcow2"), "{what} {}: name it NAME.raw or NAME.qcow2", p.display());
+    }
+    anyhow::ensure!(image.is_file(), "{} does not exist", image.display());
+    let partial = crate::output::partial(out);
+    let raw = if ext(out) == "raw" { partial.clone() } else { out.with_extension("raw.work") };
+    let result = (|| {
+        if ext(image) == "raw" {
+            Tool::new("cp").describe("copying the image").args(["--sparse=always", "--reflink=auto"]).arg(image).arg(&raw).run()?;
+        } else {
+            Tool::new("qemu-img").describe("reading the qcow2 image").args(["convert", "-q", "-O", "raw"]).arg(image).arg(&raw).run()?;
+        }
+        write_seed(&raw, &text, epoch).with_context(|| format!("writing the seed of {}", raw.display()))?;
+        if ext(out) == "qcow2" {
+            crate::output::qcow2(&raw, &partial)?;
+            fs::remove_file(&raw)?;
+        }
+        fs::rename(&partial, out).with_context(|| format!("renaming {} into place", partial.display()))?;
+        anyhow::Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&partial);
+        let _ = fs::remove_file(out.with_extension("raw.work"));
+    }
+    result
+}
+
+/// Writes the seed FAT (with `site`) into the raw disk's seed partition.
+pub fn write_seed(raw: &Path, site: &str, epoch: i64) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let disk = gpt::GptConfig::new().writable(false).open(raw).with_context(|| format!("reading the partition table of {}", raw.display()))?;
+    let lb = u64::from(*disk.logical_block_size());
+    let part = disk
+        .partitions()
+        .values()
+        .find(|p| p.name == SEED_LABEL)
+        .with_context(|| format!("{} has no `{SEED_LABEL}` partition; rebuild it with this outpost", raw.display()))?
+        .clone();
+    let (offset, size) = (part.first_lba * lb, (part.last_lba + 1 - part.first_lba) * lb);
+    let serial = u32::from_be_bytes(part.part_guid.as_bytes()[..4].try_into().expect("4 bytes"));
+    let img = seed::image(size, serial, epoch, Some(site))?;
+    let mut f = fs::OpenOptions::new().write(true).open(raw)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(&img)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

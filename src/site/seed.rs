@@ -1,0 +1,131 @@
+//! The seed partition's FAT file system, written and read in-process with the `fatfs` crate:
+//! no mounts on the build host, no mtools in the guest, fixed timestamps.
+
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// FAT volume label (11 characters at most).
+pub const VOLUME_LABEL: &[u8; 11] = b"OUTPOSTSEED";
+pub const SITE_FILE: &str = "site.toml";
+
+const README: &str = "This is an outpost appliance's seed.\r\n\r\n\
+Put the site's settings in site.toml (see the site.toml.example beside this file, or write\r\n\
+it with `outpost personalize`). The appliance reads it at every boot and applies what\r\n\
+changed: hostname, network, Wi-Fi, time, administrators, application settings.\r\n";
+
+const EXAMPLE: &str = "version = 1\r\nhostname = \"clinic-01\"\r\ntimezone = \"Africa/Nairobi\"\r\n\r\n\
+[[interface]]\r\nname = \"en*\"\r\naddress = [\"192.168.10.20/24\"]\r\ngateway = \"192.168.10.1\"\r\ndns = [\"192.168.10.1\"]\r\n\r\n\
+[[admin]]\r\nname = \"amina\"\r\nssh-keys = [\"ssh-ed25519 AAAA... amina@laptop\"]\r\n\r\n\
+[app]\r\npublic_url = \"http://clinic-01.local\"\r\n";
+
+#[derive(Debug)]
+struct FixedTime(fatfs::DateTime);
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        self.0
+    }
+}
+
+fn time_provider(epoch: i64) -> &'static FixedTime {
+    // FAT dates start in 1980.
+    let (y, m, d, hh, mm, ss) = crate::disk::civil_time(epoch.max(315_532_800));
+    let dt = fatfs::DateTime {
+        date: fatfs::Date { year: y as u16, month: m as u16, day: d as u16 },
+        time: fatfs::Time { hour: hh as u16, min: mm as u16, sec: ss as u16, millis: 0 },
+    };
+    Box::leak(Box::new(FixedTime(dt)))
+}
+
+/// A FAT image of `size` bytes holding the README, an example and `site` (when given).
+pub fn image(size: u64, serial: u32, epoch: i64, site: Option<&str>) -> Result<Vec<u8>> {
+    let mut disk = Cursor::new(vec![0u8; size as usize]);
+    fatfs::format_volume(&mut disk, fatfs::FormatVolumeOptions::new().volume_label(*VOLUME_LABEL).volume_id(serial))
+        .context("formatting the seed")?;
+    disk.seek(SeekFrom::Start(0))?;
+    {
+        let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new().time_provider(time_provider(epoch)))?;
+        let root = fs.root_dir();
+        let mut files = vec![("README.txt", README), ("site.toml.example", EXAMPLE)];
+        if let Some(s) = site {
+            files.push((SITE_FILE, s));
+        }
+        for (name, text) in files {
+            let mut f = root.create_file(name).with_context(|| format!("writing {name} into the seed"))?;
+            f.truncate()?;
+            f.write_all(text.as_bytes())?;
+        }
+        drop(root);
+        fs.unmount()?;
+    }
+    Ok(disk.into_inner())
+}
+
+/// A block device or file opened read-only, offered to fatfs (which wants Write too).
+struct ReadOnly(std::fs::File);
+
+impl Read for ReadOnly {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Seek for ReadOnly {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+
+impl Write for ReadOnly {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "the seed is read-only here"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `site.toml` from the seed file system on `dev`, if there is one.
+pub fn read_site(dev: &Path) -> Result<Option<String>> {
+    let f = std::fs::File::open(dev).with_context(|| format!("opening the seed {}", dev.display()))?;
+    let fs = fatfs::FileSystem::new(ReadOnly(f), fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system on {}", dev.display()))?;
+    let root = fs.root_dir();
+    for e in root.iter() {
+        let e = e?;
+        if e.file_name().eq_ignore_ascii_case(SITE_FILE) && e.is_file() {
+            let mut text = String::new();
+            e.to_file().read_to_string(&mut text).with_context(|| format!("reading {SITE_FILE} from {}", dev.display()))?;
+            return Ok(Some(text));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_round_trips_and_is_reproducible() {
+        let a = image(16 << 20, 0x1234, 1_700_000_000, Some("version = 1\n")).unwrap();
+        let b = image(16 << 20, 0x1234, 1_700_000_000, Some("version = 1\n")).unwrap();
+        assert_eq!(a, b);
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("seed.img");
+        std::fs::write(&p, &a).unwrap();
+        assert_eq!(read_site(&p).unwrap().as_deref(), Some("version = 1\n"));
+        let empty = image(16 << 20, 0x1234, 1_700_000_000, None).unwrap();
+        std::fs::write(&p, &empty).unwrap();
+        assert_eq!(read_site(&p).unwrap(), None);
+        // Other tools read it as FAT with our label.
+        if crate::tool::which("minfo").is_some() {
+            let info = crate::tool::Tool::new("minfo").arg("-i").arg(&p).arg("::").output().unwrap();
+            assert!(info.contains("OUTPOSTSEED"), "{info}");
+        }
+    }
+}

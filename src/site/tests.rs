@@ -1,0 +1,114 @@
+use super::*;
+
+const SITE: &str = r#"version = 1
+hostname = "clinic-7"
+timezone = "UTC"
+ntp = ["10.0.0.1"]
+
+[[interface]]
+name = "en*"
+address = ["192.168.76.50/24"]
+gateway = "192.168.76.2"
+dns = ["192.168.76.3"]
+
+[[admin]]
+name = "amina"
+ssh-keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMk3 amina@laptop"]
+
+[app]
+public_url = "http://clinic-7.local"
+"#;
+
+fn text(e: &Entry) -> &str {
+    match e {
+        Entry::File { text, .. } => text,
+        Entry::Symlink(_) => panic!("not a file"),
+    }
+}
+
+#[test]
+fn render_gives_networkd_hostname_users_and_login_screen() {
+    let site = Site::parse(Path::new("x.toml"), SITE).unwrap();
+    let files = render(&site);
+    assert_eq!(text(&files[Path::new("etc/hostname")]), "clinic-7\n");
+    let net = text(&files[Path::new("etc/systemd/network/10-outpost-site-0.network")]);
+    assert!(net.contains("Name=en*\n"), "{net}");
+    assert!(net.contains("Address=192.168.76.50/24\nGateway=192.168.76.2\nDNS=192.168.76.3\n"), "{net}");
+    assert!(!net.contains("DHCP"), "{net}");
+    assert_eq!(files[Path::new("etc/localtime")], Entry::Symlink("/usr/share/zoneinfo/UTC".into()));
+    assert!(text(&files[Path::new("etc/systemd/timesyncd.conf.d/outpost-site.conf")]).contains("NTP=10.0.0.1"));
+    let issue = text(&files[Path::new("etc/issue")]);
+    assert!(issue.contains("clinic-7") && issue.contains("\\4") && issue.contains("http://clinic-7.local"), "{issue}");
+    assert!(text(&files[Path::new("etc/outpost/site.env")]).contains("PUBLIC_URL=http://clinic-7.local"));
+    match &files[Path::new("home/amina/.ssh/authorized_keys")] {
+        Entry::File { mode, text } => {
+            assert_eq!(*mode, 0o600);
+            assert!(text.starts_with("ssh-ed25519 "));
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn applying_the_same_seed_twice_changes_nothing_and_a_new_seed_drops_old_interfaces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    fs::create_dir_all(root.join("etc/systemd/network")).unwrap();
+    let dev = tmp.path().join("seed.img");
+    let no_admin = SITE.split("[[admin]]").next().unwrap().to_string() + "[[interface]]\nname = \"eth1\"\ndhcp = true\n";
+    fs::write(&dev, seed::image(16 << 20, 1, 1_700_000_000, Some(&no_admin)).unwrap()).unwrap();
+    let entries = render(&Site::parse(Path::new("x"), &no_admin).unwrap());
+    assert!(!write_entries(&root, &entries).unwrap().is_empty());
+    assert!(write_entries(&root, &entries).unwrap().is_empty(), "second apply changed files");
+    apply(&root, Some(&dev)).unwrap();
+    assert_eq!(fs::read_to_string(root.join(APPLIED)).unwrap(), no_admin);
+    assert!(root.join("etc/systemd/network/10-outpost-site-1.network").exists());
+
+    let one_iface = SITE.split("[[admin]]").next().unwrap();
+    let entries = render(&Site::parse(Path::new("x"), one_iface).unwrap());
+    let changed = write_entries(&root, &entries).unwrap();
+    assert_eq!(changed, vec![PathBuf::from("etc/systemd/network/10-outpost-site-1.network")]);
+    assert!(!root.join("etc/systemd/network/10-outpost-site-1.network").exists());
+}
+
+#[test]
+fn an_invalid_seed_keeps_the_previous_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    let dev = tmp.path().join("seed.img");
+    fs::write(&dev, seed::image(16 << 20, 1, 1_700_000_000, Some("version = 1\nhostname = \"bad name\"\n")).unwrap()).unwrap();
+    apply(&root, Some(&dev)).unwrap();
+    assert!(!root.join("etc/hostname").exists());
+}
+
+#[test]
+fn personalize_writes_only_the_seed_partition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = crate::disk::plan(64 << 20, 64 << 20, 16 << 20, "t");
+    let raw = tmp.path().join("img.raw");
+    crate::disk::create(&layout, &raw).unwrap();
+    let blob = tmp.path().join("root.img");
+    fs::write(&blob, vec![7u8; 1 << 20]).unwrap();
+    crate::disk::copy_into(&layout, crate::disk::Role::Root, &blob, &raw).unwrap();
+    let before = fs::read(&raw).unwrap();
+    let site = tmp.path().join("s.toml");
+    fs::write(&site, "version = 1\nhostname = \"clinic-9\"\n").unwrap();
+    let out = tmp.path().join("clinic-9.raw");
+    personalize(&raw, &site, &out, 1_700_000_000).unwrap();
+    assert_eq!(fs::read(&raw).unwrap(), before, "the original image changed");
+    let after = fs::read(&out).unwrap();
+    let seed = layout.get(crate::disk::Role::Seed);
+    let (a, b) = (seed.offset() as usize, (seed.offset() + seed.size()) as usize);
+    assert_eq!(before[..a], after[..a]);
+    assert_eq!(before[b..], after[b..]);
+    let part = tmp.path().join("seed.img");
+    fs::write(&part, &after[a..b]).unwrap();
+    assert_eq!(seed::read_site(&part).unwrap().as_deref(), Some("version = 1\nhostname = \"clinic-9\"\n"));
+
+    let bad = tmp.path().join("bad.toml");
+    fs::write(&bad, "version = 1\nhostname = \"clinic 9\"\n").unwrap();
+    let err = personalize(&raw, &bad, &tmp.path().join("x.raw"), 0).unwrap_err();
+    assert!(format!("{err:#}").contains("bad.toml: key `hostname`"), "{err:#}");
+    assert!(!tmp.path().join("x.raw").exists() && !tmp.path().join("x.raw.partial").exists());
+}
