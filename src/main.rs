@@ -13,9 +13,6 @@ mod spec;
 mod tool;
 mod vmtest;
 
-#[cfg(test)]
-mod e2e_tests;
-
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
