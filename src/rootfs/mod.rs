@@ -254,7 +254,16 @@ fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
     write(root, "etc/hosts", &format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))?;
     // Empty: systemd generates the machine's own ID on first boot (machine-id(5)).
     write(root, "etc/machine-id", "")?;
-    for gone in ["var/lib/dbus/machine-id", "var/cache/ldconfig/aux-cache", "etc/ssh/ssh_host_ecdsa_key", "etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_rsa_key"] {
+    // SSH host keys are per machine (the site agent creates them at first boot), and random.
+    if let Ok(rd) = fs::read_dir(root.join("etc/ssh")) {
+        for e in rd {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    for gone in ["var/lib/dbus/machine-id", "var/cache/ldconfig/aux-cache"] {
         let p = root.join(gone);
         if p.exists() || p.is_symlink() {
             fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
