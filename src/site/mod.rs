@@ -403,7 +403,7 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
     let raw = if ext(out) == "raw" { partial.clone() } else { out.with_extension("raw.work") };
     let result = (|| {
         if ext(image) == "raw" {
-            Tool::new("cp").describe("copying the image").args(["--sparse=always", "--reflink=auto"]).arg(image).arg(&raw).run()?;
+            Tool::new("cp").describe("copying the image").args(["--sparse=auto", "--reflink=auto"]).arg(image).arg(&raw).run()?;
         } else {
             Tool::new("qemu-img").describe("reading the qcow2 image").args(["convert", "-q", "-O", "raw"]).arg(image).arg(&raw).run()?;
         }
