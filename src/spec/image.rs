@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Problems, SpecError, check_version, parse_toml, valid_variable_name};
+use super::{Problems, SpecError, check_version, parse_toml, valid_hostname, valid_variable_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -217,12 +217,4 @@ impl Image {
     pub fn layers_dir(&self) -> PathBuf {
         self.project.join("layers")
     }
-}
-
-fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 63
-        && !h.starts_with('-')
-        && !h.ends_with('-')
-        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }

@@ -104,6 +104,11 @@ fn valid_variable_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// A single DNS label: letters, digits and `-`, at most 63, not starting or ending with `-`.
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 63 && !h.starts_with('-') && !h.ends_with('-') && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 /// The project root a definition belongs to: the parent of its `images/` or `qemu-tests/`.
 pub fn project_root(definition: &Path) -> PathBuf {
     let abs = std::path::absolute(definition).unwrap_or_else(|_| definition.to_path_buf());

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Problems, SpecError, check_version, parse_toml_str, valid_variable_name};
+use super::{Problems, SpecError, check_version, parse_toml_str, valid_hostname, valid_variable_name};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -130,10 +130,6 @@ impl Cidr {
     }
 }
 
-fn valid_hostname(h: &str) -> bool {
-    !h.is_empty() && h.len() <= 63 && !h.starts_with('-') && !h.ends_with('-') && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-}
-
 fn valid_user(n: &str) -> bool {
     let mut c = n.chars();
     n.len() <= 32
@@ -183,7 +179,7 @@ impl Site {
             if ifc.name.is_empty() || !ifc.name.chars().all(|c| c.is_ascii_alphanumeric() || "*?-_.:".contains(c)) {
                 p.push(file, &k("name"), format!("`{}` is not an interface name or pattern such as `eth0` or `en*`", ifc.name));
             }
-            if ifc.dhcp == !ifc.address.is_empty() {
+            if ifc.dhcp != ifc.address.is_empty() {
                 p.push(file, &k("dhcp"), "give either `dhcp = true` or static `address` entries, not both or neither");
             }
             let mut mine = Vec::new();
