@@ -76,6 +76,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Test { scenario, image, work } => {
             let ctx = ctx(&cli)?;
+            let work_given = work.clone();
             let work = match work {
                 Some(w) => w.clone(),
                 None => {
@@ -84,6 +85,7 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             };
             let rt = tokio::runtime::Runtime::new()?;
+            let work_dir = work.clone();
             let report = rt.block_on(pipeline::test(&ctx, scenario, image.as_deref(), &work))?;
             if !cli.json && !report.description.is_empty() {
                 println!("{}: {}", report.scenario, report.description);
@@ -99,6 +101,17 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
             if report.failed.is_empty() {
+                if work_given.is_none() {
+                    // The disks of a passed test are not worth their gigabyte; the log stays.
+                    for d in ["image", "personalized.raw"] {
+                        let p = work_dir.join(d);
+                        if p.is_dir() {
+                            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                        } else if p.exists() {
+                            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                        }
+                    }
+                }
                 if !cli.json {
                     println!("{} passed, 0 failed ({}, console log {})", report.passed.len(), report.accel, report.console_log.display());
                 }

@@ -159,6 +159,10 @@ fn console(msg: &str) {
 /// `outpost seed apply`, in the guest at boot: the seed's site.toml, if any, becomes system
 /// configuration. Idempotent: the same seed twice changes nothing the second time.
 pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
+    // Host keys are per machine, seed or no seed: images ship without them.
+    if root == Path::new("/") && crate::tool::which("ssh-keygen").is_some() {
+        Tool::new("ssh-keygen").describe("creating this machine's SSH host keys").arg("-A").run()?;
+    }
     let dev = match device {
         Some(d) => Some(d.to_path_buf()),
         None => wait_for(&Path::new("/dev/disk/by-partlabel").join(SEED_LABEL), Duration::from_secs(10)),
@@ -192,9 +196,6 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
     }
     if root == Path::new("/") {
         set_hostname(&site.hostname)?;
-        if crate::tool::which("ssh-keygen").is_some() {
-            Tool::new("ssh-keygen").describe("creating this machine's SSH host keys").arg("-A").run()?;
-        }
         for ifc in wireless_interfaces() {
             if site.wifi.is_some() {
                 enable_wifi(&ifc)?;
