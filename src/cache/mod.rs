@@ -152,9 +152,7 @@ impl Cache {
 /// Writes `path` through `path.partial`, fsyncs and renames: readers see the old file or the
 /// whole new one, never a part.
 pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-    let mut partial = path.as_os_str().to_os_string();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
+    let partial = crate::output::partial(path);
     let result = (|| {
         let mut f = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
         write(&mut f)?;
