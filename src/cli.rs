@@ -60,6 +60,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SeedCommand,
     },
+    /// The appliance's data partition (runs inside the image)
+    #[command(hide = true)]
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
     /// Inspect or prune the layer cache
     Cache {
         #[command(subcommand)]
@@ -94,4 +100,12 @@ pub enum SeedCommand {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Encrypt the data partition on first boot, unlock it at every boot (before /var is mounted)
+    Open,
+    /// Remove the recovery key file once an administrator has fetched it
+    ForgetRecoveryKey,
 }

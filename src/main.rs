@@ -2,6 +2,7 @@
 
 mod cache;
 mod cli;
+mod crypt;
 mod disk;
 mod output;
 mod pipeline;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use cli::{CacheCommand, Cli, Command, SeedCommand};
+use cli::{CacheCommand, Cli, Command, DataCommand, SeedCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -137,6 +138,13 @@ fn run(cli: Cli) -> Result<i32> {
             match command {
                 SeedCommand::Apply { device } => site::apply(Path::new("/"), device.as_deref())?,
                 SeedCommand::CheckNetwork { timeout } => site::check_network(Path::new("/"), std::time::Duration::from_secs(*timeout))?,
+            }
+            Ok(0)
+        }
+        Command::Data { command } => {
+            match command {
+                DataCommand::Open => crypt::data::open(Path::new("/"))?,
+                DataCommand::ForgetRecoveryKey => crypt::data::forget_recovery_key()?,
             }
             Ok(0)
         }

@@ -228,8 +228,14 @@ pub async fn test(ctx: &Ctx, scenario_path: &Path, image: Option<&Path>, work: &
             out.join(&file.file)
         }
     };
-    if !scenario.ssh.is_empty() {
+    if scenario.uses_ssh() {
         tool::preflight(&["ssh"])?;
+    }
+    if scenario.tpm {
+        tool::preflight(&["swtpm"])?;
+    }
+    if scenario.boots.iter().any(|b| !b.disk.is_empty()) {
+        tool::preflight(&["cryptsetup"])?;
     }
     let image_path = match &scenario.site {
         Some(site) => {

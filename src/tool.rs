@@ -46,6 +46,8 @@ pub const HOST_TOOLS: &[HostTool] = &[
     HostTool { program: "ssh", package: "openssh-client", why: "logging in to test guests in `outpost test`" },
     HostTool { program: "sgdisk", package: "gdisk", why: "checking partition tables in the test suite" },
     HostTool { program: "qemu-system-x86_64", package: "qemu-system-x86", why: "booting images in `outpost test`" },
+    HostTool { program: "swtpm", package: "swtpm", why: "a software TPM 2.0 for test guests in `outpost test`" },
+    HostTool { program: "cryptsetup", package: "cryptsetup-bin", why: "checking encrypted partitions of test guests" },
     HostTool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", why: "UEFI firmware for `outpost test`" },
 ];
 

@@ -264,3 +264,15 @@ mod tests {
         assert_eq!(&bytes[off..off + 4096], &[7u8; 4096][..]);
     }
 }
+
+/// A partition of a disk file found by its GPT name: (byte offset, byte size, partition GUID).
+pub fn find_partition(raw: &Path, name: &str) -> Result<(u64, u64, uuid::Uuid)> {
+    let disk = gpt::GptConfig::new().writable(false).open(raw).with_context(|| format!("reading the partition table of {}", raw.display()))?;
+    let lb = u64::from(*disk.logical_block_size());
+    let part = disk
+        .partitions()
+        .values()
+        .find(|p| p.name == name)
+        .with_context(|| format!("{} has no partition named `{name}`", raw.display()))?;
+    Ok((part.first_lba * lb, (part.last_lba + 1 - part.first_lba) * lb, part.part_guid))
+}

@@ -249,6 +249,8 @@ fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
     let me = std::env::current_exe().context("finding the outpost binary to install as the first-boot agent")?;
     fs::copy(&me, &agent).with_context(|| format!("installing {} as {}", me.display(), agent.display()))?;
     fs::set_permissions(&agent, fs::Permissions::from_mode(0o755))?;
+    let policy = serde_json::to_string_pretty(&plan.spec.data)?;
+    write(root, crate::crypt::data::POLICY_PATH, &format!("{policy}\n"))?;
     let host = &plan.spec.hostname;
     write(root, "etc/hostname", &format!("{host}\n"))?;
     write(root, "etc/hosts", &format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))?;

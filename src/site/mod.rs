@@ -426,16 +426,8 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
 /// Writes the seed FAT (with `site`) into the raw disk's seed partition.
 pub fn write_seed(raw: &Path, site: &str, epoch: i64) -> Result<()> {
     use std::io::{Seek, SeekFrom, Write};
-    let disk = gpt::GptConfig::new().writable(false).open(raw).with_context(|| format!("reading the partition table of {}", raw.display()))?;
-    let lb = u64::from(*disk.logical_block_size());
-    let part = disk
-        .partitions()
-        .values()
-        .find(|p| p.name == SEED_LABEL)
-        .with_context(|| format!("{} has no `{SEED_LABEL}` partition; rebuild it with this outpost", raw.display()))?
-        .clone();
-    let (offset, size) = (part.first_lba * lb, (part.last_lba + 1 - part.first_lba) * lb);
-    let serial = u32::from_be_bytes(part.part_guid.as_bytes()[..4].try_into().expect("4 bytes"));
+    let (offset, size, guid) = crate::disk::find_partition(raw, SEED_LABEL).context("rebuild the image with this outpost")?;
+    let serial = u32::from_be_bytes(guid.as_bytes()[..4].try_into().expect("4 bytes"));
     let img = seed::image(size, serial, epoch, Some(site))?;
     let mut f = fs::OpenOptions::new().write(true).open(raw)?;
     f.seek(SeekFrom::Start(offset))?;

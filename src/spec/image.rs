@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::site::Unlock;
 use super::{Problems, SpecError, check_version, parse_toml, valid_hostname, valid_variable_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -109,6 +110,37 @@ struct ImageToml {
     partitions: PartitionsToml,
     #[serde(default = "default_outputs")]
     outputs: Vec<OutputFormat>,
+    #[serde(default)]
+    data: DataToml,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct DataToml {
+    unlock: Option<Unlock>,
+    no_tpm: Option<NoTpm>,
+    tpm2_pcrs: Option<Vec<u8>>,
+}
+
+/// What happens to the data partition when the policy is `tpm2` and the machine has no TPM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoTpm {
+    /// Leave the data partition closed and say so: the applications do not start.
+    Refuse,
+    /// Use a key file on a USB stick instead.
+    UsbKey,
+}
+
+/// How the data partition is encrypted and unlocked; the agent in the image reads it from
+/// `/usr/lib/outpost/data.json` at every boot (a site may override `unlock`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DataPolicy {
+    pub unlock: Unlock,
+    pub no_tpm: NoTpm,
+    /// PCRs the TPM2 key is sealed to.
+    pub tpm2_pcrs: Vec<u8>,
 }
 
 fn default_arch() -> String {
@@ -151,6 +183,7 @@ pub struct Image {
     pub cmdline: String,
     pub partitions: Partitions,
     pub outputs: Vec<OutputFormat>,
+    pub data: DataPolicy,
 }
 
 impl Image {
@@ -192,6 +225,16 @@ impl Image {
         if t.outputs.is_empty() {
             p.push(file, "outputs", "list at least one output: \"raw\" or \"qcow2\"");
         }
+        let data = DataPolicy {
+            unlock: t.data.unlock.unwrap_or(Unlock::Tpm2),
+            no_tpm: t.data.no_tpm.unwrap_or(NoTpm::Refuse),
+            // PCR 7 (Secure Boot state and keys): stays the same across kernel and initrd
+            // updates, which PCRs 4, 8, 9 and 11 do not. docs/encryption.md says why.
+            tpm2_pcrs: t.data.tpm2_pcrs.unwrap_or_else(|| vec![7]),
+        };
+        if let Some(bad) = data.tpm2_pcrs.iter().find(|n| **n > 23) {
+            p.push(file, "data.tpm2-pcrs", format!("PCR {bad} does not exist; a TPM 2.0 has PCRs 0 to 23"));
+        }
         p.into_result()?;
         let mut outputs = t.outputs;
         outputs.sort();
@@ -211,6 +254,7 @@ impl Image {
             cmdline: t.cmdline,
             partitions: parts,
             outputs,
+            data,
         })
     }
 

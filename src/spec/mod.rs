@@ -10,10 +10,10 @@ mod site;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use image::{Image, OutputFormat};
+pub use image::{DataPolicy, Image, NoTpm, OutputFormat};
 pub use layer::{Keyring, Layer};
-pub use scenario::{Http, Scenario, Ssh};
-pub use site::{Cidr, Site};
+pub use scenario::{Boot, DiskCheck, Http, Scenario, Ssh, TpmState};
+pub use site::{Cidr, RecoveryKey, Site, Unlock};
 
 /// The only definition format version this outpost reads.
 pub const FORMAT_VERSION: u32 = 1;

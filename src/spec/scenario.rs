@@ -17,7 +17,10 @@ struct ScenarioToml {
     timeout: u64,
     #[serde(default = "default_memory")]
     memory: u64,
-    verdict: String,
+    #[serde(default)]
+    verdict: Option<String>,
+    #[serde(default)]
+    power_cut_at: Option<String>,
     /// A site to personalize the image with before booting it.
     #[serde(default)]
     site: Option<PathBuf>,
@@ -28,6 +31,9 @@ struct ScenarioToml {
     /// DHCP lease); set it when the site gives the guest a fixed address.
     #[serde(default)]
     guest_address: Option<std::net::Ipv4Addr>,
+    /// A software TPM 2.0 (swtpm) in the machine, its state kept across the scenario's boots.
+    #[serde(default = "yes")]
+    tpm: bool,
     #[serde(default)]
     command: Vec<Command>,
     #[serde(default)]
@@ -36,6 +42,66 @@ struct ScenarioToml {
     console: Vec<Console>,
     #[serde(default)]
     http: Vec<Http>,
+    #[serde(default)]
+    disk: Vec<DiskCheck>,
+    /// Later boots of the same disk, each after a clean power-off.
+    #[serde(default)]
+    reboot: Vec<RebootToml>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RebootToml {
+    #[serde(default)]
+    tpm: TpmState,
+    #[serde(default)]
+    verdict: Option<String>,
+    #[serde(default)]
+    power_cut_at: Option<String>,
+    #[serde(default)]
+    command: Vec<Command>,
+    #[serde(default)]
+    ssh: Vec<Ssh>,
+    #[serde(default)]
+    console: Vec<Console>,
+    #[serde(default)]
+    http: Vec<Http>,
+    #[serde(default)]
+    disk: Vec<DiskCheck>,
+}
+
+/// The TPM a later boot gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TpmState {
+    /// The one of the boot before: the same machine.
+    #[default]
+    Same,
+    /// A new, empty TPM: the disk moved to another machine.
+    Fresh,
+    /// No TPM at all.
+    None,
+}
+
+/// What must hold in the disk file once the guest has powered off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DiskCheck {
+    /// The GPT partition name to look at.
+    pub partition: String,
+    /// The partition is LUKS2 with a token of this type (`cryptsetup luksDump`).
+    #[serde(default)]
+    pub luks2_token: Option<String>,
+    /// A value saved by a command (`save-as`) that opens the partition as a passphrase.
+    #[serde(default)]
+    pub opens_with: Option<String>,
+    /// A string that must appear nowhere in the whole disk.
+    #[serde(default)]
+    pub absent: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -55,6 +121,9 @@ pub struct Command {
     pub expect: Option<String>,
     #[serde(default)]
     pub expect_status: i64,
+    /// Keep the trimmed output under this name, for a later disk check.
+    #[serde(default)]
+    pub save_as: Option<String>,
 }
 
 /// An SSH login from the host through a forwarded port 22.
@@ -90,6 +159,9 @@ pub struct Console {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Http {
     pub port: u16,
+    /// GET, or POST with `body`.
+    #[serde(default)]
+    pub body: Option<String>,
     #[serde(default = "default_path")]
     pub path: String,
     #[serde(default = "default_status")]
@@ -117,14 +189,39 @@ pub struct Scenario {
     /// Guest memory in MiB.
     pub memory: u64,
     /// The line a unit in the guest prints on the serial console when the system is up.
-    pub verdict: String,
     pub site: Option<PathBuf>,
     pub net: Option<String>,
     pub guest_address: Option<std::net::Ipv4Addr>,
+    pub tpm: bool,
+    /// The first boot, then each reboot.
+    pub boots: Vec<Boot>,
+}
+
+/// One power-on of the scenario's disk and what must hold then.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub tpm: TpmState,
+    /// The line a unit in the guest prints on the serial console when the system is up; the
+    /// reported line must start with it. Empty for a boot cut off by `power_cut_at`.
+    pub verdict: String,
+    /// Pull the plug (SIGKILL QEMU) as soon as the console shows this text; nothing else is
+    /// checked in that boot.
+    pub power_cut_at: Option<String>,
     pub commands: Vec<Command>,
     pub ssh: Vec<Ssh>,
     pub console: Vec<Console>,
     pub http: Vec<Http>,
+    pub disk: Vec<DiskCheck>,
+}
+
+impl Scenario {
+    pub fn uses_ssh(&self) -> bool {
+        self.boots.iter().any(|b| !b.ssh.is_empty())
+    }
+
+    pub fn http_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.boots.iter().flat_map(|b| b.http.iter().map(|h| h.port))
+    }
 }
 
 impl Scenario {
@@ -137,19 +234,69 @@ impl Scenario {
         if !image.is_file() {
             p.push(file, "image", format!("{} does not exist", image.display()));
         }
-        if t.verdict.trim().is_empty() {
-            p.push(file, "verdict", "the verdict line must not be empty");
+        let mut boots = vec![Boot {
+            tpm: TpmState::Same,
+            verdict: t.verdict.unwrap_or_default(),
+            power_cut_at: t.power_cut_at,
+            commands: t.command,
+            ssh: t.ssh,
+            console: t.console,
+            http: t.http,
+            disk: t.disk,
+        }];
+        boots.extend(t.reboot.into_iter().map(|r| Boot {
+            tpm: r.tpm,
+            verdict: r.verdict.unwrap_or_default(),
+            power_cut_at: r.power_cut_at,
+            commands: r.command,
+            ssh: r.ssh,
+            console: r.console,
+            http: r.http,
+            disk: r.disk,
+        }));
+        let mut saved = std::collections::BTreeSet::new();
+        for (n, b) in boots.iter_mut().enumerate() {
+            let at = |key: &str| if n == 0 { key.to_string() } else { format!("reboot[{}].{key}", n - 1) };
+            match &b.power_cut_at {
+                None if b.verdict.trim().is_empty() => p.push(file, &at("verdict"), "give the verdict line the guest must print (or `power-cut-at`)"),
+                Some(_) if !b.verdict.is_empty() => p.push(file, &at("power-cut-at"), "a boot cut off by a power cut has no verdict"),
+                Some(_) if !(b.commands.is_empty() && b.ssh.is_empty() && b.http.is_empty() && b.console.is_empty()) => {
+                    p.push(file, &at("power-cut-at"), "a boot cut off by a power cut has no checks; put them in the next boot")
+                }
+                Some(t) if t.trim().is_empty() => p.push(file, &at("power-cut-at"), "give the console text at which the power is cut"),
+                _ => {}
+            }
+            if b.tpm != TpmState::Same && !t.tpm {
+                p.push(file, &at("tpm"), "the scenario has no TPM (`tpm = false`)");
+            }
+            for (i, h) in b.http.iter().enumerate() {
+                if !h.path.starts_with('/') {
+                    p.push(file, &at(&format!("http[{i}].path")), format!("`{}` must start with `/`", h.path));
+                }
+            }
+            for (i, s) in b.ssh.iter_mut().enumerate() {
+                if let Some(k) = s.key.take() {
+                    let path = base.join(k);
+                    if !path.is_file() {
+                        p.push(file, &at(&format!("ssh[{i}].key")), format!("{} does not exist", path.display()));
+                    }
+                    s.key = Some(path);
+                }
+            }
+            saved.extend(b.commands.iter().filter_map(|c| c.save_as.clone()));
+            for (i, d) in b.disk.iter().enumerate() {
+                if let Some(v) = &d.opens_with
+                    && !saved.contains(v)
+                {
+                    p.push(file, &at(&format!("disk[{i}].opens-with")), format!("no command of this or an earlier boot saves `{v}` (`save-as`)"));
+                }
+            }
         }
         if t.timeout == 0 {
             p.push(file, "timeout", "the timeout is in seconds and must be above 0");
         }
         if t.memory < 256 {
             p.push(file, "memory", "give the guest at least 256 (MiB)");
-        }
-        for (i, h) in t.http.iter().enumerate() {
-            if !h.path.starts_with('/') {
-                p.push(file, &format!("http[{i}].path"), format!("`{}` must start with `/`", h.path));
-            }
         }
         let site = t.site.map(|s| base.join(s));
         if let Some(s) = &site
@@ -162,31 +309,18 @@ impl Scenario {
         {
             p.push(file, "net", format!("`{n}` is not an IPv4 network of /24 or larger, such as 192.168.76.0/24"));
         }
-        let mut ssh = t.ssh;
-        for (i, s) in ssh.iter_mut().enumerate() {
-            if let Some(k) = s.key.take() {
-                let path = base.join(k);
-                if !path.is_file() {
-                    p.push(file, &format!("ssh[{i}].key"), format!("{} does not exist", path.display()));
-                }
-                s.key = Some(path);
-            }
-        }
         p.into_result()?;
         Ok(Scenario {
             site,
             net: t.net,
             guest_address: t.guest_address,
-            ssh,
-            console: t.console,
+            tpm: t.tpm,
+            boots,
             name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             description: t.description,
             image,
             timeout: t.timeout,
             memory: t.memory,
-            verdict: t.verdict,
-            commands: t.command,
-            http: t.http,
         })
     }
 }

@@ -18,9 +18,12 @@ pub struct Site {
     pub timezone: Option<String>,
     #[serde(default)]
     pub ntp: Vec<String>,
-    /// How the data partition unlocks at boot (applied by the encryption work).
+    /// How the data partition unlocks at boot, instead of the image's `data.unlock`.
     #[serde(default)]
     pub unlock: Option<Unlock>,
+    /// Where the data partition's recovery key goes at first boot, besides the console.
+    #[serde(default)]
+    pub recovery_key: RecoveryKey,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<Interface>,
     #[serde(default)]
@@ -39,6 +42,20 @@ pub enum Unlock {
     UsbKey,
     Passphrase,
     None,
+}
+
+/// The recovery key is always shown once on the console; this says where else it goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryKey {
+    /// Only the console.
+    Console,
+    /// `/var/lib/outpost/recovery-key` (root only, on the encrypted partition) until an
+    /// administrator fetches it and runs `outpost data forget-recovery-key`.
+    #[default]
+    File,
+    /// A file on a USB stick labelled OUTPOSTKEY, if one is plugged in at first boot (else `file`).
+    Usb,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -24,6 +24,20 @@ fn image_defaults() {
     assert_eq!(i.partitions.root, None);
     assert_eq!(i.outputs, vec![OutputFormat::Raw, OutputFormat::Qcow2]);
     assert_eq!(i.project, std::path::absolute(tmp.path()).unwrap());
+    assert_eq!(i.data, DataPolicy { unlock: Unlock::Tpm2, no_tpm: NoTpm::Refuse, tpm2_pcrs: vec![7] });
+}
+
+#[test]
+fn image_data_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!("{GOOD_IMAGE}[data]\nunlock = \"usb-key\"\nno-tpm = \"usb-key\"\ntpm2-pcrs = [0, 7]\n");
+    let i = Image::load(&write(tmp.path(), "images/x.toml", &text)).unwrap();
+    assert_eq!(i.data, DataPolicy { unlock: Unlock::UsbKey, no_tpm: NoTpm::UsbKey, tpm2_pcrs: vec![0, 7] });
+    for (bad, want) in [("tpm2-pcrs = [24]", "key `data.tpm2-pcrs`: PCR 24 does not exist"), ("unlock = \"fido\"", "unknown variant `fido`"), ("no-tpm = \"none\"", "unknown variant `none`")] {
+        let f = write(tmp.path(), "images/y.toml", &format!("{GOOD_IMAGE}[data]\n{bad}\n"));
+        let err = Image::load(&f).unwrap_err().to_string();
+        assert!(err.contains(want), "for {bad}: wanted {want:?} in {err}");
+    }
 }
 
 #[test]
@@ -111,8 +125,41 @@ fn scenario_resolves_image_relative_to_itself() {
     let s = Scenario::load(&f).unwrap();
     assert!(s.image.ends_with("qemu-tests/../images/x.toml"));
     assert_eq!(s.timeout, 300);
-    assert_eq!(s.http[0].status, 200);
+    assert_eq!(s.boots[0].http[0].status, 200);
+    assert!(s.tpm, "a TPM unless the scenario says otherwise");
     let bad = write(tmp.path(), "qemu-tests/y.toml", "version = 1\nimage = \"../images/none.toml\"\nverdict = \"\"\n");
     let err = Scenario::load(&bad).unwrap_err();
     assert_eq!(err.0.len(), 2, "{err}");
+}
+
+#[test]
+fn scenario_reboots_and_power_cuts() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "images/x.toml", GOOD_IMAGE);
+    let f = write(
+        tmp.path(),
+        "qemu-tests/x.toml",
+        "version = 1\nimage = \"../images/x.toml\"\npower-cut-at = \"encrypting\"\n\
+         [[reboot]]\nverdict = \"OK\"\n[[reboot.command]]\nrun = \"cat key\"\nsave-as = \"k\"\n\
+         [[reboot.disk]]\npartition = \"data\"\nopens-with = \"k\"\n\
+         [[reboot]]\ntpm = \"fresh\"\nverdict = \"DEGRADED\"\n",
+    );
+    let s = Scenario::load(&f).unwrap();
+    assert_eq!(s.boots.len(), 3);
+    assert_eq!(s.boots[0].power_cut_at.as_deref(), Some("encrypting"));
+    assert_eq!(s.boots[2].tpm, TpmState::Fresh);
+    // (scenario body, the one problem it must report)
+    let cases: &[(&str, &str)] = &[
+        ("", "give the verdict line"),
+        ("verdict = \"OK\"\npower-cut-at = \"x\"\n", "key `power-cut-at`: a boot cut off by a power cut has no verdict"),
+        ("power-cut-at = \"x\"\n[[command]]\nrun = \"true\"\n", "has no checks"),
+        ("verdict = \"OK\"\n[[disk]]\npartition = \"data\"\nopens-with = \"nothing\"\n", "key `disk[0].opens-with`: no command"),
+        ("verdict = \"OK\"\ntpm = false\n[[reboot]]\ntpm = \"fresh\"\nverdict = \"OK\"\n", "key `reboot[0].tpm`"),
+    ];
+    for (body, want) in cases {
+        let f = write(tmp.path(), "qemu-tests/y.toml", &format!("version = 1\nimage = \"../images/x.toml\"\n{body}"));
+        let err = Scenario::load(&f).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{body}: {err}");
+        assert!(err.to_string().contains(want), "for {body:?}: wanted {want:?} in {err}");
+    }
 }

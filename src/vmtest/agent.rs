@@ -80,3 +80,11 @@ pub async fn exec(sock: &Path, cmd: &str, deadline: Instant) -> Result<(i64, Str
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Asks the guest to power off cleanly; QEMU exits once it has.
+pub async fn shutdown(sock: &Path, deadline: Instant) -> Result<()> {
+    let mut a = Agent::connect(sock, deadline).await?;
+    // guest-shutdown has no answer when it works.
+    a.writer.write_all(format!("{}\n", json!({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}})).as_bytes()).await?;
+    Ok(())
+}

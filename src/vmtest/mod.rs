@@ -3,6 +3,7 @@
 //! ports. The image itself is never written to: the guest runs on a qcow2 overlay.
 
 mod agent;
+mod disk;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::spec::Scenario;
+use crate::spec::{Boot, Scenario, TpmState};
 use crate::tool::Tool;
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -80,6 +81,18 @@ impl Drop for Vm {
     }
 }
 
+/// What stays the same across the boots of one scenario.
+struct Machine<'a> {
+    scenario: &'a Scenario,
+    dir: &'a Path,
+    accel: Accel,
+    overlay: PathBuf,
+    vars: PathBuf,
+    qga: PathBuf,
+    forwards: String,
+    port_map: std::collections::BTreeMap<u16, u16>,
+}
+
 pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let accel = detect_accel(dir);
@@ -87,13 +100,8 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
         eprintln!("outpost: KVM does not work on this host; booting under TCG (software emulation, slower)");
     }
     let overlay = dir.join("overlay.qcow2");
-    let vars = dir.join("OVMF_VARS.fd");
-    let console = dir.join("console.log");
     let qga = dir.join("qga.sock");
-    for p in [&overlay, &console, &qga] {
-        let _ = std::fs::remove_file(p);
-    }
-    std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS} (package ovmf)"))?;
+    let _ = std::fs::remove_file(&overlay);
     let backing_fmt = if image.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
     let image_abs = std::path::absolute(image)?;
     Tool::new("qemu-img")
@@ -103,127 +111,255 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
         .arg(&overlay)
         .run()?;
 
-    let mut forwards = Vec::new();
+    let mut forwards = String::new();
     let mut port_map = std::collections::BTreeMap::new();
-    let guest_ports = scenario.http.iter().map(|h| h.port).chain((!scenario.ssh.is_empty()).then_some(22));
+    let guest_ports = scenario.http_ports().chain(scenario.uses_ssh().then_some(22));
     for port in guest_ports {
         if let std::collections::btree_map::Entry::Vacant(e) = port_map.entry(port) {
             let host = free_port()?;
             e.insert(host);
             let guest = scenario.guest_address.map(|a| a.to_string()).unwrap_or_default();
-            forwards.push(format!(",hostfwd=tcp:127.0.0.1:{host}-{guest}:{port}"));
+            forwards.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-{guest}:{port}"));
         }
     }
-    let accel_args: Vec<&str> = match accel {
+    let m = Machine { scenario, dir, accel, overlay, vars: dir.join("OVMF_VARS.fd"), qga, forwards, port_map };
+    let mut report = Report {
+        scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
+        accel: format!("{accel:?}").to_lowercase(),
+        ..Default::default()
+    };
+    let mut saved = std::collections::BTreeMap::new();
+    let mut tpm_dir = dir.join("tpm");
+    let _ = std::fs::remove_dir_all(&tpm_dir);
+    std::fs::copy(OVMF_VARS, &m.vars).with_context(|| format!("copying {OVMF_VARS} (package ovmf)"))?;
+    let many = scenario.boots.len() > 1;
+    for (n, boot) in scenario.boots.iter().enumerate() {
+        if boot.tpm == TpmState::Fresh {
+            // Another machine: its own TPM and its own firmware variables.
+            tpm_dir = dir.join(format!("tpm-{}", n + 1));
+            let _ = std::fs::remove_dir_all(&tpm_dir);
+            std::fs::copy(OVMF_VARS, &m.vars)?;
+        }
+        let tpm = (scenario.tpm && boot.tpm != TpmState::None).then_some(tpm_dir.as_path());
+        let console = dir.join(if n == 0 { "console.log".to_string() } else { format!("console-{}.log", n + 1) });
+        report.console_log = console.clone();
+        let label = if many { format!("boot {}: ", n + 1) } else { String::new() };
+        let (passed, failed) = boot_once(&m, boot, tpm, &console, &mut saved, &mut report.boot_seconds, n + 1 == scenario.boots.len()).await?;
+        report.passed.extend(passed.into_iter().map(|p| format!("{label}{p}")));
+        let stop = !failed.is_empty();
+        report.failed.extend(failed.into_iter().map(|f| format!("{label}{f}")));
+        if stop {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&m.overlay);
+    Ok(report)
+}
+
+/// Starts swtpm on a state directory (created empty for a new TPM); returns the process and
+/// its control socket.
+async fn start_swtpm(state: &Path) -> Result<(tokio::process::Child, PathBuf)> {
+    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let sock = state.join("swtpm.sock");
+    let _ = std::fs::remove_file(&sock);
+    let swtpm = crate::tool::which("swtpm").context("swtpm is not installed; apt-get install swtpm swtpm-tools")?;
+    let child = tokio::process::Command::new(swtpm)
+        .args(["socket", "--tpm2", "--tpmstate"])
+        .arg(format!("dir={}", state.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", sock.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting swtpm")?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > until {
+            bail!("swtpm did not create {}", sock.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((child, sock))
+}
+
+/// One power-on: verdict, guest checks, then (when disk checks follow or another boot does) a
+/// clean power-off, then the disk checks.
+async fn boot_once(
+    m: &Machine<'_>,
+    boot: &Boot,
+    tpm: Option<&Path>,
+    console: &Path,
+    saved: &mut std::collections::BTreeMap<String, String>,
+    boot_seconds: &mut f64,
+    last: bool,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut passed, mut failed) = (Vec::new(), Vec::new());
+    for p in [console, m.qga.as_path()] {
+        let _ = std::fs::remove_file(p);
+    }
+    let swtpm = match tpm {
+        Some(state) => Some(start_swtpm(state).await?),
+        None => None,
+    };
+    let accel_args: Vec<&str> = match m.accel {
         Accel::Kvm => vec!["-accel", "kvm", "-cpu", "host"],
         Accel::Tcg => vec!["-accel", "tcg,thread=multi", "-cpu", "max"],
     };
     let qemu = crate::tool::which("qemu-system-x86_64").context("qemu-system-x86_64 is not installed; apt-get install qemu-system-x86")?;
     let mut cmd = tokio::process::Command::new(qemu);
     cmd.args(&accel_args)
-        .args(["-machine", "q35", "-smp", "2", "-m", &scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
+        .args(["-machine", "q35", "-smp", "2", "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
         .arg("-drive")
-        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg(format!("if=pflash,format=raw,file={}", m.vars.display()))
         .arg("-drive")
-        .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
+        .arg(format!("if=virtio,format=qcow2,file={}", m.overlay.display()))
         // restrict=on: the guest reaches nothing outside, as in a clinic without internet.
         .arg("-netdev")
-        .arg(format!(
-            "user,id=n0,restrict=on{}{}",
-            scenario.net.as_ref().map(|n| format!(",net={n}")).unwrap_or_default(),
-            forwards.concat()
-        ))
+        .arg(format!("user,id=n0,restrict=on{}{}", m.scenario.net.as_ref().map(|n| format!(",net={n}")).unwrap_or_default(), m.forwards))
         .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-serial-pci"])
         .arg("-chardev")
-        .arg(format!("socket,path={},server=on,wait=off,id=qga0", qga.display()))
+        .arg(format!("socket,path={},server=on,wait=off,id=qga0", m.qga.display()))
         .args(["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"])
         .args(["-device", "virtio-rng-pci"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    if let Some((_, sock)) = &swtpm {
+        cmd.arg("-chardev").arg(format!("socket,id=chrtpm,path={}", sock.display()));
+        cmd.args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]);
+    }
     let started = Instant::now();
     let child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let mut vm = Vm(child);
-    let mut report = Report {
-        scenario: scenario.name.clone(),
-        description: scenario.description.clone(),
-        accel: format!("{accel:?}").to_lowercase(),
-        console_log: console.clone(),
-        ..Default::default()
-    };
 
-    let deadline = started + Duration::from_secs(scenario.timeout);
-    let verdict = wait_verdict(&mut vm, &console, deadline).await;
-    report.boot_seconds = started.elapsed().as_secs_f64();
-    match verdict {
-        Ok(line) if line.trim() == scenario.verdict.trim() => {
-            report.passed.push(format!("verdict `{line}` after {:.0} s", report.boot_seconds))
+    let deadline = started + Duration::from_secs(m.scenario.timeout);
+    if let Some(text) = &boot.power_cut_at {
+        match wait_console(&mut vm, console, text, deadline).await {
+            Ok(_) => {
+                // SIGKILL: the guest gets no chance to flush or unmount, as with a power cut.
+                let _ = vm.0.start_kill();
+                let _ = vm.0.wait().await;
+                passed.push(format!("power cut {:.0} s after power-on, when the console showed `{text}`", started.elapsed().as_secs_f64()));
+            }
+            Err(e) => failed.push(format!("{e:#}")),
         }
-        Ok(line) => report.failed.push(format!("the guest reported `{line}`, expected `{}`", scenario.verdict)),
-        Err(e) => report.failed.push(format!("{e:#}")),
+        return Ok((passed, failed));
     }
-    if report.failed.is_empty() {
-        let cmd_deadline = Instant::now() + Duration::from_secs(120);
-        for c in &scenario.commands {
-            match agent::exec(&qga, &c.run, cmd_deadline).await {
-                Ok((status, out)) => {
-                    let out_ok = c.expect.as_ref().is_none_or(|e| out.contains(e.as_str()));
-                    if status == c.expect_status && out_ok {
-                        report.passed.push(format!("`{}` -> {}", c.run, out.trim()));
-                    } else {
-                        report.failed.push(format!(
-                            "`{}` exited {status} with output `{}`; expected status {}{}",
-                            c.run,
-                            out.trim(),
-                            c.expect_status,
-                            c.expect.as_ref().map(|e| format!(" and output containing `{e}`")).unwrap_or_default()
-                        ));
-                    }
-                }
-                Err(e) => report.failed.push(format!("`{}`: {e:#}", c.run)),
-            }
-        }
-        let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-        for c in &scenario.console {
-            if text.contains(&c.contains) {
-                report.passed.push(format!("console shows `{}`", c.contains));
-            } else {
-                report.failed.push(format!("the console never showed `{}`", c.contains));
-            }
-        }
-        for s in &scenario.ssh {
-            let port = port_map[&22];
-            match ssh_check(port, s, dir, Instant::now() + Duration::from_secs(90)).await {
-                Ok(msg) => report.passed.push(msg),
-                Err(e) => report.failed.push(format!("ssh {}@guest: {e:#}", s.user)),
-            }
-        }
-        for h in &scenario.http {
-            let port = port_map[&h.port];
-            match http_check(port, h, Instant::now() + Duration::from_secs(60)).await {
-                Ok(msg) => report.passed.push(msg),
-                Err(e) => report.failed.push(format!("http guest port {} {}: {e:#}", h.port, h.path)),
-            }
+    let verdict = wait_console(&mut vm, console, VERDICT_PREFIX, deadline).await;
+    let secs = started.elapsed().as_secs_f64();
+    *boot_seconds = boot_seconds.max(secs);
+    match verdict {
+        Ok(line) if line.trim().starts_with(boot.verdict.trim()) => passed.push(format!("verdict `{line}` after {secs:.0} s")),
+        Ok(line) => failed.push(format!("the guest reported `{line}`, expected `{}`", boot.verdict)),
+        Err(e) => failed.push(format!("{e:#}")),
+    }
+    if failed.is_empty() {
+        guest_checks(m, boot, console, saved, &mut passed, &mut failed).await;
+    }
+    if failed.is_empty() && (!last || !boot.disk.is_empty()) {
+        if let Err(e) = power_off(&mut vm, &m.qga).await {
+            failed.push(format!("powering off: {e:#}"));
         }
     }
     let _ = vm.0.start_kill();
     let _ = vm.0.wait().await;
-    let _ = std::fs::remove_file(&overlay);
-    Ok(report)
+    drop(swtpm);
+    if failed.is_empty() {
+        for d in &boot.disk {
+            match tokio::task::block_in_place(|| disk::check(m.dir, &m.overlay, d, saved)) {
+                Ok(msg) => passed.push(msg),
+                Err(e) => failed.push(format!("disk partition `{}`: {e:#}", d.partition)),
+            }
+        }
+    }
+    Ok((passed, failed))
 }
 
-/// Waits for the verdict line on the serial console, or QEMU's end, or the deadline.
-async fn wait_verdict(vm: &mut Vm, console: &Path, deadline: Instant) -> Result<String> {
+async fn guest_checks(
+    m: &Machine<'_>,
+    boot: &Boot,
+    console: &Path,
+    saved: &mut std::collections::BTreeMap<String, String>,
+    passed: &mut Vec<String>,
+    failed: &mut Vec<String>,
+) {
+    let cmd_deadline = Instant::now() + Duration::from_secs(120);
+    for c in &boot.commands {
+        match agent::exec(&m.qga, &c.run, cmd_deadline).await {
+            Ok((status, out)) => {
+                let out_ok = c.expect.as_ref().is_none_or(|e| out.contains(e.as_str()));
+                if status == c.expect_status && out_ok {
+                    if let Some(name) = &c.save_as {
+                        saved.insert(name.clone(), out.trim().to_string());
+                        passed.push(format!("`{}` -> (saved as {name})", c.run));
+                    } else {
+                        passed.push(format!("`{}` -> {}", c.run, out.trim()));
+                    }
+                } else {
+                    failed.push(format!(
+                        "`{}` exited {status} with output `{}`; expected status {}{}",
+                        c.run,
+                        out.trim(),
+                        c.expect_status,
+                        c.expect.as_ref().map(|e| format!(" and output containing `{e}`")).unwrap_or_default()
+                    ));
+                }
+            }
+            Err(e) => failed.push(format!("`{}`: {e:#}", c.run)),
+        }
+    }
+    let text = std::fs::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    for c in &boot.console {
+        if text.contains(&c.contains) {
+            passed.push(format!("console shows `{}`", c.contains));
+        } else {
+            failed.push(format!("the console never showed `{}`", c.contains));
+        }
+    }
+    for s in &boot.ssh {
+        let port = m.port_map[&22];
+        match ssh_check(port, s, m.dir, Instant::now() + Duration::from_secs(90)).await {
+            Ok(msg) => passed.push(msg),
+            Err(e) => failed.push(format!("ssh {}@guest: {e:#}", s.user)),
+        }
+    }
+    for h in &boot.http {
+        let port = m.port_map[&h.port];
+        match http_check(port, h, Instant::now() + Duration::from_secs(60)).await {
+            Ok(msg) => passed.push(msg),
+            Err(e) => failed.push(format!("http guest port {} {}: {e:#}", h.port, h.path)),
+        }
+    }
+}
+
+/// A clean power-off through the guest agent, as a person pressing the power button would.
+async fn power_off(vm: &mut Vm, qga: &Path) -> Result<()> {
+    agent::shutdown(qga, Instant::now() + Duration::from_secs(30)).await?;
+    match tokio::time::timeout(Duration::from_secs(120), vm.0.wait()).await {
+        Ok(status) => {
+            status?;
+            Ok(())
+        }
+        Err(_) => bail!("the guest did not power off within 120 s"),
+    }
+}
+
+/// Waits for a line with `needle` on the serial console (returned from the needle on), or
+/// QEMU's end, or the deadline.
+async fn wait_console(vm: &mut Vm, console: &Path, needle: &str, deadline: Instant) -> Result<String> {
     loop {
         if let Ok(text) = tokio::fs::read(console).await {
             let text = String::from_utf8_lossy(&text);
-            if let Some(line) = text.lines().find(|l| l.contains(VERDICT_PREFIX)) {
-                let at = line.find(VERDICT_PREFIX).unwrap_or(0);
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                let at = line.find(needle).unwrap_or(0);
                 return Ok(line[at..].trim().to_string());
             }
         }
@@ -235,7 +371,7 @@ async fn wait_verdict(vm: &mut Vm, console: &Path, deadline: Instant) -> Result<
             bail!("QEMU exited ({status}) before the guest reported: {}", err.trim());
         }
         if Instant::now() > deadline {
-            bail!("no `{VERDICT_PREFIX}` line on the console within the time limit");
+            bail!("no `{needle}` on the console within the time limit");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -292,11 +428,11 @@ async fn ssh_check(port: u16, s: &crate::spec::Ssh, dir: &Path, deadline: Instan
 async fn http_check(port: u16, h: &crate::spec::Http, deadline: Instant) -> Result<String> {
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match http_get(port, &h.path).await {
+        match http_request(port, &h.path, h.body.as_deref()).await {
             Ok((status, body)) => {
                 let body_ok = h.contains.as_ref().is_none_or(|c| body.contains(c.as_str()));
                 if status == h.status && body_ok {
-                    return Ok(format!("GET :{}{} -> {status}", h.port, h.path));
+                    return Ok(format!("{} :{}{} -> {status}", if h.body.is_some() { "POST" } else { "GET" }, h.port, h.path));
                 }
                 last = format!("answered {status} with `{}`", body.chars().take(200).collect::<String>());
             }
@@ -307,10 +443,15 @@ async fn http_check(port: u16, h: &crate::spec::Http, deadline: Instant) -> Resu
     bail!("{last}; expected status {}{}", h.status, h.contains.as_ref().map(|c| format!(" and a body containing `{c}`")).unwrap_or_default())
 }
 
-async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+/// GET, or POST when there is a body.
+async fn http_request(port: u16, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    let request = match body {
+        None => format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        Some(b) => format!("POST {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{b}", b.len()),
+    };
     let io = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        s.write_all(request.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         anyhow::Ok(buf)

@@ -1,0 +1,469 @@
+//! The data partition on the device, at every boot (`outpost data open`, before /var is
+//! mounted): encrypted with LUKS2 on first boot with a volume key made on this machine, then
+//! unlocked by the TPM, a USB key or a passphrase. The state lives in the LUKS2 label, so a
+//! power cut at any point of the first boot only means starting it again: there is no data yet.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::spec::{DataPolicy, NoTpm, RecoveryKey, Site, Unlock};
+use crate::tool::Tool;
+
+/// The image's policy, written by `outpost build`.
+pub const POLICY_PATH: &str = "usr/lib/outpost/data.json";
+/// Device-mapper name of the opened partition.
+const MAPPING: &str = "outpost-data";
+/// What var.mount mounts: a link to the mapping, or to the partition itself with `unlock = none`.
+const VOLUME_LINK: &str = "/run/outpost/data-volume";
+/// LUKS2 labels: the state machine of the first boot.
+const LABEL_PROVISIONING: &str = "outpost-provisioning";
+const LABEL_READY: &str = "outpost-data";
+/// ext4 labels of the file system inside (or, with `none`, on the partition).
+const FS_NEW: &str = "outpost-new";
+const FS_READY: &str = "outpost-var";
+/// Where `recovery-key = "file"` leaves the key, on the encrypted file system.
+pub const RECOVERY_FILE: &str = "/var/lib/outpost/recovery-key";
+/// File-system label of a USB stick carrying key files.
+const USB_LABEL: &str = "OUTPOSTKEY";
+const WORK: &str = "/run/outpost";
+
+fn say(msg: &str) {
+    // The unit sends stdout to the journal and the console.
+    println!("outpost: {msg}");
+}
+
+/// Shown on the console only, never in the journal: the recovery key.
+fn console_only(msg: &str) -> Result<()> {
+    use std::io::Write;
+    let mut c = fs::OpenOptions::new().write(true).open("/dev/console").context("opening /dev/console")?;
+    c.write_all(msg.as_bytes())?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing we know: a new appliance.
+    Blank,
+    /// A first boot was cut off; its partition holds nothing yet and is formatted again.
+    Interrupted,
+    Luks,
+    Plain,
+}
+
+fn state(dev: &Path) -> Result<State> {
+    let is_luks = Tool::new("cryptsetup").args(["isLuks", "--type", "luks2"]).arg(dev).run().is_ok();
+    if is_luks {
+        let dump = Tool::new("cryptsetup").describe("reading the data partition's LUKS2 header").arg("luksDump").arg(dev).output()?;
+        let label = dump.lines().find_map(|l| l.strip_prefix("Label:")).map(str::trim).unwrap_or("");
+        return Ok(if label == LABEL_READY { State::Luks } else { State::Interrupted });
+    }
+    let label = Tool::new("blkid").args(["-p", "-o", "value", "-s", "LABEL"]).arg(dev).output().unwrap_or_default();
+    Ok(match label.trim() {
+        FS_READY => State::Plain,
+        FS_NEW => State::Interrupted,
+        _ => State::Blank,
+    })
+}
+
+/// `outpost data open`.
+pub fn open(root: &Path) -> Result<()> {
+    let policy_file = root.join(POLICY_PATH);
+    let text = fs::read_to_string(&policy_file).with_context(|| format!("reading the image's data policy {}", policy_file.display()))?;
+    let policy: DataPolicy = serde_json::from_str(&text).with_context(|| format!("parsing {}", policy_file.display()))?;
+    let site = seed_site();
+    let (mut unlock, recovery) = match &site {
+        Some(s) => (s.unlock.unwrap_or(policy.unlock), s.recovery_key),
+        None => (policy.unlock, RecoveryKey::default()),
+    };
+    let dev = data_partition(Duration::from_secs(30))?;
+    if unlock == Unlock::Tpm2 && !wait_path(Path::new("/dev/tpmrm0"), Duration::from_secs(5)) {
+        match policy.no_tpm {
+            NoTpm::Refuse => {
+                say("this machine has no TPM 2.0, and the image's data policy is `tpm2` with `no-tpm = \"refuse\"`: the data partition stays closed and the applications do not start. Enable the TPM in the firmware setup, or personalize the site with `unlock = \"usb-key\"`.");
+                bail!("no TPM 2.0 on this machine");
+            }
+            NoTpm::UsbKey => {
+                say("this machine has no TPM 2.0; the image's `no-tpm = \"usb-key\"` setting applies: the data partition unlocks with a key file on a USB stick labelled OUTPOSTKEY");
+                unlock = Unlock::UsbKey;
+            }
+        }
+    }
+    let st = state(&dev)?;
+    match (st, unlock) {
+        (State::Blank | State::Interrupted, _) => {
+            if st == State::Interrupted {
+                say("the first boot's encryption of the data partition was interrupted; starting it again (the partition held no data yet)");
+            }
+            let started = Instant::now();
+            provision(&dev, unlock, recovery, &policy.tpm2_pcrs)?;
+            say(&format!("data partition {} prepared in {:.1} s", dev.display(), started.elapsed().as_secs_f64()));
+        }
+        (State::Plain, Unlock::None) | (State::Luks, _) => {}
+        (State::Plain, _) => {
+            say("the data partition is not encrypted but the policy asks for encryption; it stays as it is. Back up /var and reinstall to encrypt it.");
+        }
+    }
+    let started = Instant::now();
+    let volume = attach(&dev, unlock)?;
+    if unlock != Unlock::None {
+        say(&format!("data partition unlocked ({}) in {:.1} s", unlock_name(unlock), started.elapsed().as_secs_f64()));
+    }
+    fs::create_dir_all(WORK)?;
+    let _ = fs::remove_file(VOLUME_LINK);
+    std::os::unix::fs::symlink(&volume, VOLUME_LINK).with_context(|| format!("linking {VOLUME_LINK}"))?;
+    Ok(())
+}
+
+fn unlock_name(u: Unlock) -> &'static str {
+    match u {
+        Unlock::Tpm2 => "tpm2",
+        Unlock::UsbKey => "usb-key",
+        Unlock::Passphrase => "passphrase",
+        Unlock::None => "none",
+    }
+}
+
+/// The site in the seed partition, if any and valid (`outpost seed apply` reports problems).
+fn seed_site() -> Option<Site> {
+    let dev = wait_path(Path::new("/dev/disk/by-partlabel/seed"), Duration::from_secs(10)).then_some("/dev/disk/by-partlabel/seed")?;
+    let text = crate::site::seed::read_site(Path::new(dev)).ok()??;
+    Site::parse(Path::new("seed:/site.toml"), &text).ok()
+}
+
+fn wait_path(p: &Path, limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if p.exists() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The partition named `data` on the disk the root file system is on: never one on another
+/// disk, such as a USB stick or the disk of another appliance plugged in for rescue.
+fn data_partition(limit: Duration) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let root_dev = fs::metadata("/").context("reading /")?.dev();
+    let (major, minor) = (libc::major(root_dev), libc::minor(root_dev));
+    let sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).context("finding the root file system's disk in /sys")?;
+    let disk = sys.parent().context("the root file system is not on a partition")?.to_path_buf();
+    let start = Instant::now();
+    loop {
+        for e in fs::read_dir(&disk).with_context(|| format!("reading {}", disk.display()))? {
+            let p = e?.path();
+            let Ok(uevent) = fs::read_to_string(p.join("uevent")) else { continue };
+            if uevent.lines().any(|l| l == "PARTNAME=data") {
+                let name = p.file_name().expect("has a name").to_string_lossy().into_owned();
+                let dev = Path::new("/dev").join(name);
+                if wait_path(&dev, Duration::from_secs(10)) {
+                    return Ok(dev);
+                }
+            }
+        }
+        if start.elapsed() > limit {
+            bail!("the disk {} has no partition named `data`", disk.display());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    use std::io::Read;
+    fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(hex::encode(buf))
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// First boot: LUKS2 with a fresh volume key, the unlock method and a recovery key enrolled,
+/// an ext4 file system inside holding a copy of the image's /var; the label is set to
+/// `outpost-data` last, so only a finished partition is ever taken as ready.
+fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> Result<()> {
+    fs::create_dir_all(WORK)?;
+    let newvar = Path::new(WORK).join("newvar");
+    fs::create_dir_all(&newvar)?;
+    if unlock == Unlock::None {
+        say("WARNING: the data partition is NOT encrypted (the policy is `unlock = \"none\"`): anyone holding this disk can read the patient data");
+        Tool::new("mkfs.ext4").describe("formatting the data partition").args(["-q", "-F", "-L", FS_NEW]).arg(dev).run()?;
+        fill(dev, &newvar, None)?;
+        Tool::new("e2label").describe("marking the data partition ready").arg(dev).arg(FS_READY).run()?;
+        return Ok(());
+    }
+    say(&format!("encrypting the data partition {} (LUKS2, aes-xts-plain64, unlock by {})", dev.display(), unlock_name(unlock)));
+    let tmp = Path::new(WORK).join("provision.key");
+    let passphrase = random_hex(32)?;
+    write_secret(&tmp, &passphrase)?;
+    // The first key slot only lives until the real ones are enrolled; its key is random and
+    // never leaves /run, so a cheap key derivation is enough for it.
+    Tool::new("cryptsetup")
+        .describe("creating the LUKS2 header of the data partition")
+        .args(["luksFormat", "--batch-mode", "--type", "luks2", "--cipher", "aes-xts-plain64", "--key-size", "512"])
+        .args(["--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "65536", "--label", LABEL_PROVISIONING, "--key-file"])
+        .arg(&tmp)
+        .arg(dev)
+        .run()?;
+    let out = Tool::new("systemd-cryptenroll").describe("enrolling a recovery key").env("PASSWORD", &passphrase).arg("--recovery-key").arg(dev).output()?;
+    let recovery_key = out.lines().map(str::trim).find(|l| l.len() == 71 && l.split('-').count() == 8).context("systemd-cryptenroll printed no recovery key")?.to_string();
+    match unlock {
+        Unlock::Tpm2 => {
+            let pcrs: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+            Tool::new("systemd-cryptenroll")
+                .describe("sealing the data partition's key to the TPM")
+                .env("PASSWORD", &passphrase)
+                .arg("--tpm2-device=auto")
+                .arg(format!("--tpm2-pcrs={}", pcrs.join("+")))
+                .arg(dev)
+                .run()?;
+        }
+        Unlock::UsbKey => enroll_usb_key(dev, &tmp)?,
+        Unlock::Passphrase => {
+            let pass = ask_new_passphrase()?;
+            let new = Path::new(WORK).join("new-passphrase");
+            write_secret(&new, &pass)?;
+            let r = Tool::new("cryptsetup").describe("adding the passphrase").args(["luksAddKey", "--batch-mode", "--pbkdf", "argon2id", "--key-file"]).arg(&tmp).arg(dev).arg(&new).run();
+            fs::remove_file(&new)?;
+            r?;
+        }
+        Unlock::None => unreachable!("handled above"),
+    }
+    Tool::new("cryptsetup").describe("opening the new data partition").args(["open", "--key-file"]).arg(&tmp).arg(dev).arg(MAPPING).run()?;
+    let mapped = Path::new("/dev/mapper").join(MAPPING);
+    Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).run()?;
+    fill(&mapped, &newvar, (recovery == RecoveryKey::File).then_some(recovery_key.as_str()))?;
+    Tool::new("cryptsetup").describe("removing the first-boot key slot").args(["luksKillSlot", "--batch-mode"]).arg(dev).arg("0").run()?;
+    fs::remove_file(&tmp)?;
+    let where_ = match recovery {
+        RecoveryKey::Console => "nowhere else: write it down now".to_string(),
+        RecoveryKey::File => format!("in {RECOVERY_FILE} until an administrator fetches it and runs `outpost data forget-recovery-key`"),
+        RecoveryKey::Usb => match with_usb_stick(Duration::from_secs(10), true, |stick| {
+            let f = stick.join(format!("recovery-key-{}.txt", luks_uuid(dev)?));
+            write_secret(&f, &format!("{recovery_key}\n"))?;
+            Ok(f)
+        }) {
+            Ok(f) => format!("on the USB stick as {}", f.file_name().unwrap_or_default().to_string_lossy()),
+            Err(e) => format!("nowhere else ({e:#}): write it down now"),
+        },
+    };
+    console_only(&format!(
+        "\n==== outpost: RECOVERY KEY of this appliance's data partition (shown once) ====\n    {recovery_key}\nIt opens the patient data if the TPM or the USB key is lost; it is stored {where_}.\nA key shown by an earlier, interrupted first boot no longer works.\n\n"
+    ))?;
+    // The commit point: from here on the partition is taken as ready.
+    Tool::new("cryptsetup").describe("marking the data partition ready").args(["config", "--label", LABEL_READY]).arg(dev).run()?;
+    Ok(())
+}
+
+/// Copies the image's /var (the initial application state) into the new file system.
+fn fill(dev: &Path, mnt: &Path, recovery_key: Option<&str>) -> Result<()> {
+    Tool::new("mount").describe("mounting the new data file system").args(["-t", "ext4"]).arg(dev).arg(mnt).run()?;
+    let copied = Tool::new("cp").describe("copying the image's /var to the data partition").args(["-a", "--sparse=always", "/var/."]).arg(mnt).run();
+    let key = match (copied.is_ok(), recovery_key) {
+        (true, Some(k)) => {
+            let f = mnt.join(RECOVERY_FILE.trim_start_matches("/var/"));
+            fs::create_dir_all(f.parent().expect("has a parent"))?;
+            fs::set_permissions(f.parent().expect("has a parent"), fs::Permissions::from_mode(0o700))?;
+            write_secret(&f, &format!("{k}\n"))
+        }
+        _ => Ok(()),
+    };
+    let synced = Tool::new("sync").arg("-f").arg(mnt).run();
+    Tool::new("umount").describe("unmounting the new data file system").arg(mnt).run()?;
+    copied?;
+    key?;
+    synced?;
+    Ok(())
+}
+
+fn luks_uuid(dev: &Path) -> Result<String> {
+    Ok(Tool::new("cryptsetup").describe("reading the LUKS2 UUID").arg("luksUUID").arg(dev).output()?.trim().to_string())
+}
+
+/// Mounts the USB stick labelled OUTPOSTKEY (waiting for it up to `limit`) and runs `f` on it.
+fn with_usb_stick<T>(limit: Duration, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let dev = Path::new("/dev/disk/by-label").join(USB_LABEL);
+    if !wait_path(&dev, limit) {
+        bail!("no USB stick labelled {USB_LABEL} is plugged in");
+    }
+    let mnt = Path::new(WORK).join("usb");
+    fs::create_dir_all(&mnt)?;
+    Tool::new("mount").describe("mounting the key USB stick").args(["-o", if writable { "rw,sync" } else { "ro" }]).arg(&dev).arg(&mnt).run()?;
+    let r = f(&mnt);
+    Tool::new("umount").describe("unmounting the key USB stick").arg(&mnt).run()?;
+    r
+}
+
+fn usb_key_name(dev: &Path) -> Result<String> {
+    Ok(format!("outpost-data-{}.key", luks_uuid(dev)?))
+}
+
+fn enroll_usb_key(dev: &Path, tmp: &Path) -> Result<()> {
+    let name = usb_key_name(dev)?;
+    let key = random_hex(64)?;
+    loop {
+        let r = with_usb_stick(Duration::from_secs(30), true, |stick| write_secret(&stick.join(&name), &key));
+        match r {
+            Ok(()) => break,
+            Err(e) => say(&format!("waiting for the key USB stick to write the data partition's key file on it: {e:#}; plug in a FAT-formatted stick labelled {USB_LABEL}")),
+        }
+    }
+    let local = Path::new(WORK).join("usb.key");
+    write_secret(&local, &key)?;
+    // A 512-bit random key: key derivation adds nothing, so the slot opens at once.
+    let r = Tool::new("cryptsetup")
+        .describe("enrolling the USB key")
+        .args(["luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file"])
+        .arg(tmp)
+        .arg(dev)
+        .arg(&local)
+        .run();
+    fs::remove_file(&local)?;
+    r?;
+    say(&format!("the data partition's key is on the USB stick as {name}; keep the stick with the machine"));
+    Ok(())
+}
+
+fn ask_new_passphrase() -> Result<String> {
+    loop {
+        let ask = |prompt: &str| -> Result<String> {
+            Ok(Tool::new("systemd-ask-password").describe("asking for the data partition's passphrase").args(["--timeout=0", prompt]).output()?.trim_end_matches('\n').to_string())
+        };
+        let a = ask("New passphrase for the patient data partition:")?;
+        let b = ask("The same passphrase again:")?;
+        if a != b {
+            say("the two passphrases differ; again");
+        } else if a.chars().count() < 12 {
+            say("use at least 12 characters");
+        } else {
+            return Ok(a);
+        }
+    }
+}
+
+fn systemd_cryptsetup() -> Result<PathBuf> {
+    ["/usr/lib/systemd/systemd-cryptsetup", "/lib/systemd/systemd-cryptsetup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("systemd-cryptsetup is not installed in the image (package systemd or systemd-cryptsetup)")
+}
+
+/// Opens the partition and returns the device to mount.
+fn attach(dev: &Path, unlock: Unlock) -> Result<PathBuf> {
+    let mapped = Path::new("/dev/mapper").join(MAPPING);
+    if unlock == Unlock::None || mapped.exists() {
+        return Ok(if unlock == Unlock::None { dev.to_path_buf() } else { mapped });
+    }
+    match unlock {
+        Unlock::Tpm2 => {
+            let r = Tool::new(&systemd_cryptsetup()?.to_string_lossy())
+                .describe("unlocking the data partition with the TPM")
+                .args(["attach", MAPPING])
+                .arg(dev)
+                .args(["-", "tpm2-device=auto,headless=true"])
+                .run();
+            if let Err(e) = r {
+                say("the data partition does NOT unlock with this machine's TPM: the disk was moved to another machine, the TPM was cleared, or the firmware's Secure Boot settings changed. The applications stay stopped. Open it with the recovery key (docs/encryption.md, \"Recovery\").");
+                return Err(e.into());
+            }
+        }
+        Unlock::UsbKey => {
+            let name = usb_key_name(dev)?;
+            loop {
+                let r = with_usb_stick(Duration::from_secs(10), false, |stick| {
+                    let key = stick.join(&name);
+                    if !key.exists() {
+                        bail!("the stick has no {name}");
+                    }
+                    Tool::new("cryptsetup").describe("unlocking the data partition with the USB key").args(["open", "--key-file"]).arg(&key).arg(dev).arg(MAPPING).run().map_err(anyhow::Error::from)
+                });
+                match r {
+                    Ok(()) => break,
+                    Err(e) => say(&format!("the data partition waits for its USB key ({e:#}); nothing was changed. Plug in the key stick; trying again in 5 s")),
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+        Unlock::Passphrase => {
+            // Asks on the console through systemd's password agents; unattended restart is not
+            // possible with this policy (docs/encryption.md).
+            Tool::new(&systemd_cryptsetup()?.to_string_lossy())
+                .describe("unlocking the data partition with its passphrase")
+                .args(["attach", MAPPING])
+                .arg(dev)
+                .args(["-", "tries=0"])
+                .run()?;
+        }
+        Unlock::None => unreachable!("returned above"),
+    }
+    Ok(mapped)
+}
+
+/// `outpost data forget-recovery-key`: the administrator has the key; remove the copy.
+pub fn forget_recovery_key() -> Result<()> {
+    match fs::remove_file(RECOVERY_FILE) {
+        Ok(()) => {
+            say(&format!("removed {RECOVERY_FILE}"));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            say(&format!("{RECOVERY_FILE} was already removed"));
+            Ok(())
+        }
+        Err(e) => Err(e).context(format!("removing {RECOVERY_FILE}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real cryptsetup and mkfs on plain files: every state the first boot can leave behind is
+    /// told apart, so a power cut at any point leads to a fresh start or to an unlock.
+    #[test]
+    fn first_boot_states_from_real_headers() {
+        crate::tool::preflight(&["cryptsetup", "mkfs.ext4"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("data.img");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "0123456789abcdef").unwrap();
+        let fresh = |dev: &Path| {
+            let f = std::fs::File::create(dev).unwrap();
+            f.set_len(32 << 20).unwrap();
+        };
+        fresh(&dev);
+        assert_eq!(state(&dev).unwrap(), State::Blank);
+        let format = |label: &str| {
+            Tool::new("cryptsetup")
+                .args(["luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768", "--label", label, "--key-file"])
+                .arg(&key)
+                .arg(&dev)
+                .run()
+                .unwrap()
+        };
+        format(LABEL_PROVISIONING);
+        assert_eq!(state(&dev).unwrap(), State::Interrupted);
+        Tool::new("cryptsetup").args(["config", "--label", LABEL_READY]).arg(&dev).run().unwrap();
+        assert_eq!(state(&dev).unwrap(), State::Luks);
+        for (label, want) in [(FS_NEW, State::Interrupted), (FS_READY, State::Plain)] {
+            fresh(&dev);
+            Tool::new("mkfs.ext4").args(["-q", "-F", "-L", label]).arg(&dev).run().unwrap();
+            assert_eq!(state(&dev).unwrap(), want, "ext4 labelled {label}");
+        }
+    }
+}
