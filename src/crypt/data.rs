@@ -30,6 +30,9 @@ pub const RECOVERY_FILE: &str = "/var/lib/outpost/recovery-key";
 /// File-system label of a USB stick carrying key files.
 const USB_LABEL: &str = "OUTPOSTKEY";
 const WORK: &str = "/run/outpost";
+/// Set when the partition could not be opened at this boot: units that need /var and are
+/// started later (at shutdown, too) fail at once instead of asking the TPM again.
+const CLOSED: &str = "/run/outpost/data-closed";
 
 fn say(msg: &str) {
     // The unit sends stdout to the journal and the console.
@@ -71,6 +74,19 @@ fn state(dev: &Path) -> Result<State> {
 
 /// `outpost data open`.
 pub fn open(root: &Path) -> Result<()> {
+    if let Ok(why) = fs::read_to_string(CLOSED) {
+        bail!("the data partition stays closed until the next boot: {}", why.trim());
+    }
+    let r = open_inner(root);
+    if let Err(e) = &r {
+        fs::create_dir_all(WORK)?;
+        let first_line = e.to_string().lines().next().unwrap_or_default().chars().take(300).collect::<String>();
+        fs::write(CLOSED, format!("{first_line}\n"))?;
+    }
+    r
+}
+
+fn open_inner(root: &Path) -> Result<()> {
     let policy_file = root.join(POLICY_PATH);
     let text = fs::read_to_string(&policy_file).with_context(|| format!("reading the image's data policy {}", policy_file.display()))?;
     let policy: DataPolicy = serde_json::from_str(&text).with_context(|| format!("parsing {}", policy_file.display()))?;

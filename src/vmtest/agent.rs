@@ -81,10 +81,11 @@ pub async fn exec(sock: &Path, cmd: &str, deadline: Instant) -> Result<(i64, Str
     }
 }
 
-/// Asks the guest to power off cleanly; QEMU exits once it has.
+/// Asks the guest to power off cleanly; QEMU exits once it has. `systemctl poweroff` rather
+/// than the agent's guest-shutdown, which goes through logind: a guest whose data partition
+/// stays closed has no logind (it keeps state in /var) and must still power off.
 pub async fn shutdown(sock: &Path, deadline: Instant) -> Result<()> {
     let mut a = Agent::connect(sock, deadline).await?;
-    // guest-shutdown has no answer when it works.
-    a.writer.write_all(format!("{}\n", json!({"execute": "guest-shutdown", "arguments": {"mode": "powerdown"}})).as_bytes()).await?;
+    a.call(json!({"execute": "guest-exec", "arguments": {"path": "/bin/systemctl", "arg": ["poweroff"]}})).await?;
     Ok(())
 }
