@@ -26,6 +26,21 @@ pub enum Command {
         /// Output directory
         #[arg(long, value_name = "DIR", default_value = "out")]
         out: PathBuf,
+        /// Also write NAME.raw.luks and NAME.raw.luks-header: the disk encrypted (LUKS2) with
+        /// this key file, for images stored or shipped outside the clinic
+        #[arg(long, value_name = "FILE", env = "OUTPOST_ENCRYPT_KEY_FILE")]
+        encrypt_key_file: Option<PathBuf>,
+    },
+    /// Decrypt NAME.raw.luks (with NAME.raw.luks-header beside it) back into a raw disk
+    Decrypt {
+        /// The encrypted disk, e.g. out/demo/demo.raw.luks
+        image: PathBuf,
+        /// The key file it was encrypted with
+        #[arg(long, value_name = "FILE", env = "OUTPOST_ENCRYPT_KEY_FILE")]
+        key_file: PathBuf,
+        /// The raw disk to write
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Print the resolved layers in order with their cache keys; builds nothing
     Plan {

@@ -72,12 +72,12 @@ fn debian_base_is_reproducible_cached_personalized_and_boots() {
 
     // Two cold builds, separate caches and output directories.
     let a = build(&t.join("cache-a"), &image, &t.join("out-a"));
-    assert_eq!(names(&a["built_layers"]), ["base", "appliance", "vm-guest", "site-agent", "status-page"]);
+    assert_eq!(names(&a["built_layers"]), ["base", "appliance", "vm-guest", "site-agent", "record-store", "status-page"]);
     let mut files: Vec<String> = std::fs::read_dir(t.join("out-a")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     files.sort();
     assert_eq!(files, ["SHA256SUMS", "debian-base.qcow2", "debian-base.raw", "manifest.json"]);
     let b = build(&t.join("cache-b"), &image, &t.join("out-b"));
-    assert_eq!(names(&b["built_layers"]).len(), 5);
+    assert_eq!(names(&b["built_layers"]).len(), 6);
     let raw_a = t.join("out-a/debian-base.raw");
     let qcow_a = t.join("out-a/debian-base.qcow2");
     assert_eq!(sha(&raw_a), sha(&t.join("out-b/debian-base.raw")), "two cold builds differ");
@@ -94,7 +94,7 @@ fn debian_base_is_reproducible_cached_personalized_and_boots() {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("out-a/manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["suite"], "bookworm");
     let pkgs = manifest["packages"].as_array().unwrap();
-    for p in ["systemd", "qemu-guest-agent", "openssh-server"] {
+    for p in ["systemd", "qemu-guest-agent", "openssh-server", "cryptsetup-bin"] {
         assert!(pkgs.iter().any(|x| x["name"] == p), "{p} is not in the manifest");
     }
 
@@ -117,14 +117,20 @@ fn debian_base_is_reproducible_cached_personalized_and_boots() {
     std::fs::write(&page, text).unwrap();
     let d = build(&t.join("cache-a"), &proj.join("images/debian-base.toml"), &t.join("out-d"));
     assert_eq!(names(&d["built_layers"]), ["status-page"]);
-    assert_eq!(names(&d["reused_layers"]), ["base", "appliance", "vm-guest", "site-agent"]);
+    assert_eq!(names(&d["reused_layers"]), ["base", "appliance", "vm-guest", "site-agent", "record-store"]);
     assert_ne!(sha(&raw_a), sha(&t.join("out-d/debian-base.raw")));
 
+    let raw_before_boots = sha(&raw_a);
     // Boot the edited image: verdict, guest commands, the status page.
     let qcow_d = t.join("out-d/debian-base.qcow2");
     let qcow_d_sum = sha(&qcow_d);
     boot(&t.join("cache-a"), &proj.join("qemu-tests/debian-base.toml"), &qcow_d, &t.join("vm-base"));
     assert_eq!(sha(&qcow_d), qcow_d_sum, "booting changed the image");
+
+    // Patient data: encrypted at first boot (even after a power cut during it), sealed to the
+    // TPM, unlocked unattended on the same machine, closed in another; the image stays unchanged.
+    boot(&t.join("cache-a"), &proj.join("qemu-tests/encryption.toml"), &raw_a, &t.join("vm-encryption"));
+    assert_eq!(sha(&raw_a), raw_before_boots, "the encryption test changed the image");
 
     // Personalize a copy: the original stays as it was, the copy differs only in the seed.
     let site = proj.join("sites/example-static.toml");

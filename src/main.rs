@@ -40,6 +40,7 @@ fn ctx(cli: &Cli) -> Result<pipeline::Ctx> {
         cache: cache::Cache::open(&dir)?,
         epoch: pipeline::source_date_epoch()?,
         progress: progress::Progress::new(cli.json || !std::io::stderr().is_terminal()),
+        encrypt_key: None,
     })
 }
 
@@ -50,8 +51,9 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 
 fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
-        Command::Build { image, out } => {
-            let ctx = ctx(&cli)?;
+        Command::Build { image, out, encrypt_key_file } => {
+            let mut ctx = ctx(&cli)?;
+            ctx.encrypt_key = encrypt_key_file.clone();
             let report = pipeline::build(&ctx, image, out)?;
             if cli.json {
                 print_json(&report)?;
@@ -139,6 +141,11 @@ fn run(cli: Cli) -> Result<i32> {
                 SeedCommand::Apply { device } => site::apply(Path::new("/"), device.as_deref())?,
                 SeedCommand::CheckNetwork { timeout } => site::check_network(Path::new("/"), std::time::Duration::from_secs(*timeout))?,
             }
+            Ok(0)
+        }
+        Command::Decrypt { image, key_file, out } => {
+            crypt::image::decrypt(image, key_file, out)?;
+            println!("wrote {}", out.display());
             Ok(0)
         }
         Command::Data { command } => {
@@ -260,5 +267,8 @@ fn print_build_summary(r: &pipeline::BuildReport) {
     println!("  {:<36} {:>7.1} s", "total", r.stages.iter().map(|s| s.1).sum::<f64>());
     for o in &r.outputs {
         println!("  {:<36} {:>10}  sha256 {}", o.file, human(o.size), &o.sha256[..16]);
+    }
+    for w in &r.warnings {
+        println!("WARNING: {w}");
     }
 }

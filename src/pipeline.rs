@@ -20,6 +20,8 @@ pub struct Ctx {
     pub cache: Cache,
     pub epoch: i64,
     pub progress: Progress,
+    /// Also write the raw disk encrypted with this key (`NAME.raw.luks` and its header).
+    pub encrypt_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -30,6 +32,7 @@ pub struct BuildReport {
     pub stages: Vec<(String, f64)>,
     pub outputs: Vec<output::OutputFile>,
     pub out_dir: PathBuf,
+    pub warnings: Vec<String>,
 }
 
 /// SOURCE_DATE_EPOCH, or now when it is not set (the build is then not reproducible).
@@ -65,13 +68,19 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
         "outpost build must run as root: packages are installed with mmdebstrap and apt-get in a chroot, \
          which need root (a CI job's root, or a container's, is enough; no mounts or loop devices are used)"
     );
-    tool::preflight(&build_tools(&plan))?;
+    let mut tools = build_tools(&plan);
+    if let Some(key) = &ctx.encrypt_key {
+        crate::crypt::image::check_key_file(key)?;
+        tools.push("cryptsetup");
+    }
+    tool::preflight(&tools)?;
     check_keyring(&plan)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating the output directory {}", out_dir.display()))?;
     let name = &plan.image;
     let raw = out_dir.join(format!("{name}.raw"));
     let qcow2 = out_dir.join(format!("{name}.qcow2"));
-    let finals = [raw.clone(), qcow2.clone()];
+    let encrypted = out_dir.join(format!("{name}.raw.luks"));
+    let finals = [raw.clone(), qcow2.clone(), encrypted.clone(), crate::crypt::image::header_path(&encrypted)];
     let result = build_into(ctx, &plan, out_dir, &raw, &qcow2);
     if result.is_err() {
         output::remove_partials(&finals);
@@ -126,8 +135,18 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             }
             sum.join().map_err(|_| anyhow::anyhow!("hashing {} panicked", raw.display()))?
         })?;
+        if let Some(key) = &ctx.encrypt_key {
+            let encrypted = out_dir.join(format!("{}.raw.luks", plan.image));
+            // Not reproducible by design (a fresh volume key and salt); the manifest's raw
+            // checksum is what the decrypted disk must match.
+            crate::crypt::image::encrypt(&output::partial(raw), key, &encrypted)?;
+            for f in crate::crypt::image::partial_pair(&encrypted) {
+                outputs.push(output_file(&f, output::sha256_file(&output::partial(&f))?)?);
+                finals.push(f);
+            }
+        }
         if plan.spec.outputs.contains(&OutputFormat::Raw) {
-            outputs.push(output_file(raw, raw_sum)?);
+            outputs.insert(0, output_file(raw, raw_sum)?);
             finals.push(raw.to_path_buf());
         } else {
             std::fs::remove_file(output::partial(raw))?;
@@ -138,6 +157,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         }
         anyhow::Ok(())
     })?;
+    let warnings = warnings(&plan);
     p.stage("manifest", || {
         let manifest = Manifest {
             outpost_version: env!("CARGO_PKG_VERSION"),
@@ -152,6 +172,8 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             partitions: layout.partitions.clone(),
             disk_guid: layout.disk_guid.to_string(),
             packages: packages.iter().map(|(n, v)| output::Package { name: n.clone(), version: v.clone() }).collect(),
+            data: plan.spec.data.clone(),
+            warnings: warnings.clone(),
             outputs: std::mem::take(&mut outputs),
         };
         output::publish(out_dir, &manifest, &finals)?;
@@ -165,7 +187,19 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         stages: p.times(),
         outputs,
         out_dir: out_dir.to_path_buf(),
+        warnings,
     })
+}
+
+/// What the build summary and the manifest must say about an image before it ships.
+fn warnings(plan: &BuildPlan) -> Vec<String> {
+    let mut w = Vec::new();
+    if !plan.layers.iter().any(|l| l.name == "appliance") {
+        w.push("the image has no `appliance` layer: its data partition is never formatted or mounted, and /var stays on the root".into());
+    } else if plan.spec.data.unlock == crate::spec::Unlock::None {
+        w.push(format!("{}: `[data] unlock = \"none\"`: the data partition (patient data) is NOT encrypted on the device", plan.spec.file.display()));
+    }
+    w
 }
 
 fn output_file(f: &Path, sha256: String) -> Result<output::OutputFile> {

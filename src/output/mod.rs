@@ -76,6 +76,10 @@ pub struct Manifest {
     pub partitions: Vec<crate::disk::layout::Partition>,
     pub disk_guid: String,
     pub packages: Vec<Package>,
+    /// How the data partition is encrypted and unlocked on the device.
+    pub data: crate::spec::DataPolicy,
+    /// What a reviewer must know before shipping the image (an unencrypted data partition).
+    pub warnings: Vec<String>,
     pub outputs: Vec<OutputFile>,
 }
 
@@ -111,5 +115,43 @@ fn write_partial(p: &Path, bytes: &[u8]) -> Result<()> {
 pub fn remove_partials(finals: &[PathBuf]) {
     for f in finals {
         let _ = fs::remove_file(partial(f));
+    }
+}
+
+/// Whether `needle` occurs anywhere in the file (read in chunks that overlap by its length).
+pub fn file_contains(path: &Path, needle: &[u8]) -> Result<bool> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut buf = vec![0u8; 8 << 20];
+    let keep = needle.len().saturating_sub(1);
+    let mut have = 0;
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf[have..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        have += n;
+        if buf[..have].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        let from = have.saturating_sub(keep);
+        buf.copy_within(from..have, 0);
+        have -= from;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_needle_across_chunk_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mut data = vec![0u8; (8 << 20) + 100];
+        let at = (8 << 20) - 3;
+        data[at..at + 6].copy_from_slice(b"MARKER");
+        std::fs::write(&p, &data).unwrap();
+        assert!(file_contains(&p, b"MARKER").unwrap());
+        assert!(!file_contains(&p, b"MARKEX").unwrap());
     }
 }

@@ -86,6 +86,7 @@ pub async fn exec(sock: &Path, cmd: &str, deadline: Instant) -> Result<(i64, Str
 /// stays closed has no logind (it keeps state in /var) and must still power off.
 pub async fn shutdown(sock: &Path, deadline: Instant) -> Result<()> {
     let mut a = Agent::connect(sock, deadline).await?;
-    a.call(json!({"execute": "guest-exec", "arguments": {"path": "/bin/systemctl", "arg": ["poweroff"]}})).await?;
+    // Output captured (and never read): without it the agent hands the command its own stdio.
+    a.call(json!({"execute": "guest-exec", "arguments": {"path": "/bin/systemctl", "arg": ["poweroff"], "capture-output": true}})).await?;
     Ok(())
 }
