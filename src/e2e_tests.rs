@@ -131,6 +131,9 @@ fn debian_base_is_reproducible_cached_personalized_and_boots() {
     // TPM, unlocked unattended on the same machine, closed in another; the image stays unchanged.
     boot(&t.join("cache-a"), &proj.join("qemu-tests/encryption.toml"), &raw_a, &t.join("vm-encryption"));
     assert_eq!(sha(&raw_a), raw_before_boots, "the encryption test changed the image");
+    // A PC without a TPM (a site's `unlock = "usb-key"`): the key stick unlocks it; without the
+    // stick the box waits and says so.
+    boot(&t.join("cache-a"), &proj.join("qemu-tests/usb-key.toml"), &raw_a, &t.join("vm-usb-key"));
 
     // Personalize a copy: the original stays as it was, the copy differs only in the seed.
     let site = proj.join("sites/example-static.toml");

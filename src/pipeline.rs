@@ -123,6 +123,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         disk::make_ext4(&tree, &disk_file, layout.get(Role::Root), "root", &fs_uuid, ctx.epoch)
     })?;
     let packages = rootfs::installed_packages(&tree)?;
+    let usb_storage = kernel_has(&tree, "CONFIG_USB_STORAGE")?;
     drop(work);
     let mut finals = Vec::new();
     let mut outputs = Vec::new();
@@ -157,7 +158,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         }
         anyhow::Ok(())
     })?;
-    let warnings = warnings(&plan);
+    let warnings = warnings(plan, usb_storage);
     p.stage("manifest", || {
         let manifest = Manifest {
             outpost_version: env!("CARGO_PKG_VERSION"),
@@ -191,9 +192,29 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
     })
 }
 
+/// Whether the image's kernel was built with `option` (built in or as a module).
+fn kernel_has(tree: &Path, option: &str) -> Result<bool> {
+    let boot = tree.join("boot");
+    for e in std::fs::read_dir(&boot).with_context(|| format!("reading {}", boot.display()))? {
+        let p = e?.path();
+        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("config-")) {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            return Ok(text.lines().any(|l| l == format!("{option}=y") || l == format!("{option}=m")));
+        }
+    }
+    Ok(false)
+}
+
 /// What the build summary and the manifest must say about an image before it ships.
-fn warnings(plan: &BuildPlan) -> Vec<String> {
+fn warnings(plan: &BuildPlan, usb_storage: bool) -> Vec<String> {
     let mut w = Vec::new();
+    let data = &plan.spec.data;
+    if (data.unlock == crate::spec::Unlock::UsbKey || data.no_tpm == crate::spec::NoTpm::UsbKey) && !usb_storage {
+        w.push(format!(
+            "{}: the data partition may unlock with a USB key, but the image's kernel has no USB storage driver; use a kernel for PCs (Debian: `kernel = \"linux-image-amd64\"`, Ubuntu: `linux-image-generic`)",
+            plan.spec.file.display()
+        ));
+    }
     if !plan.layers.iter().any(|l| l.name == "appliance") {
         w.push("the image has no `appliance` layer: its data partition is never formatted or mounted, and /var stays on the root".into());
     } else if plan.spec.data.unlock == crate::spec::Unlock::None {

@@ -34,6 +34,10 @@ struct ScenarioToml {
     /// A software TPM 2.0 (swtpm) in the machine, its state kept across the scenario's boots.
     #[serde(default = "yes")]
     tpm: bool,
+    /// A second disk with a FAT file system labelled OUTPOSTKEY, kept across boots: the key
+    /// stick of `unlock = "usb-key"` (a virtio disk: the test kernel has no USB).
+    #[serde(default)]
+    key_disk: bool,
     #[serde(default)]
     command: Vec<Command>,
     #[serde(default)]
@@ -58,6 +62,9 @@ fn yes() -> bool {
 struct RebootToml {
     #[serde(default)]
     tpm: TpmState,
+    /// Plug the key disk in (default: as the scenario says) or leave it out.
+    #[serde(default)]
+    key_disk: Option<bool>,
     #[serde(default)]
     verdict: Option<String>,
     #[serde(default)]
@@ -193,6 +200,7 @@ pub struct Scenario {
     pub net: Option<String>,
     pub guest_address: Option<std::net::Ipv4Addr>,
     pub tpm: bool,
+    pub key_disk: bool,
     /// The first boot, then each reboot.
     pub boots: Vec<Boot>,
 }
@@ -201,6 +209,7 @@ pub struct Scenario {
 #[derive(Debug, Clone)]
 pub struct Boot {
     pub tpm: TpmState,
+    pub key_disk: bool,
     /// The line a unit in the guest prints on the serial console when the system is up; the
     /// reported line must start with it. Empty for a boot cut off by `power_cut_at`.
     pub verdict: String,
@@ -236,6 +245,7 @@ impl Scenario {
         }
         let mut boots = vec![Boot {
             tpm: TpmState::Same,
+            key_disk: t.key_disk,
             verdict: t.verdict.unwrap_or_default(),
             power_cut_at: t.power_cut_at,
             commands: t.command,
@@ -246,6 +256,7 @@ impl Scenario {
         }];
         boots.extend(t.reboot.into_iter().map(|r| Boot {
             tpm: r.tpm,
+            key_disk: r.key_disk.unwrap_or(t.key_disk),
             verdict: r.verdict.unwrap_or_default(),
             power_cut_at: r.power_cut_at,
             commands: r.command,
@@ -265,6 +276,9 @@ impl Scenario {
                 }
                 Some(t) if t.trim().is_empty() => p.push(file, &at("power-cut-at"), "give the console text at which the power is cut"),
                 _ => {}
+            }
+            if b.key_disk && !t.key_disk {
+                p.push(file, &at("key-disk"), "the scenario has no key disk (`key-disk = true` at the top)");
             }
             if b.tpm != TpmState::Same && !t.tpm {
                 p.push(file, &at("tpm"), "the scenario has no TPM (`tpm = false`)");
@@ -315,6 +329,7 @@ impl Scenario {
             net: t.net,
             guest_address: t.guest_address,
             tpm: t.tpm,
+            key_disk: t.key_disk,
             boots,
             name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             description: t.description,

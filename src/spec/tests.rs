@@ -155,6 +155,7 @@ fn scenario_reboots_and_power_cuts() {
         ("power-cut-at = \"x\"\n[[command]]\nrun = \"true\"\n", "has no checks"),
         ("verdict = \"OK\"\n[[disk]]\npartition = \"data\"\nopens-with = \"nothing\"\n", "key `disk[0].opens-with`: no command"),
         ("verdict = \"OK\"\ntpm = false\n[[reboot]]\ntpm = \"fresh\"\nverdict = \"OK\"\n", "key `reboot[0].tpm`"),
+        ("verdict = \"OK\"\n[[reboot]]\nkey-disk = true\nverdict = \"OK\"\n", "key `reboot[0].key-disk`"),
     ];
     for (body, want) in cases {
         let f = write(tmp.path(), "qemu-tests/y.toml", &format!("version = 1\nimage = \"../images/x.toml\"\n{body}"));
