@@ -235,10 +235,12 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
         .arg(&tmp)
         .arg(dev)
         .run()?;
+    say("LUKS2 header written; enrolling a recovery key");
     let out = Tool::new("systemd-cryptenroll").describe("enrolling a recovery key").env("PASSWORD", &passphrase).arg("--recovery-key").arg(dev).output()?;
     let recovery_key = out.lines().map(str::trim).find(|l| l.len() == 71 && l.split('-').count() == 8).context("systemd-cryptenroll printed no recovery key")?.to_string();
     match unlock {
         Unlock::Tpm2 => {
+            say("sealing the key to the TPM");
             let pcrs: Vec<String> = pcrs.iter().map(u8::to_string).collect();
             Tool::new("systemd-cryptenroll")
                 .describe("sealing the data partition's key to the TPM")
@@ -259,6 +261,7 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
         }
         Unlock::None => unreachable!("handled above"),
     }
+    say("copying the image's /var onto the encrypted partition");
     Tool::new("cryptsetup").describe("opening the new data partition").args(["open", "--key-file"]).arg(&tmp).arg(dev).arg(MAPPING).run()?;
     let mapped = Path::new("/dev/mapper").join(MAPPING);
     Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).run()?;
