@@ -26,12 +26,12 @@ pub enum Command {
         /// Output directory
         #[arg(long, value_name = "DIR", default_value = "out")]
         out: PathBuf,
-        /// Also write NAME.raw.luks and NAME.raw.luks-header: the disk encrypted (LUKS2) with
-        /// this key file, for images stored or shipped outside the clinic
+        /// Also write NAME.raw.luks: the disk encrypted (LUKS) with the text passphrase in this
+        /// file, for images stored or shipped outside the clinic
         #[arg(long, value_name = "FILE", env = "OUTPOST_ENCRYPT_KEY_FILE")]
         encrypt_key_file: Option<PathBuf>,
     },
-    /// Decrypt NAME.raw.luks (with NAME.raw.luks-header beside it) back into a raw disk
+    /// Decrypt NAME.raw.luks back into a raw disk
     Decrypt {
         /// The encrypted disk, e.g. out/demo/demo.raw.luks
         image: PathBuf,

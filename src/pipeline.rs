@@ -68,19 +68,16 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
         "outpost build must run as root: packages are installed with mmdebstrap and apt-get in a chroot, \
          which need root (a CI job's root, or a container's, is enough; no mounts or loop devices are used)"
     );
-    let mut tools = build_tools(&plan);
     if let Some(key) = &ctx.encrypt_key {
         crate::crypt::image::check_key_file(key)?;
-        tools.push("cryptsetup");
     }
-    tool::preflight(&tools)?;
+    tool::preflight(&build_tools(&plan))?;
     check_keyring(&plan)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating the output directory {}", out_dir.display()))?;
     let name = &plan.image;
     let raw = out_dir.join(format!("{name}.raw"));
     let qcow2 = out_dir.join(format!("{name}.qcow2"));
-    let encrypted = out_dir.join(format!("{name}.raw.luks"));
-    let finals = [raw.clone(), qcow2.clone(), encrypted.clone(), crate::crypt::image::header_path(&encrypted)];
+    let finals = [raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks"))];
     let result = build_into(ctx, &plan, out_dir, &raw, &qcow2);
     if result.is_err() {
         output::remove_partials(&finals);
@@ -141,10 +138,8 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             // Not reproducible by design (a fresh volume key and salt); the manifest's raw
             // checksum is what the decrypted disk must match.
             crate::crypt::image::encrypt(&output::partial(raw), key, &encrypted)?;
-            for f in crate::crypt::image::partial_pair(&encrypted) {
-                outputs.push(output_file(&f, output::sha256_file(&output::partial(&f))?)?);
-                finals.push(f);
-            }
+            outputs.push(output_file(&encrypted, output::sha256_file(&output::partial(&encrypted))?)?);
+            finals.push(encrypted);
         }
         if plan.spec.outputs.contains(&OutputFormat::Raw) {
             outputs.insert(0, output_file(raw, raw_sum)?);
