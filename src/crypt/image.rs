@@ -104,7 +104,7 @@ mod tests {
         fs::write(&key, "correct horse battery staple").unwrap();
         let enc = dir.path().join("disk.raw.luks");
         // A cheap key derivation: the test is about the data path, not the KDF's cost.
-        encrypt_with(&raw, &key, &enc, 10).unwrap_or_else(|e| panic!("{e:#}"));
+        encrypt_with(&raw, &key, &enc, 100).unwrap_or_else(|e| panic!("{e:#}"));
         fs::rename(crate::output::partial(&enc), &enc).unwrap();
         assert!(!crate::output::file_contains(&enc, b"SECRET-SEED-1").unwrap());
         Tool::new("cryptsetup").args(["open", "--test-passphrase", "--key-file"]).arg(&key).arg(&enc).run().unwrap();
