@@ -53,7 +53,9 @@ enum State {
     Blank,
     /// A first boot was cut off; its partition holds nothing yet and is formatted again.
     Interrupted,
-    Luks,
+    /// Ready; whether a key is sealed to a TPM (else it was enrolled for a USB key or a
+    /// passphrase).
+    Luks { tpm2: bool },
     Plain,
 }
 
@@ -62,7 +64,8 @@ fn state(dev: &Path) -> Result<State> {
     if is_luks {
         let dump = Tool::new("cryptsetup").describe("reading the data partition's LUKS2 header").arg("luksDump").arg(dev).output()?;
         let label = dump.lines().find_map(|l| l.strip_prefix("Label:")).map(str::trim).unwrap_or("");
-        return Ok(if label == LABEL_READY { State::Luks } else { State::Interrupted });
+        let tpm2 = dump.lines().any(|l| l.trim_end().ends_with(": systemd-tpm2"));
+        return Ok(if label == LABEL_READY { State::Luks { tpm2 } } else { State::Interrupted });
     }
     let label = Tool::new("blkid").args(["-p", "-o", "value", "-s", "LABEL"]).arg(dev).output().unwrap_or_default();
     Ok(match label.trim() {
@@ -118,10 +121,21 @@ fn open_inner(root: &Path) -> Result<()> {
             provision(&dev, unlock, recovery, &policy.tpm2_pcrs)?;
             say(&format!("data partition {} prepared in {:.1} s", dev.display(), started.elapsed().as_secs_f64()));
         }
-        (State::Plain, Unlock::None) | (State::Luks, _) => {}
+        (State::Plain, Unlock::None) => {}
         (State::Plain, _) => {
-            say("the data partition is not encrypted but the policy asks for encryption; it stays as it is. Back up /var and reinstall to encrypt it.");
+            say("WARNING: the data partition is NOT encrypted (it was set up with `unlock = \"none\"`), although the policy now asks for encryption; it is used as it is. Back up /var and reinstall to encrypt it.");
+            unlock = Unlock::None;
         }
+        (State::Luks { .. }, Unlock::None) => {
+            say("the data partition is encrypted, but the policy now says `unlock = \"none\"`: it stays closed. Set the site's `unlock` back to how it was enrolled.");
+            bail!("the data partition is encrypted and the policy gives no way to open it");
+        }
+        (State::Luks { tpm2: false }, Unlock::Tpm2) if policy.no_tpm == NoTpm::UsbKey => {
+            // Enrolled for a USB key while the machine had no TPM; a TPM turned on later does
+            // not change how it opens (re-enrolling is an administrator's step).
+            unlock = Unlock::UsbKey;
+        }
+        (State::Luks { .. }, _) => {}
     }
     let started = Instant::now();
     let volume = attach(&dev, unlock)?;
@@ -478,7 +492,7 @@ mod tests {
         format(LABEL_PROVISIONING);
         assert_eq!(state(&dev).unwrap(), State::Interrupted);
         Tool::new("cryptsetup").args(["config", "--label", LABEL_READY]).arg(&dev).run().unwrap();
-        assert_eq!(state(&dev).unwrap(), State::Luks);
+        assert_eq!(state(&dev).unwrap(), State::Luks { tpm2: false });
         for (label, want) in [(FS_NEW, State::Interrupted), (FS_READY, State::Plain)] {
             fresh(&dev);
             Tool::new("mkfs.ext4").args(["-q", "-F", "-L", label]).arg(&dev).run().unwrap();
