@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::spec::{DataPolicy, NoTpm, RecoveryKey, Site, Unlock};
+use crate::site::{console, wait_for};
 use crate::tool::Tool;
 
 /// The image's policy, written by `outpost build`.
@@ -33,11 +34,6 @@ const WORK: &str = "/run/outpost";
 /// Set when the partition could not be opened at this boot: units that need /var and are
 /// started later (at shutdown, too) fail at once instead of asking the TPM again.
 const CLOSED: &str = "/run/outpost/data-closed";
-
-fn say(msg: &str) {
-    // The unit sends stdout to the journal and the console.
-    println!("outpost: {msg}");
-}
 
 /// Shown on the console only, never in the journal: the recovery key.
 fn console_only(msg: &str) -> Result<()> {
@@ -99,14 +95,14 @@ fn open_inner(root: &Path) -> Result<()> {
         None => (policy.unlock, RecoveryKey::default()),
     };
     let dev = data_partition(Duration::from_secs(30))?;
-    if unlock == Unlock::Tpm2 && !wait_path(Path::new("/dev/tpmrm0"), Duration::from_secs(5)) {
+    if unlock == Unlock::Tpm2 && wait_for(Path::new("/dev/tpmrm0"), Duration::from_secs(5)).is_none() {
         match policy.no_tpm {
             NoTpm::Refuse => {
-                say("this machine has no TPM 2.0, and the image's data policy is `tpm2` with `no-tpm = \"refuse\"`: the data partition stays closed and the applications do not start. Enable the TPM in the firmware setup, or personalize the site with `unlock = \"usb-key\"`.");
+                console("this machine has no TPM 2.0, and the image's data policy is `tpm2` with `no-tpm = \"refuse\"`: the data partition stays closed and the applications do not start. Enable the TPM in the firmware setup, or personalize the site with `unlock = \"usb-key\"`.");
                 bail!("no TPM 2.0 on this machine");
             }
             NoTpm::UsbKey => {
-                say("this machine has no TPM 2.0; the image's `no-tpm = \"usb-key\"` setting applies: the data partition unlocks with a key file on a USB stick labelled OUTPOSTKEY");
+                console("this machine has no TPM 2.0; the image's `no-tpm = \"usb-key\"` setting applies: the data partition unlocks with a key file on a USB stick labelled OUTPOSTKEY");
                 unlock = Unlock::UsbKey;
             }
         }
@@ -115,19 +111,19 @@ fn open_inner(root: &Path) -> Result<()> {
     match (st, unlock) {
         (State::Blank | State::Interrupted, _) => {
             if st == State::Interrupted {
-                say("the first boot's encryption of the data partition was interrupted; starting it again (the partition held no data yet)");
+                console("the first boot's encryption of the data partition was interrupted; starting it again (the partition held no data yet)");
             }
             let started = Instant::now();
             provision(&dev, unlock, recovery, &policy.tpm2_pcrs)?;
-            say(&format!("data partition {} prepared in {:.1} s", dev.display(), started.elapsed().as_secs_f64()));
+            console(&format!("data partition {} prepared in {:.1} s", dev.display(), started.elapsed().as_secs_f64()));
         }
         (State::Plain, Unlock::None) => {}
         (State::Plain, _) => {
-            say("WARNING: the data partition is NOT encrypted (it was set up with `unlock = \"none\"`), although the policy now asks for encryption; it is used as it is. Back up /var and reinstall to encrypt it.");
+            console("WARNING: the data partition is NOT encrypted (it was set up with `unlock = \"none\"`), although the policy now asks for encryption; it is used as it is. Back up /var and reinstall to encrypt it.");
             unlock = Unlock::None;
         }
         (State::Luks { .. }, Unlock::None) => {
-            say("the data partition is encrypted, but the policy now says `unlock = \"none\"`: it stays closed. Set the site's `unlock` back to how it was enrolled.");
+            console("the data partition is encrypted, but the policy now says `unlock = \"none\"`: it stays closed. Set the site's `unlock` back to how it was enrolled.");
             bail!("the data partition is encrypted and the policy gives no way to open it");
         }
         (State::Luks { tpm2: false }, Unlock::Tpm2) if policy.no_tpm == NoTpm::UsbKey => {
@@ -140,7 +136,7 @@ fn open_inner(root: &Path) -> Result<()> {
     let started = Instant::now();
     let volume = attach(&dev, unlock)?;
     if unlock != Unlock::None {
-        say(&format!("data partition unlocked ({}) in {:.1} s", unlock_name(unlock), started.elapsed().as_secs_f64()));
+        console(&format!("data partition unlocked ({}) in {:.1} s", unlock_name(unlock), started.elapsed().as_secs_f64()));
     }
     fs::create_dir_all(WORK)?;
     let _ = fs::remove_file(VOLUME_LINK);
@@ -159,22 +155,9 @@ fn unlock_name(u: Unlock) -> &'static str {
 
 /// The site in the seed partition, if any and valid (`outpost seed apply` reports problems).
 fn seed_site() -> Option<Site> {
-    let dev = wait_path(Path::new("/dev/disk/by-partlabel/seed"), Duration::from_secs(10)).then_some("/dev/disk/by-partlabel/seed")?;
-    let text = crate::site::seed::read_site(Path::new(dev)).ok()??;
+    let dev = wait_for(Path::new("/dev/disk/by-partlabel/seed"), Duration::from_secs(10))?;
+    let text = crate::site::seed::read_site(&dev).ok()??;
     Site::parse(Path::new("seed:/site.toml"), &text).ok()
-}
-
-fn wait_path(p: &Path, limit: Duration) -> bool {
-    let start = Instant::now();
-    loop {
-        if p.exists() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The partition named `data` on the disk the root file system is on: never one on another
@@ -193,7 +176,7 @@ fn data_partition(limit: Duration) -> Result<PathBuf> {
             if uevent.lines().any(|l| l == "PARTNAME=data") {
                 let name = p.file_name().expect("has a name").to_string_lossy().into_owned();
                 let dev = Path::new("/dev").join(name);
-                if wait_path(&dev, Duration::from_secs(10)) {
+                if wait_for(&dev, Duration::from_secs(10)).is_some() {
                     return Ok(dev);
                 }
             }
@@ -230,13 +213,13 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     let newvar = Path::new(WORK).join("newvar");
     fs::create_dir_all(&newvar)?;
     if unlock == Unlock::None {
-        say("WARNING: the data partition is NOT encrypted (the policy is `unlock = \"none\"`): anyone holding this disk can read the patient data");
+        console("WARNING: the data partition is NOT encrypted (the policy is `unlock = \"none\"`): anyone holding this disk can read the patient data");
         Tool::new("mkfs.ext4").describe("formatting the data partition").args(["-q", "-F", "-L", FS_NEW]).arg(dev).run()?;
         fill(dev, &newvar, None)?;
         Tool::new("e2label").describe("marking the data partition ready").arg(dev).arg(FS_READY).run()?;
         return Ok(());
     }
-    say(&format!("encrypting the data partition {} (LUKS2, aes-xts-plain64, unlock by {})", dev.display(), unlock_name(unlock)));
+    console(&format!("encrypting the data partition {} (LUKS2, aes-xts-plain64, unlock by {})", dev.display(), unlock_name(unlock)));
     let tmp = Path::new(WORK).join("provision.key");
     let passphrase = random_hex(32)?;
     write_secret(&tmp, &passphrase)?;
@@ -249,12 +232,12 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
         .arg(&tmp)
         .arg(dev)
         .run()?;
-    say("LUKS2 header written; enrolling a recovery key");
+    console("LUKS2 header written; enrolling a recovery key");
     let out = Tool::new("systemd-cryptenroll").describe("enrolling a recovery key").env("PASSWORD", &passphrase).arg("--recovery-key").arg(dev).output()?;
     let recovery_key = out.lines().map(str::trim).find(|l| l.len() == 71 && l.split('-').count() == 8).context("systemd-cryptenroll printed no recovery key")?.to_string();
     match unlock {
         Unlock::Tpm2 => {
-            say("sealing the key to the TPM");
+            console("sealing the key to the TPM");
             let pcrs: Vec<String> = pcrs.iter().map(u8::to_string).collect();
             Tool::new("systemd-cryptenroll")
                 .describe("sealing the data partition's key to the TPM")
@@ -275,7 +258,7 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
         }
         Unlock::None => unreachable!("handled above"),
     }
-    say("copying the image's /var onto the encrypted partition");
+    console("copying the image's /var onto the encrypted partition");
     Tool::new("cryptsetup").describe("opening the new data partition").args(["open", "--key-file"]).arg(&tmp).arg(dev).arg(MAPPING).run()?;
     let mapped = Path::new("/dev/mapper").join(MAPPING);
     Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).run()?;
@@ -330,7 +313,7 @@ fn luks_uuid(dev: &Path) -> Result<String> {
 /// Mounts the USB stick labelled OUTPOSTKEY (waiting for it up to `limit`) and runs `f` on it.
 fn with_usb_stick<T>(limit: Duration, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let dev = Path::new("/dev/disk/by-label").join(USB_LABEL);
-    if !wait_path(&dev, limit) {
+    if wait_for(&dev, limit).is_none() {
         bail!("no USB stick labelled {USB_LABEL} is plugged in");
     }
     let mnt = Path::new(WORK).join("usb");
@@ -352,7 +335,7 @@ fn enroll_usb_key(dev: &Path, tmp: &Path) -> Result<()> {
         let r = with_usb_stick(Duration::from_secs(30), true, |stick| write_secret(&stick.join(&name), &key));
         match r {
             Ok(()) => break,
-            Err(e) => say(&format!("waiting for the key USB stick to write the data partition's key file on it: {e:#}; plug in a FAT-formatted stick labelled {USB_LABEL}")),
+            Err(e) => console(&format!("waiting for the key USB stick to write the data partition's key file on it: {e:#}; plug in a FAT-formatted stick labelled {USB_LABEL}")),
         }
     }
     let local = Path::new(WORK).join("usb.key");
@@ -367,7 +350,7 @@ fn enroll_usb_key(dev: &Path, tmp: &Path) -> Result<()> {
         .run();
     fs::remove_file(&local)?;
     r?;
-    say(&format!("the data partition's key is on the USB stick as {name}; keep the stick with the machine"));
+    console(&format!("the data partition's key is on the USB stick as {name}; keep the stick with the machine"));
     Ok(())
 }
 
@@ -379,9 +362,9 @@ fn ask_new_passphrase() -> Result<String> {
         let a = ask("New passphrase for the patient data partition:")?;
         let b = ask("The same passphrase again:")?;
         if a != b {
-            say("the two passphrases differ; again");
+            console("the two passphrases differ; again");
         } else if a.chars().count() < 12 {
-            say("use at least 12 characters");
+            console("use at least 12 characters");
         } else {
             return Ok(a);
         }
@@ -411,7 +394,7 @@ fn attach(dev: &Path, unlock: Unlock) -> Result<PathBuf> {
                 .args(["-", "tpm2-device=auto,headless=true"])
                 .run();
             if let Err(e) = r {
-                say("the data partition does NOT unlock with this machine's TPM: the disk was moved to another machine, the TPM was cleared, or the firmware's Secure Boot settings changed. The applications stay stopped. Open it with the recovery key (docs/encryption.md, \"Recovery\").");
+                console("the data partition does NOT unlock with this machine's TPM: the disk was moved to another machine, the TPM was cleared, or the firmware's Secure Boot settings changed. The applications stay stopped. Open it with the recovery key (docs/encryption.md, \"Recovery\").");
                 return Err(e.into());
             }
         }
@@ -427,7 +410,7 @@ fn attach(dev: &Path, unlock: Unlock) -> Result<PathBuf> {
                 });
                 match r {
                     Ok(()) => break,
-                    Err(e) => say(&format!("the data partition waits for its USB key ({e:#}); nothing was changed. Plug in the key stick; trying again in 5 s")),
+                    Err(e) => console(&format!("the data partition waits for its USB key ({e:#}); nothing was changed. Plug in the key stick; trying again in 5 s")),
                 }
                 std::thread::sleep(Duration::from_secs(5));
             }
@@ -451,11 +434,11 @@ fn attach(dev: &Path, unlock: Unlock) -> Result<PathBuf> {
 pub fn forget_recovery_key() -> Result<()> {
     match fs::remove_file(RECOVERY_FILE) {
         Ok(()) => {
-            say(&format!("removed {RECOVERY_FILE}"));
+            console(&format!("removed {RECOVERY_FILE}"));
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            say(&format!("{RECOVERY_FILE} was already removed"));
+            console(&format!("{RECOVERY_FILE} was already removed"));
             Ok(())
         }
         Err(e) => Err(e).context(format!("removing {RECOVERY_FILE}")),

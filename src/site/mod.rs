@@ -151,7 +151,7 @@ fn write_entries(root: &Path, entries: &BTreeMap<PathBuf, Entry>) -> Result<Vec<
     Ok(changed)
 }
 
-fn console(msg: &str) {
+pub(crate) fn console(msg: &str) {
     // The unit sends stdout to the journal and the console.
     println!("outpost: {msg}");
 }
@@ -211,7 +211,8 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn wait_for(p: &Path, limit: Duration) -> Option<PathBuf> {
+/// Waits up to `limit` for a path to appear (udev creating a device link).
+pub(crate) fn wait_for(p: &Path, limit: Duration) -> Option<PathBuf> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if p.exists() {
