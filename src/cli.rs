@@ -81,6 +81,12 @@ pub enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// The appliance's container stacks (runs inside the image)
+    #[command(hide = true)]
+    Stack {
+        #[command(subcommand)]
+        command: StackCommand,
+    },
     /// Inspect or prune the layer cache
     Cache {
         #[command(subcommand)]
@@ -123,4 +129,15 @@ pub enum DataCommand {
     Open,
     /// Remove the recovery key file once an administrator has fetched it
     ForgetRecoveryKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Wait until a container's health check passes (a unit's ExecStartPost)
+    WaitHealthy {
+        container: String,
+        /// Seconds to wait before giving up
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
 }

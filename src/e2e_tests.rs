@@ -150,3 +150,20 @@ fn debian_base_is_reproducible_cached_personalized_and_boots() {
     boot(&t.join("cache-a"), &proj.join("qemu-tests/site-broken.toml"), &raw_a, &t.join("vm-broken"));
     assert_eq!(sha(&raw_a), raw_before, "a site test changed the original image");
 }
+
+#[path = "dicom_fixture.rs"]
+mod dicom_fixture;
+
+#[test]
+fn dicom_fixture_is_the_generated_file() {
+    let path = project().join("qemu-tests/files/outpost-test.dcm");
+    let made = dicom_fixture::dicom();
+    if std::env::var_os("OUTPOST_REGENERATE").is_some() {
+        std::fs::write(&path, &made).unwrap();
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), made, "{} is not what src/dicom_fixture.rs makes (OUTPOST_REGENERATE=1 rewrites it)", path.display());
+    assert_eq!(&made[128..132], b"DICM");
+    // Every element of the data set is padded to an even length.
+    assert_eq!(made.len() % 2, 0);
+    let _ = (dicom_fixture::STUDY_UID, dicom_fixture::SERIES_UID, dicom_fixture::PATIENT_ID);
+}

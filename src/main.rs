@@ -2,6 +2,7 @@
 
 mod cache;
 mod cli;
+mod container;
 mod crypt;
 mod disk;
 mod output;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use cli::{CacheCommand, Cli, Command, DataCommand, SeedCommand};
+use cli::{CacheCommand, Cli, Command, DataCommand, SeedCommand, StackCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -71,9 +72,27 @@ fn run(cli: Cli) -> Result<i32> {
                     .iter()
                     .map(|l| serde_json::json!({"name": l.name, "key": l.key, "cached": cache.has(&l.key), "packages": l.packages}))
                     .collect();
-                print_json(&serde_json::json!({"image": plan.image, "base": plan.base, "layers": layers}))?;
+                let stacks: Vec<_> = plan.layers.iter().filter_map(|l| l.layer.stack.as_ref()).collect();
+                print_json(&serde_json::json!({"image": plan.image, "base": plan.base, "layers": layers, "containers": container::planned(&plan, &cache), "stacks": stacks}))?;
             } else {
                 print!("{}", plan_text(&plan, |k| cache.has(k)));
+                let containers = container::planned(&plan, &cache);
+                if !containers.is_empty() {
+                    println!("containers:");
+                    for c in containers {
+                        println!("  {:<20} {:<16} {}\n  {:<20} {}", c.name, c.layer, c.source, "", c.digest.as_deref().unwrap_or("digest known once built"));
+                    }
+                }
+                for l in &plan.layers {
+                    if let Some(s) = &l.layer.stack {
+                        println!("stack {} ({}):", s.name, s.file.display());
+                        for svc in &s.services {
+                            let deps = if svc.depends_on.is_empty() { String::new() } else { format!(" after {}", svc.depends_on.join(", ")) };
+                            let ports: Vec<String> = svc.ports.iter().map(u16::to_string).collect();
+                            println!("  {} → {}{}{}", container::units::service_unit(&s.name, &svc.name), svc.image, if ports.is_empty() { String::new() } else { format!(" ports {}", ports.join(",")) }, deps);
+                        }
+                    }
+                }
             }
             Ok(0)
         }
@@ -152,6 +171,12 @@ fn run(cli: Cli) -> Result<i32> {
             match command {
                 DataCommand::Open => crypt::data::open(Path::new("/"))?,
                 DataCommand::ForgetRecoveryKey => crypt::data::forget_recovery_key()?,
+            }
+            Ok(0)
+        }
+        Command::Stack { command } => {
+            match command {
+                StackCommand::WaitHealthy { container, timeout } => container::wait_healthy(container, std::time::Duration::from_secs(*timeout))?,
             }
             Ok(0)
         }

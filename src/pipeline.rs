@@ -52,6 +52,9 @@ pub fn build_tools(plan: &BuildPlan) -> Vec<&'static str> {
     if plan.base.distro == "ubuntu" {
         t.push("/usr/share/distro-info/ubuntu.csv");
     }
+    if plan.layers.iter().any(|l| !l.layer.containers.is_empty()) {
+        t.push("skopeo");
+    }
     t
 }
 
@@ -120,6 +123,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         disk::make_ext4(&tree, &disk_file, layout.get(Role::Root), "root", &fs_uuid, ctx.epoch)
     })?;
     let packages = rootfs::installed_packages(&tree)?;
+    let containers = crate::container::records(&tree)?;
     let usb_storage = kernel_has(&tree, "CONFIG_USB_STORAGE")?;
     drop(work);
     let mut finals = Vec::new();
@@ -168,6 +172,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             partitions: layout.partitions.clone(),
             disk_guid: layout.disk_guid.to_string(),
             packages: packages.iter().map(|(n, v)| output::Package { name: n.clone(), version: v.clone() }).collect(),
+            containers: containers.clone(),
             data: plan.spec.data.clone(),
             warnings: warnings.clone(),
             outputs: std::mem::take(&mut outputs),

@@ -38,6 +38,7 @@ pub const HOST_TOOLS: &[HostTool] = &[
     HostTool { program: "chroot", package: "coreutils", why: "running package installs and scripts inside the root filesystem" },
     HostTool { program: "/usr/share/distro-info/ubuntu.csv", package: "distro-info-data", why: "letting mmdebstrap recognise Ubuntu suites and choose their archive" },
     HostTool { program: "gpg", package: "gpg", why: "checking archive keyring fingerprints" },
+    HostTool { program: "skopeo", package: "skopeo", why: "fetching container images and filling the image's container store" },
     HostTool { program: "mkfs.ext4", package: "e2fsprogs", why: "writing the root filesystem" },
     HostTool { program: "debugfs", package: "e2fsprogs", why: "fixing inode times of the root filesystem for reproducibility" },
     HostTool { program: "mkfs.fat", package: "dosfstools", why: "formatting the EFI system partition" },

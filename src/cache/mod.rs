@@ -75,6 +75,10 @@ impl Cache {
         Ok(Cache { root: dir.to_path_buf() })
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn layer_path(&self, key: &str) -> PathBuf {
         self.root.join("layers").join(format!("{key}.tar.zst"))
     }

@@ -76,6 +76,8 @@ pub struct Manifest {
     pub partitions: Vec<crate::disk::layout::Partition>,
     pub disk_guid: String,
     pub packages: Vec<Package>,
+    /// Every container image in the image: source, digest and its own packages.
+    pub containers: Vec<crate::container::Record>,
     /// How the data partition is encrypted and unlocked on the device.
     pub data: crate::spec::DataPolicy,
     /// What a reviewer must know before shipping the image (an unencrypted data partition).

@@ -51,24 +51,39 @@ pub fn layer_key(parent: &str, layer: &Layer, vars: &BTreeMap<String, String>) -
         let name = s.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         entries.push((format!("scripts/{name}"), s.clone()));
     }
+    for rel in &layer.inputs {
+        entries.push((rel.display().to_string(), layer.dir.join(rel)));
+    }
     for (rel, path) in entries {
-        let read = |e: std::io::Error| format!("reading {}: {e}", path.display());
-        let meta = std::fs::symlink_metadata(&path).map_err(read)?;
-        field(&mut h, "path", rel.as_bytes());
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(read)?;
-            field(&mut h, "symlink", target.as_os_str().as_encoded_bytes());
-        } else if meta.is_dir() {
-            field(&mut h, "dir", b"");
-        } else {
-            // Git keeps only the executable bit, so that is all the key may depend on.
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            field(&mut h, "exec", &[exec as u8]);
-            let mut f = std::fs::File::open(&path).map_err(read)?;
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf).map_err(read)?;
-            field(&mut h, "bytes", &buf);
-        }
+        hash_entry(&mut h, &rel, &path)?;
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// Adds one file, directory or symlink to a key: its path, and its target, executable bit and
+/// bytes (never its mtime or owner, which a checkout does not keep).
+pub fn hash_entry(h: &mut Sha256, rel: &str, path: &std::path::Path) -> Result<(), String> {
+    let read = |e: std::io::Error| format!("reading {}: {e}", path.display());
+    let meta = std::fs::symlink_metadata(path).map_err(read)?;
+    field(h, "path", rel.as_bytes());
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path).map_err(read)?;
+        field(h, "symlink", target.as_os_str().as_encoded_bytes());
+    } else if meta.is_dir() {
+        field(h, "dir", b"");
+    } else {
+        // Git keeps only the executable bit, so that is all the key may depend on.
+        let exec = meta.permissions().mode() & 0o111 != 0;
+        field(h, "exec", &[exec as u8]);
+        let mut f = std::fs::File::open(path).map_err(read)?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(read)?;
+        field(h, "bytes", &buf);
+    }
+    Ok(())
+}
+
+/// A named value in a key.
+pub fn hash_field(h: &mut Sha256, name: &str, value: &[u8]) {
+    field(h, name, value);
 }

@@ -2,7 +2,7 @@
 //! package lists and one content-addressed cache key per layer. Pure data: `outpost plan` prints
 //! it and nothing is built.
 
-mod key;
+pub mod key;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -172,8 +172,58 @@ pub fn resolve(image: &Image) -> Result<BuildPlan, SpecError> {
         parent = k.clone();
         layers.push(PlannedLayer { name: n.clone(), key: k, layer, packages, variables: vars });
     }
+    check_containers(&layers, &loaded, &mut p);
     p.into_result()?;
     Ok(BuildPlan { image: image.name.clone(), spec: image.clone(), base, layers })
+}
+
+/// The layer that brings the container runtime (podman) and its store configuration.
+pub const RUNTIME_LAYER: &str = "containers";
+
+/// Containers and stacks across layers: unique container names, compose images that name a
+/// container the layer can see, the runtime layer underneath, no port served twice.
+fn check_containers(layers: &[PlannedLayer], loaded: &BTreeMap<String, Layer>, p: &mut Problems) {
+    let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+    for l in layers {
+        for c in &l.layer.containers {
+            if let Some(other) = owners.insert(&c.name, &l.name) {
+                p.push(&l.layer.file, &format!("containers.{}", c.name), format!("layer `{other}` declares a container `{}` too; container names are unique in an image", c.name));
+            }
+        }
+    }
+    // port → (layer, service)
+    let mut ports: BTreeMap<u16, (String, String)> = BTreeMap::new();
+    for l in layers {
+        let deps = closure(&l.name, loaded);
+        if (!l.layer.containers.is_empty() || l.layer.stack.is_some()) && !deps.contains(RUNTIME_LAYER) {
+            p.push(&l.layer.file, "depends", format!("layer `{}` has containers but does not depend on `{RUNTIME_LAYER}`, the layer that brings the container runtime", l.name));
+        }
+        let Some(stack) = &l.layer.stack else { continue };
+        for s in &stack.services {
+            let visible = deps.iter().flat_map(|d| &loaded[d].containers).any(|c| {
+                c.name == s.image || matches!(&c.source, crate::spec::container::Source::Registry { reference, .. } if *reference == s.image)
+            });
+            if !visible {
+                let names: Vec<&str> = deps.iter().flat_map(|d| &loaded[d].containers).map(|c| c.name.as_str()).collect();
+                p.push(
+                    &stack.file,
+                    &format!("services.{}.image", s.name),
+                    format!(
+                        "`{}` is not a container of layer `{}` or of a layer it depends on (declare it under [containers.NAME] in {}; known: {})",
+                        s.image,
+                        l.name,
+                        l.layer.file.display(),
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    ),
+                );
+            }
+            for port in &s.ports {
+                if let Some((ol, os)) = ports.insert(*port, (l.name.clone(), s.name.clone())) {
+                    p.push(&stack.file, &format!("services.{}.ports", s.name), format!("port {port} is already served by service `{os}` of layer `{ol}`: stacks share the host's network"));
+                }
+            }
+        }
+    }
 }
 
 /// Depth-first visit: dependencies before the layer; cycles and unknown layers become problems.

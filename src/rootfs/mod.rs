@@ -18,7 +18,7 @@ pub use tarball::{clamp_times, extract, snapshot, write_delta};
 
 /// dpkg paths left out of every image: documentation and translations nobody reads on an
 /// appliance console (copyright files stay, as licences require).
-const DPKG_EXCLUDES: &[&str] = &[
+pub const DPKG_EXCLUDES: &[&str] = &[
     "path-exclude=/usr/share/man/*",
     "path-exclude=/usr/share/doc/*",
     "path-include=/usr/share/doc/*/copyright",
@@ -36,6 +36,12 @@ mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
 mount -t tmpfs tmpfs "$root/tmp"
 mount -t tmpfs tmpfs "$root/run"
+# With systemd-resolved installed, resolv.conf points into /run: give apt the host's resolver.
+if [ -L "$root/etc/resolv.conf" ]; then
+    t=$(readlink "$root/etc/resolv.conf")
+    case "$t" in /*) ;; *) t="/etc/$t" ;; esac
+    case "$t" in /run/*|/etc/../run/*) mkdir -p "$root$(dirname "$t")" && cat /etc/resolv.conf > "$root$t" ;; esac
+fi
 exec chroot "$root" "$@""#;
     Tool::new("unshare")
         .describe(why.to_string())
@@ -45,11 +51,14 @@ exec chroot "$root" "$@""#;
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
 }
 
-/// Bootstraps the base with mmdebstrap: minbase plus the bottom layer's packages.
-pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
+/// mmdebstrap of `variant` plus `packages` from the base's archive into the directory `root`,
+/// without documentation or recommends.
+pub fn mmdebstrap(base: &Base, variant: &str, packages: &[String], root: &Path, options: &[&str], why: String) -> Tool {
     let mut t = Tool::new("mmdebstrap")
-        .describe(format!("bootstrapping {} {} with the packages of layer `{}`", base.distro, base.suite, layer.name))
-        .args(["--mode=root", "--variant=minbase", "--format=directory", "--quiet", "--skip=cleanup/apt/lists"])
+        .describe(why)
+        .args(["--mode=root", "--format=directory", "--quiet"])
+        .args(options)
+        .arg(format!("--variant={variant}"))
         .arg(format!("--architectures={}", base.architecture))
         .arg(format!("--components={}", base.components))
         .arg("--aptopt=Acquire::Retries \"3\"")
@@ -57,8 +66,8 @@ pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
     for d in DPKG_EXCLUDES {
         t = t.arg(format!("--dpkgopt={d}"));
     }
-    if !layer.packages.is_empty() {
-        t = t.arg(format!("--include={}", layer.packages.join(",")));
+    if !packages.is_empty() {
+        t = t.arg(format!("--include={}", packages.join(",")));
     }
     if let Some(k) = &base.keyring {
         t = t.arg(format!("--keyring={}", k.file.display()));
@@ -67,7 +76,14 @@ pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
     if let Some(m) = &base.mirror {
         t = t.arg(m);
     }
-    t.run()?;
+    t
+}
+
+/// Bootstraps the base with mmdebstrap: minbase plus the bottom layer's packages.
+pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
+    let why = format!("bootstrapping {} {} with the packages of layer `{}`", base.distro, base.suite, layer.name);
+    // The package lists stay: later layers install from them (see `apply`).
+    mmdebstrap(base, "minbase", &layer.packages, root, &["--skip=cleanup/apt/lists"], why).run()?;
     // Later layers run `apt-get update` in the chroot and need the archive key there too.
     if let Some(k) = &base.keyring {
         let name = k.file.file_name().context("keyring file name")?;
@@ -79,9 +95,9 @@ pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Applies one layer on top of the tree: packages (unless `bootstrapped`), files, scripts and
-/// units.
-pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: bool) -> Result<()> {
+/// Applies one layer on top of the tree: packages (unless `bootstrapped`), files, scripts,
+/// containers and units.
+pub fn apply(plan: &BuildPlan, cache: &Cache, layer: &PlannedLayer, root: &Path, bootstrapped: bool) -> Result<()> {
     let l = &layer.layer;
     // Services must not start inside the build chroot (Debian policy-rc.d protocol).
     let policy = root.join("usr/sbin/policy-rc.d");
@@ -116,6 +132,7 @@ pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: 
         let body = fs::read_to_string(s).with_context(|| format!("reading {}", s.display()))?;
         t.args(["sh", "-euc", &body, &inside]).run()?;
     }
+    crate::container::install(plan, layer, cache, root)?;
     if !l.units.is_empty() {
         chroot(root, &format!("enabling the units of layer `{}`", layer.name))
             .args(["systemctl", "enable"])
@@ -203,7 +220,7 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, mut progress: 
         } else {
             Some(snapshot(tree)?)
         };
-        apply(plan, layer, tree, i == 0)?;
+        apply(plan, cache, layer, tree, i == 0)?;
         let meta = EntryMeta {
             layer: layer.name.clone(),
             image: plan.image.clone(),
@@ -271,6 +288,12 @@ fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
             fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
+    scrub(root)
+}
+
+/// Removes what records when and how a tree was built rather than what it is: logs, caches,
+/// package lists, backup files of dpkg and the account databases, /dev nodes, /tmp.
+pub fn scrub(root: &Path) -> Result<()> {
     // Build-time logs and caches record when and how the build ran, not what the image is;
     // /dev is devtmpfs at run time.
     for dir in ["dev", "var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
@@ -328,6 +351,11 @@ fn now() -> u64 {
 pub fn installed_packages(root: &Path) -> Result<Vec<(String, String)>> {
     let p = root.join("var/lib/dpkg/status");
     let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(parse_dpkg_status(&text))
+}
+
+/// The installed packages of a dpkg status file: (name, version), sorted.
+pub fn parse_dpkg_status(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for para in text.split("\n\n") {
         let field = |name: &str| para.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
@@ -338,7 +366,7 @@ pub fn installed_packages(root: &Path) -> Result<Vec<(String, String)>> {
         }
     }
     out.sort();
-    Ok(out)
+    out
 }
 
 /// The kernel and initrd the tree's packages installed, newest version first.

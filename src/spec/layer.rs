@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::compose::{self, Stack};
+use super::container::{self, Container, ContainerToml};
 use super::{Problems, SpecError, check_version, parse_toml, valid_variable_name};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +25,10 @@ struct LayerToml {
     variables: BTreeMap<String, String>,
     #[serde(default)]
     distro: BTreeMap<String, DistroToml>,
+    #[serde(default)]
+    containers: BTreeMap<String, ContainerToml>,
+    /// A compose file in the layer: the layer's stack of containers.
+    compose: Option<PathBuf>,
 }
 
 /// Additions that apply only when the image is of one distribution.
@@ -69,6 +75,11 @@ pub struct Layer {
     pub files: Vec<PathBuf>,
     /// `scripts/*.sh`, sorted by name.
     pub scripts: Vec<PathBuf>,
+    /// Every other file of the layer's directory (compose files, container files and
+    /// archives), relative to it and sorted: part of the cache key.
+    pub inputs: Vec<PathBuf>,
+    pub containers: Vec<Container>,
+    pub stack: Option<Stack>,
 }
 
 const KNOWN_DISTROS: &[&str] = &["debian", "ubuntu"];
@@ -122,11 +133,18 @@ impl Layer {
             ok
         });
         scripts.sort();
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let containers = t.containers.into_iter().map(|(n, c)| container::convert(&file, dir, &n, c, &mut p)).collect();
+        let stack = t.compose.and_then(|c| compose::load(&name, &dir.join(c), &mut p));
+        let inputs = list_tree(dir)
+            .into_iter()
+            .filter(|r| !r.starts_with("files") && !r.starts_with("scripts") && r.as_os_str() != "layer.toml" && dir.join(r).is_file())
+            .collect();
         p.into_result()?;
         let mut packages = t.packages;
         packages.extend(extra.packages);
         Ok(Layer {
-            name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            name,
             dir: dir.to_path_buf(),
             file,
             text,
@@ -138,6 +156,9 @@ impl Layer {
             keyring,
             files,
             scripts,
+            inputs,
+            containers,
+            stack,
         })
     }
 }

@@ -10,8 +10,11 @@ mod site;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod compose;
+pub mod container;
+
 pub use image::{DataPolicy, Image, NoTpm, OutputFormat};
-pub use layer::{Keyring, Layer};
+pub use layer::{Keyring, Layer, list_tree};
 pub use scenario::{Boot, DiskCheck, Http, Scenario, Ssh, TpmState};
 pub use site::{Cidr, RecoveryKey, Site, Unlock};
 
@@ -117,3 +120,5 @@ pub fn project_root(definition: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod container_tests;

@@ -166,9 +166,11 @@ pub struct Console {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Http {
     pub port: u16,
-    /// GET, or POST with `body`.
+    /// GET, or POST with `body` (text) or `body-file` (bytes of a file beside the scenario).
     #[serde(default)]
     pub body: Option<String>,
+    #[serde(default)]
+    pub body_file: Option<PathBuf>,
     #[serde(default = "default_path")]
     pub path: String,
     #[serde(default = "default_status")]
@@ -283,9 +285,19 @@ impl Scenario {
             if b.tpm != TpmState::Same && !t.tpm {
                 p.push(file, &at("tpm"), "the scenario has no TPM (`tpm = false`)");
             }
-            for (i, h) in b.http.iter().enumerate() {
+            for (i, h) in b.http.iter_mut().enumerate() {
                 if !h.path.starts_with('/') {
                     p.push(file, &at(&format!("http[{i}].path")), format!("`{}` must start with `/`", h.path));
+                }
+                if let Some(f) = h.body_file.take() {
+                    let path = base.join(f);
+                    if !path.is_file() {
+                        p.push(file, &at(&format!("http[{i}].body-file")), format!("{} does not exist", path.display()));
+                    }
+                    if h.body.is_some() {
+                        p.push(file, &at(&format!("http[{i}]")), "give `body` or `body-file`, not both");
+                    }
+                    h.body_file = Some(path);
                 }
             }
             for (i, s) in b.ssh.iter_mut().enumerate() {

@@ -487,14 +487,19 @@ async fn ssh_check(port: u16, s: &crate::spec::Ssh, dir: &Path, deadline: Instan
 
 async fn http_check(port: u16, h: &crate::spec::Http, deadline: Instant) -> Result<String> {
     let mut last = String::from("no answer");
+    let body: Option<(Vec<u8>, &str)> = match (&h.body, &h.body_file) {
+        (Some(b), _) => Some((b.clone().into_bytes(), "text/plain")),
+        (None, Some(f)) => Some((std::fs::read(f).with_context(|| format!("reading {}", f.display()))?, "application/octet-stream")),
+        (None, None) => None,
+    };
     while Instant::now() < deadline {
-        match http_request(port, &h.path, h.body.as_deref()).await {
-            Ok((status, body)) => {
-                let body_ok = h.contains.as_ref().is_none_or(|c| body.contains(c.as_str()));
+        match http_request(port, &h.path, body.as_ref().map(|(b, t)| (b.as_slice(), *t))).await {
+            Ok((status, answer)) => {
+                let body_ok = h.contains.as_ref().is_none_or(|c| answer.contains(c.as_str()));
                 if status == h.status && body_ok {
-                    return Ok(format!("{} :{}{} -> {status}", if h.body.is_some() { "POST" } else { "GET" }, h.port, h.path));
+                    return Ok(format!("{} :{}{} -> {status}", if body.is_some() { "POST" } else { "GET" }, h.port, h.path));
                 }
-                last = format!("answered {status} with `{}`", body.chars().take(200).collect::<String>());
+                last = format!("answered {status} with `{}`", answer.chars().take(200).collect::<String>());
             }
             Err(e) => last = format!("{e:#}"),
         }
@@ -503,15 +508,19 @@ async fn http_check(port: u16, h: &crate::spec::Http, deadline: Instant) -> Resu
     bail!("{last}; expected status {}{}", h.status, h.contains.as_ref().map(|c| format!(" and a body containing `{c}`")).unwrap_or_default())
 }
 
-/// GET, or POST when there is a body.
-async fn http_request(port: u16, path: &str, body: Option<&str>) -> Result<(u16, String)> {
-    let request = match body {
-        None => format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
-        Some(b) => format!("POST {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{b}", b.len()),
+/// GET, or POST when there is a body (bytes, content type).
+async fn http_request(port: u16, path: &str, body: Option<(&[u8], &str)>) -> Result<(u16, String)> {
+    let request: Vec<u8> = match body {
+        None => format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").into_bytes(),
+        Some((b, content_type)) => {
+            let mut r = format!("POST {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", b.len()).into_bytes();
+            r.extend_from_slice(b);
+            r
+        }
     };
     let io = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(request.as_bytes()).await?;
+        s.write_all(&request).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         anyhow::Ok(buf)

@@ -1,0 +1,88 @@
+//! Container images built from distribution packages: an `essential` root from the base's
+//! archive plus the packages, the layer's files on top, one zstd tar layer, a config with the
+//! entrypoint, user, ports and volumes. Rootless of any daemon, and byte-for-byte reproducible
+//! with SOURCE_DATE_EPOCH, like apko or distroless do for their ecosystems.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::oci;
+use crate::plan::BuildPlan;
+use crate::rootfs;
+use crate::spec::container::ImageConfig;
+
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    plan: &BuildPlan,
+    name: &str,
+    packages: &[String],
+    files: Option<&Path>,
+    config: &ImageConfig,
+    remove: &[String],
+    work: &Path,
+    layout: &Path,
+    epoch: i64,
+) -> Result<Vec<(String, String)>> {
+    let root = work.join("root");
+    let why = format!("building container `{name}` from {} {} packages ({})", plan.base.distro, plan.base.suite, packages.join(" "));
+    // `essential`: dpkg's Essential set (a shell, coreutils) and the packages with their
+    // dependencies; no apt, no init.
+    rootfs::mmdebstrap(&plan.base, "essential", packages, &root, &[], why).run()?;
+    if let Some(dir) = files {
+        copy_tree(dir, &root)?;
+    }
+    for r in remove {
+        let p = root.join(r.trim_start_matches('/'));
+        if p.is_dir() && !p.is_symlink() {
+            fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        } else if p.exists() || p.is_symlink() {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    rootfs::scrub(&root)?;
+    for f in ["etc/machine-id", "var/lib/dbus/machine-id", "var/cache/ldconfig/aux-cache"] {
+        let p = root.join(f);
+        if p.exists() {
+            fs::remove_file(&p)?;
+        }
+    }
+    let installed = rootfs::installed_packages(&root)?;
+    rootfs::clamp_times(&root, epoch)?;
+    let layer = work.join("layer.tar.zst");
+    let mut f = fs::File::create(&layer).with_context(|| format!("creating {}", layer.display()))?;
+    rootfs::write_delta(&root, None, &mut f)?;
+    drop(f);
+    fs::remove_dir_all(&root)?;
+    let history = format!("outpost: {} {} packages {}", plan.base.distro, plan.base.suite, packages.join(" "));
+    oci::write_image(layout, &layer, config, &plan.base.architecture, epoch, &history)?;
+    Ok(installed)
+}
+
+/// Copies a layer's directory onto the image's root: owned by root, executable bits kept.
+fn copy_tree(from: &Path, root: &Path) -> Result<()> {
+    for rel in crate::spec::list_tree(from) {
+        let src = from.join(&rel);
+        let dst = root.join(&rel);
+        let m = fs::symlink_metadata(&src)?;
+        if m.is_dir() {
+            fs::create_dir_all(&dst)?;
+        } else if m.file_type().is_symlink() {
+            if dst.exists() || dst.is_symlink() {
+                fs::remove_file(&dst)?;
+            }
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+        } else {
+            if dst.is_symlink() {
+                fs::remove_file(&dst)?;
+            }
+            fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            let mode = if m.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))?;
+            std::os::unix::fs::lchown(&dst, Some(0), Some(0))?;
+        }
+    }
+    Ok(())
+}

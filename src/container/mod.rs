@@ -1,0 +1,303 @@
+//! Containers: every image a layer declares is resolved at build time into the cache as an OCI
+//! layout keyed by its manifest digest, copied into the appliance's read-only image store, and
+//! the layer's compose stack becomes systemd units. Nothing is pulled or loaded on the device.
+
+mod build;
+pub mod oci;
+mod store;
+pub mod units;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{Cache, atomic_write};
+use crate::plan::key::{hash_entry, hash_field};
+use crate::plan::{BuildPlan, PlannedLayer};
+use crate::spec::container::{Container, Source, pinned_digest};
+use crate::tool::Tool;
+use oci::Layout;
+
+/// The read-only image store in the root, which podman reads as an additional image store.
+pub const STORE: &str = "usr/lib/containers/storage";
+/// Where each container's record (source, digest, packages) is kept in the image.
+pub const RECORDS: &str = "usr/share/outpost/containers";
+
+/// What the image holds of one container, recorded in the image and the build manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub name: String,
+    pub layer: String,
+    /// `built from packages of debian bookworm`, `registry REF`, `archive FILE`.
+    pub source: String,
+    /// The name podman knows it by in the appliance.
+    pub store_name: String,
+    /// The manifest digest.
+    pub digest: String,
+    /// Distribution packages in the image (name, version), when outpost built it or it carries
+    /// a dpkg status file.
+    pub packages: Vec<(String, String)>,
+}
+
+/// What the cache remembers of a resolved source: where its layout is, and what it holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Resolved {
+    digest: String,
+    packages: Vec<(String, String)>,
+}
+
+fn sources_dir(cache: &Cache) -> PathBuf {
+    cache.root().join("oci").join("sources")
+}
+
+fn layout_dir(cache: &Cache, digest: &str) -> PathBuf {
+    cache.root().join("oci").join("images").join(digest.replace(':', "-"))
+}
+
+/// The key a source is resolved under: for a pinned reference its digest, for anything else a
+/// hash of everything that decides the image.
+fn source_key(plan: &BuildPlan, layer: &PlannedLayer, c: &Container) -> Result<String> {
+    let mut h = Sha256::new();
+    hash_field(&mut h, "format", b"outpost-container-1");
+    match &c.source {
+        Source::Registry { reference, .. } => hash_field(&mut h, "ref", reference.as_bytes()),
+        Source::Archive { path } => hash_entry(&mut h, "archive", path).map_err(anyhow::Error::msg)?,
+        Source::Packages { packages, files, config, remove } => {
+            // The archive's state is pinned with the base layer's key, as for layers.
+            hash_field(&mut h, "base", plan.layers[0].key.as_bytes());
+            hash_field(&mut h, "packages", packages.join(" ").as_bytes());
+            hash_field(&mut h, "config", &serde_json::to_vec(config)?);
+            hash_field(&mut h, "remove", remove.join("\n").as_bytes());
+            hash_field(&mut h, "epoch", std::env::var("SOURCE_DATE_EPOCH").unwrap_or_default().as_bytes());
+            if let Some(dir) = files {
+                for rel in crate::spec::list_tree(dir) {
+                    hash_entry(&mut h, &rel.display().to_string(), &dir.join(&rel)).map_err(anyhow::Error::msg)?;
+                }
+            }
+        }
+    }
+    let _ = layer;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Finds the container's image in the cache, or builds or fetches it there.
+pub fn resolve(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, c: &Container, epoch: i64) -> Result<(Layout, Record)> {
+    let key = source_key(plan, layer, c)?;
+    let record_path = sources_dir(cache).join(format!("{key}.json"));
+    let resolved: Resolved = match fs::read(&record_path).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok()) {
+        Some(r) if layout_dir(cache, &r.digest).join("index.json").is_file() => r,
+        _ => {
+            let work = cache.work_dir(&format!("container-{}", c.name))?;
+            let layout = work.path().join("layout");
+            let packages = fetch(plan, layer, c, work.path(), &layout, epoch)?;
+            let digest = Layout(layout.clone()).manifest_digest()?;
+            if let Source::Registry { reference, .. } = &c.source
+                && let Some(want) = pinned_digest(reference)
+                && want != digest
+            {
+                anyhow::bail!(
+                    "layer `{}`, containers.{}.ref: the registry returned an image with digest {digest}, not the {want} the reference pins; \
+                     the reference may name a multi-platform index (pin the linux/amd64 manifest's digest, from `skopeo inspect --raw`) or the registry serves other content",
+                    layer.name,
+                    c.name
+                );
+            }
+            let dest = layout_dir(cache, &digest);
+            if !dest.join("index.json").is_file() {
+                fs::create_dir_all(dest.parent().expect("images dir"))?;
+                if dest.exists() {
+                    fs::remove_dir_all(&dest)?;
+                }
+                // A directory rename is atomic: the layout is whole or absent.
+                fs::rename(&layout, &dest).with_context(|| format!("storing {} in the cache", c.name))?;
+            }
+            let r = Resolved { digest, packages };
+            fs::create_dir_all(sources_dir(cache))?;
+            atomic_write(&record_path, |f| Ok(serde_json::to_writer_pretty(f, &r)?))?;
+            r
+        }
+    };
+    let source = match &c.source {
+        Source::Packages { .. } => format!("built from packages of {} {}", plan.base.distro, plan.base.suite),
+        Source::Registry { reference, .. } => format!("registry {reference}"),
+        Source::Archive { path } => format!("archive {}", path.strip_prefix(&layer.layer.dir).unwrap_or(path).display()),
+    };
+    let record = Record { name: c.name.clone(), layer: layer.name.clone(), source, store_name: c.store_name(), digest: resolved.digest.clone(), packages: resolved.packages };
+    Ok((Layout(layout_dir(cache, &resolved.digest)), record))
+}
+
+/// Makes the OCI layout for one source in `layout`; returns its packages when known.
+fn fetch(plan: &BuildPlan, layer: &PlannedLayer, c: &Container, work: &Path, layout: &Path, epoch: i64) -> Result<Vec<(String, String)>> {
+    let dest = format!("oci:{}:{}", layout.display(), oci::REF_NAME);
+    match &c.source {
+        Source::Packages { packages, files, config, remove } => {
+            build::build(plan, &c.name, packages, files.as_deref(), config, remove, work, layout, epoch)
+        }
+        Source::Registry { reference, tls_verify } => {
+            let mut t = Tool::new("skopeo")
+                .describe(format!("pulling container `{}` of layer `{}` from {reference}", c.name, layer.name))
+                .args(["copy", "--quiet", "--preserve-digests", "--retry-times", "3"]);
+            if !tls_verify {
+                t = t.arg("--src-tls-verify=false");
+            }
+            t.arg(format!("docker://{reference}")).arg(&dest).run()?;
+            packages_in(layout)
+        }
+        Source::Archive { path } => {
+            let transport = archive_transport(path).with_context(|| format!("layer `{}`, containers.{}.archive", layer.name, c.name))?;
+            Tool::new("skopeo")
+                .describe(format!("reading container `{}` of layer `{}` from {}", c.name, layer.name, path.display()))
+                .args(["copy", "--quiet", "--preserve-digests"])
+                .arg(format!("{transport}:{}", path.display()))
+                .arg(&dest)
+                .run()?;
+            packages_in(layout)
+        }
+    }
+}
+
+/// skopeo's transport for a file: an OCI layout directory, an OCI archive or a `docker save` tar.
+fn archive_transport(path: &Path) -> Result<&'static str> {
+    if path.is_dir() {
+        anyhow::ensure!(path.join("index.json").is_file(), "{} is a directory without index.json: not an OCI image layout", path.display());
+        return Ok("oci");
+    }
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut ar = tar::Archive::new(f);
+    for e in ar.entries().with_context(|| format!("{} is not a tar archive", path.display()))? {
+        let e = e.with_context(|| format!("{} is not a tar archive", path.display()))?;
+        let name = e.path()?.to_string_lossy().trim_start_matches("./").to_string();
+        if name == "oci-layout" || name == "index.json" {
+            return Ok("oci-archive");
+        }
+        if name == "manifest.json" {
+            return Ok("docker-archive");
+        }
+    }
+    anyhow::bail!("{} holds neither oci-layout nor manifest.json: not an OCI archive or a `docker save` tar", path.display())
+}
+
+/// Packages listed in the dpkg status file of an image's layers, the last layer that has one
+/// winning; empty when no layer has one (a distroless or non-Debian image).
+fn packages_in(layout: &Path) -> Result<Vec<(String, String)>> {
+    let l = Layout(layout.to_path_buf());
+    let (_, layers) = l.read()?;
+    let mut status: Option<String> = None;
+    for d in layers {
+        let f = fs::File::open(l.blob(&d))?;
+        let reader: Box<dyn std::io::Read> = {
+            let mut magic = [0u8; 4];
+            let mut peek = fs::File::open(l.blob(&d))?;
+            std::io::Read::read_exact(&mut peek, &mut magic).ok();
+            if magic[..2] == [0x1f, 0x8b] {
+                // gzip layers: skopeo is the one to read them; outpost has no gzip decoder.
+                continue;
+            } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+                Box::new(zstd::Decoder::new(f)?)
+            } else {
+                Box::new(f)
+            }
+        };
+        let mut ar = tar::Archive::new(reader);
+        for e in ar.entries()? {
+            let mut e = e?;
+            if e.path()?.to_string_lossy().trim_start_matches("./") == "var/lib/dpkg/status" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut e, &mut s)?;
+                status = Some(s);
+            }
+        }
+    }
+    Ok(status.map(|s| crate::rootfs::parse_dpkg_status(&s)).unwrap_or_default())
+}
+
+/// Resolves every container of `layer`, copies them into the image store under `root`, writes
+/// their records and the layer's stack units.
+pub fn install(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, root: &Path) -> Result<()> {
+    let l = &layer.layer;
+    if l.containers.is_empty() && l.stack.is_none() {
+        return Ok(());
+    }
+    let epoch = crate::pipeline::source_date_epoch()?;
+    let records_dir = root.join(RECORDS);
+    fs::create_dir_all(&records_dir)?;
+    for c in &l.containers {
+        let (layout, record) = resolve(plan, layer, cache, c, epoch)?;
+        store::add(&layout, &root.join(STORE), &record.store_name, &format!("container `{}` of layer `{}`", c.name, layer.name))?;
+        let p = records_dir.join(format!("{}.json", c.name));
+        fs::write(&p, serde_json::to_vec_pretty(&record)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if !l.containers.is_empty() {
+        store::normalize(&root.join(STORE), epoch)?;
+    }
+    if let Some(stack) = &l.stack {
+        units::install(plan, stack, root)?;
+    }
+    Ok(())
+}
+
+/// Every container record in an assembled tree, sorted by name.
+pub fn records(root: &Path) -> Result<Vec<Record>> {
+    let dir = root.join(RECORDS);
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(&dir) {
+        for e in rd {
+            let p = e?.path();
+            let r: Record = serde_json::from_slice(&fs::read(&p)?).with_context(|| format!("parsing {}", p.display()))?;
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Inside the appliance: waits until `podman healthcheck run NAME` passes, so that units
+/// ordered after this one start once it serves (compose's `service_healthy`).
+pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < timeout {
+        match Tool::new("podman").describe(format!("checking the health of container {name}")).args(["healthcheck", "run", name]).output() {
+            Ok(_) => {
+                eprintln!("container {name} is healthy after {:.1} s", started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    anyhow::bail!("container {name} was not healthy within {} s; last check: {last}", timeout.as_secs())
+}
+
+/// A container as `outpost plan` shows it: before the build, the digest is known for a pinned
+/// reference or an image the cache holds.
+#[derive(Debug, Serialize)]
+pub struct Planned {
+    pub name: String,
+    pub layer: String,
+    pub source: String,
+    pub digest: Option<String>,
+}
+
+pub fn planned(plan: &BuildPlan, cache: &Cache) -> Vec<Planned> {
+    let mut out = Vec::new();
+    for l in &plan.layers {
+        for c in &l.layer.containers {
+            let cached = source_key(plan, l, c)
+                .ok()
+                .and_then(|k| fs::read(sources_dir(cache).join(format!("{k}.json"))).ok())
+                .and_then(|b| serde_json::from_slice::<Resolved>(&b).ok())
+                .map(|r| r.digest);
+            let (source, digest) = match &c.source {
+                Source::Packages { packages, .. } => (format!("packages: {}", packages.join(" ")), cached),
+                Source::Registry { reference, .. } => (format!("registry: {reference}"), pinned_digest(reference).map(str::to_string).or(cached)),
+                Source::Archive { path } => (format!("archive: {}", path.strip_prefix(&l.layer.dir).unwrap_or(path).display()), cached),
+            };
+            out.push(Planned { name: c.name.clone(), layer: l.name.clone(), source, digest });
+        }
+    }
+    out
+}

@@ -1,0 +1,177 @@
+//! OCI images on disk: the cache's image layouts (one directory per manifest digest), and images
+//! outpost writes itself from a root filesystem.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::spec::container::ImageConfig;
+
+pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// What skopeo names the single image of a layout directory.
+pub const REF_NAME: &str = "image";
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn sha256_reader(mut r: impl Read) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// An OCI image layout with one image: `oci-layout`, `index.json`, `blobs/sha256/*`.
+pub struct Layout(pub PathBuf);
+
+impl Layout {
+    pub fn blob(&self, digest: &str) -> PathBuf {
+        self.0.join("blobs").join(digest.replace(':', "/"))
+    }
+
+    /// The digest of the image's manifest, from `index.json`.
+    pub fn manifest_digest(&self) -> Result<String> {
+        let p = self.0.join("index.json");
+        let index: serde_json::Value = serde_json::from_slice(&fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("parsing {}", p.display()))?;
+        let m = index["manifests"].as_array().and_then(|m| m.first()).with_context(|| format!("{} lists no image", p.display()))?;
+        m["digest"].as_str().map(str::to_string).with_context(|| format!("{} has no digest", p.display()))
+    }
+
+    /// The manifest's config: (config JSON, layer digests).
+    pub fn read(&self) -> Result<(serde_json::Value, Vec<String>)> {
+        let digest = self.manifest_digest()?;
+        let manifest: serde_json::Value = serde_json::from_slice(&fs::read(self.blob(&digest))?).context("parsing the image manifest")?;
+        let config_digest = manifest["config"]["digest"].as_str().context("the manifest names no config")?;
+        let config: serde_json::Value = serde_json::from_slice(&fs::read(self.blob(config_digest))?).context("parsing the image config")?;
+        let layers = manifest["layers"].as_array().map(|l| l.iter().filter_map(|x| x["digest"].as_str().map(str::to_string)).collect()).unwrap_or_default();
+        Ok((config, layers))
+    }
+
+    fn write_blob(&self, bytes: &[u8]) -> Result<(String, u64)> {
+        let digest = format!("sha256:{}", sha256_hex(bytes));
+        let p = self.blob(&digest);
+        fs::create_dir_all(p.parent().expect("blobs/sha256"))?;
+        fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+        Ok((digest, bytes.len() as u64))
+    }
+}
+
+/// Writes an OCI layout for the image whose only layer is `layer_zst` (a zstd tar), with a
+/// config made from `config`; returns the manifest digest. Every byte is a function of the
+/// inputs: the JSON is written with sorted keys, `created` is `epoch`.
+pub fn write_image(dir: &Path, layer_zst: &Path, config: &ImageConfig, architecture: &str, epoch: i64, history: &str) -> Result<String> {
+    let layout = Layout(dir.to_path_buf());
+    fs::create_dir_all(dir.join("blobs/sha256"))?;
+    let layer_digest = format!("sha256:{}", sha256_reader(fs::File::open(layer_zst)?)?);
+    let diff_id = format!("sha256:{}", sha256_reader(zstd::Decoder::new(fs::File::open(layer_zst)?)?)?);
+    let layer_size = fs::metadata(layer_zst)?.len();
+    fs::rename(layer_zst, layout.blob(&layer_digest)).with_context(|| format!("moving {} into {}", layer_zst.display(), dir.display()))?;
+    let created = rfc3339(epoch);
+    let mut env: Vec<String> = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
+    env.extend(config.env.iter().filter(|(k, _)| k.as_str() != "PATH").map(|(k, v)| format!("{k}={v}")));
+    if let Some(path) = config.env.get("PATH") {
+        env[0] = format!("PATH={path}");
+    }
+    let mut c = serde_json::Map::new();
+    c.insert("Env".into(), json!(env));
+    if !config.entrypoint.is_empty() {
+        c.insert("Entrypoint".into(), json!(config.entrypoint));
+    }
+    if !config.cmd.is_empty() {
+        c.insert("Cmd".into(), json!(config.cmd));
+    }
+    if let Some(u) = &config.user {
+        c.insert("User".into(), json!(u));
+    }
+    c.insert("WorkingDir".into(), json!(config.workdir.as_deref().unwrap_or("/")));
+    if !config.ports.is_empty() {
+        c.insert("ExposedPorts".into(), serde_json::Value::Object(config.ports.iter().map(|p| (format!("{p}/tcp"), json!({}))).collect()));
+    }
+    if !config.volumes.is_empty() {
+        c.insert("Volumes".into(), serde_json::Value::Object(config.volumes.iter().map(|v| (v.clone(), json!({}))).collect()));
+    }
+    let arch = match architecture {
+        "i386" => "386",
+        "armhf" => "arm",
+        other => other,
+    };
+    let image_config = json!({
+        "architecture": arch,
+        "os": "linux",
+        "created": created,
+        "config": c,
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "history": [{ "created": created, "created_by": history }],
+    });
+    let (config_digest, config_size) = layout.write_blob(&serde_json::to_vec(&image_config)?)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": { "mediaType": CONFIG, "digest": config_digest, "size": config_size },
+        "layers": [{ "mediaType": LAYER_ZSTD, "digest": layer_digest, "size": layer_size }],
+    });
+    let (manifest_digest, manifest_size) = layout.write_blob(&serde_json::to_vec(&manifest)?)?;
+    write_index(dir, &manifest_digest, manifest_size)?;
+    Ok(manifest_digest)
+}
+
+/// `oci-layout` and an `index.json` naming one manifest as `image`.
+pub fn write_index(dir: &Path, manifest_digest: &str, manifest_size: u64) -> Result<()> {
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": MANIFEST,
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "annotations": { "org.opencontainers.image.ref.name": REF_NAME },
+        }],
+    });
+    let mut f = fs::File::create(dir.join("index.json"))?;
+    f.write_all(&serde_json::to_vec(&index)?)?;
+    Ok(())
+}
+
+/// Seconds since 1970 as RFC 3339 UTC, as OCI's `created` wants it.
+pub fn rfc3339(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
