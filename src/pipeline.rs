@@ -92,6 +92,9 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
     let p = &ctx.progress;
     let work = ctx.cache.work_dir("build")?;
     let tree = work.path().join("root");
+    if plan.layers.iter().any(|l| !l.layer.containers.is_empty()) {
+        p.stage("containers", || crate::container::resolve_all(plan, &ctx.cache, |m| p.message(m)))?;
+    }
     let layers = p.stage("layers", || rootfs::build_layers(plan, &ctx.cache, &tree, |m| p.message(m)))?;
     p.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &tree, layers.tree_complete, ctx.epoch))?;
 

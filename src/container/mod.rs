@@ -301,3 +301,16 @@ pub fn planned(plan: &BuildPlan, cache: &Cache) -> Vec<Planned> {
     }
     out
 }
+
+/// Resolves the containers of every layer the cache does not hold yet, before any layer is
+/// built: an unreachable registry or a wrong digest fails the build in its first seconds.
+pub fn resolve_all(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&str)) -> Result<()> {
+    let epoch = crate::pipeline::source_date_epoch()?;
+    for l in plan.layers.iter().filter(|l| !cache.has(&l.key)) {
+        for c in &l.layer.containers {
+            progress(&format!("container {} (layer {})", c.name, l.name));
+            resolve(plan, l, cache, c, epoch)?;
+        }
+    }
+    Ok(())
+}

@@ -72,9 +72,13 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
         }
     }
     if let Some(h) = &s.health {
-        let mut test = vec!["CMD".to_string()];
-        test.extend(h.test.iter().cloned());
-        args.push(format!("--health-cmd={}", serde_json::to_string(&test).expect("strings")));
+        // As one shell command line: podman 4.3 splits the arguments of a JSON ["CMD", ...]
+        // form at spaces again, which breaks any argument with a space in it.
+        let shell = match h.test.as_slice() {
+            [sh, c, line] if sh == "/bin/sh" && c == "-c" => line.clone(),
+            argv => argv.iter().map(|a| crate::tool::shell_quote(a)).collect::<Vec<_>>().join(" "),
+        };
+        args.push(format!("--health-cmd={shell}"));
         args.push(format!("--health-interval={}s", h.interval_s));
         args.push(format!("--health-timeout={}s", h.timeout_s));
         args.push(format!("--health-retries={}", h.retries));

@@ -120,3 +120,39 @@ fn templates_render_with_image_values() {
     let err = render("unit.service.tera", "{{ nope }}", &ctx).unwrap_err();
     assert!(err.contains("nope"), "{err}");
 }
+
+/// Two stack layers on the runtime layer; `extra` is appended to the second one's compose file.
+fn stacks_project(second_compose: &str, second_depends: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "layers/base/layer.toml", "version = 1\n");
+    write(d, "layers/containers/layer.toml", "version = 1\ndepends = [\"base\"]\npackages = [\"podman\"]\n");
+    write(d, "layers/pacs/layer.toml", "version = 1\ndepends = [\"containers\"]\ncompose = \"compose.yaml\"\n[containers.web]\npackages = [\"nginx\"]\ncmd = [\"nginx\"]\n");
+    write(d, "layers/pacs/compose.yaml", "services:\n  nginx:\n    image: web\n    ports: [\"80:80\"]\n");
+    write(d, "layers/cht/layer.toml", &format!("version = 1\ndepends = [{second_depends}]\ncompose = \"compose.yaml\"\n[containers.api]\npackages = [\"nodejs\"]\ncmd = [\"node\"]\n"));
+    write(d, "layers/cht/compose.yaml", second_compose);
+    let img = write(d, "images/x.toml", "version = 1\ndistro = \"debian\"\nlayers = [\"pacs\", \"cht\"]\nhostname = \"x\"\n");
+    (tmp, img)
+}
+
+#[test]
+fn stacks_are_checked_across_layers_before_any_build() {
+    let (_t, img) = stacks_project("services:\n  api:\n    image: api\n    ports: [5988]\n", "\"containers\"");
+    let p = plan_of(&img).unwrap();
+    assert_eq!(p.layers.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["base", "containers", "pacs", "cht"]);
+
+    // The same port served by two stacks (they share the host's network).
+    let (_t, img) = stacks_project("services:\n  api:\n    image: api\n    ports: [80]\n", "\"containers\"");
+    let err = plan_of(&img).unwrap_err().to_string();
+    assert!(err.contains("cht/compose.yaml: key `services.api.ports`: port 80 is already served by service `nginx` of layer `pacs`"), "{err}");
+
+    // An image that is no container of the layer or its dependencies (`web` belongs to `pacs`).
+    let (_t, img) = stacks_project("services:\n  api:\n    image: web\n", "\"containers\"");
+    let err = plan_of(&img).unwrap_err().to_string();
+    assert!(err.contains("key `services.api.image`: `web` is not a container of layer `cht`"), "{err}");
+
+    // Containers without the runtime underneath.
+    let (_t, img) = stacks_project("services:\n  api:\n    image: api\n", "\"base\"");
+    let err = plan_of(&img).unwrap_err().to_string();
+    assert!(err.contains("layer `cht` has containers but does not depend on `containers`"), "{err}");
+}
