@@ -149,6 +149,111 @@ fn debian_base_is_reproducible_cached_personalized_and_boots() {
     boot(&t.join("cache-a"), &proj.join("qemu-tests/site-static.toml"), &raw_a, &t.join("vm-static"));
     boot(&t.join("cache-a"), &proj.join("qemu-tests/site-broken.toml"), &raw_a, &t.join("vm-broken"));
     assert_eq!(sha(&raw_a), raw_before, "a site test changed the original image");
+
+    pacs_clinic(t, &proj);
+}
+
+/// Runs outpost expecting it to fail; returns what it printed.
+fn outpost_fails(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).output().expect("running outpost");
+    assert!(!out.status.success(), "outpost {args:?} succeeded but must fail");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A registry on loopback (Debian's docker-registry), stopped when dropped.
+struct Registry(std::process::Child, u16);
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        if Command::new("docker-registry").arg("--version").output().is_err() {
+            run("apt-get", &["install".as_ref(), "-y".as_ref(), "-q".as_ref(), "docker-registry".as_ref()]);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.join("registry.yml");
+        std::fs::write(&config, format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("registry").display())).unwrap();
+        let child = Command::new("docker-registry").arg("serve").arg(&config).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Registry(child, port);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("docker-registry did not listen on port {port}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The PACS clinic: three container images built from packages, reproducibly; the stack comes
+/// up offline, survives a killed container and a reboot; and an image outpost built, pushed to a
+/// registry on loopback, is pulled by digest into an appliance.
+fn pacs_clinic(t: &Path, proj: &Path) {
+    let image = proj.join("images/pacs-clinic.toml");
+    // The debian-base caches hold the layers up to site-agent: only the containers and the
+    // layers above them are built, in each cache, from cold.
+    let a = build(&t.join("cache-a"), &image, &t.join("pacs-a"));
+    assert_eq!(names(&a["built_layers"]), ["status-page", "containers", "orthanc-pacs"]);
+    build(&t.join("cache-b"), &image, &t.join("pacs-b"));
+    let raw = t.join("pacs-a/pacs-clinic.raw");
+    assert_eq!(sha(&raw), sha(&t.join("pacs-b/pacs-clinic.raw")), "two cold builds of the PACS appliance (its container images and store) differ");
+
+    // The SBOM: every container with its source, digest and packages.
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("pacs-a/manifest.json")).unwrap()).unwrap();
+    let containers = manifest["containers"].as_array().unwrap();
+    let by_name = |n: &str| containers.iter().find(|c| c["name"] == n).unwrap_or_else(|| panic!("{n} is not in the manifest"));
+    for (name, package) in [("pacs-orthanc", "orthanc"), ("pacs-postgres", "postgresql-15"), ("pacs-nginx", "nginx-core")] {
+        let c = by_name(name);
+        assert_eq!(c["source"], "built from packages of debian bookworm");
+        assert!(c["digest"].as_str().unwrap().starts_with("sha256:"));
+        assert!(c["packages"].as_array().unwrap().iter().any(|p| p[0] == package), "{name} does not list {package}");
+    }
+    // `outpost plan` now knows each digest, from the cache.
+    let plan = outpost(&["plan".as_ref(), image.as_os_str(), "--cache".as_ref(), t.join("cache-a").as_os_str()]);
+    let nginx_digest = by_name("pacs-nginx")["digest"].as_str().unwrap().to_string();
+    assert!(plan.contains(&nginx_digest) && plan.contains("outpost-orthanc-pacs-orthanc.service → pacs-orthanc ports 8042,4242 after postgres"), "{plan}");
+
+    boot(&t.join("cache-a"), &proj.join("qemu-tests/pacs-clinic.toml"), &raw, &t.join("vm-pacs"));
+
+    // A registry on loopback: push the nginx image outpost built, pull it back by digest.
+    let registry = Registry::start(t);
+    let layout = t.join("cache-a/oci/images").join(nginx_digest.replace(':', "-"));
+    let repo = format!("127.0.0.1:{}/outpost/pacs-nginx", registry.1);
+    run("skopeo", &["copy".as_ref(), "--quiet".as_ref(), "--preserve-digests".as_ref(), "--dest-tls-verify=false".as_ref(), format!("oci:{}:image", layout.display()).as_ref(), format!("docker://{repo}:built").as_ref()]);
+    let layer_toml = proj.join("layers/orthanc-pacs/layer.toml");
+    let original = std::fs::read_to_string(&layer_toml).unwrap();
+    let nginx_block = &original[original.find("[containers.pacs-nginx]").unwrap()..];
+    let with_ref = |r: &str| original.replace(nginx_block, &format!("[containers.pacs-nginx]\nref = \"{r}\"\ntls-verify = false\n"));
+
+    // Bad references fail in seconds, naming the layer and container.
+    std::fs::write(&layer_toml, with_ref(&format!("{repo}:built"))).unwrap();
+    let err = outpost_fails(&["plan".as_ref(), image.as_os_str()]);
+    assert!(err.contains("containers.pacs-nginx.ref") && err.contains("names a tag"), "{err}");
+    let unknown = format!("{repo}@sha256:{}", "0".repeat(64));
+    for (reference, why) in [(unknown.as_str(), "unknown digest"), (&format!("127.0.0.1:1/outpost/pacs-nginx@{nginx_digest}"), "unreachable registry")] {
+        std::fs::write(&layer_toml, with_ref(reference)).unwrap();
+        let started = std::time::Instant::now();
+        let err = outpost_fails(&["build".as_ref(), image.as_os_str(), "--out".as_ref(), t.join("pacs-bad").as_os_str(), "--cache".as_ref(), t.join("cache-a").as_os_str()]);
+        assert!(err.contains("container `pacs-nginx` of layer `orthanc-pacs`"), "{why}: {err}");
+        assert!(started.elapsed().as_secs() < 60, "{why}: the build failed only after {:?}", started.elapsed());
+        assert!(!t.join("pacs-bad/pacs-clinic.raw").exists(), "{why}: a failed build left an output");
+    }
+
+    // Pinned by digest: the appliance holds the same image, recorded as pulled.
+    std::fs::write(&layer_toml, with_ref(&format!("{repo}@{nginx_digest}"))).unwrap();
+    let pulled = build(&t.join("cache-a"), &image, &t.join("pacs-pulled"));
+    assert_eq!(names(&pulled["built_layers"]), ["orthanc-pacs"]);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("pacs-pulled/manifest.json")).unwrap()).unwrap();
+    let nginx = manifest["containers"].as_array().unwrap().iter().find(|c| c["name"] == "pacs-nginx").unwrap().clone();
+    assert_eq!(nginx["digest"], nginx_digest.as_str());
+    assert_eq!(nginx["source"], format!("registry {repo}@{nginx_digest}"));
+    assert!(nginx["packages"].as_array().unwrap().iter().any(|p| p[0] == "nginx-core"), "the pulled image's packages are read from its dpkg status");
+    std::fs::write(&layer_toml, original).unwrap();
+    drop(registry);
 }
 
 #[path = "dicom_fixture.rs"]

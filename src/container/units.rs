@@ -125,8 +125,9 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
         // Dependents start once this one is healthy (compose's service_healthy).
         let _ = writeln!(u, "ExecStartPost=/{AGENT_PATH} stack wait-healthy {name}");
     }
-    let _ = writeln!(u, "ExecStop=/usr/bin/podman stop --ignore --time=20 --cidfile=%t/%N.cid");
-    let _ = writeln!(u, "ExecStopPost=/usr/bin/podman rm --force --ignore --time=20 --cidfile=%t/%N.cid");
+    // `-`: a container that ended by itself (`--rm`) is gone already, which is not a failure.
+    let _ = writeln!(u, "ExecStop=-/usr/bin/podman stop --ignore --time=20 --cidfile=%t/%N.cid");
+    let _ = writeln!(u, "ExecStopPost=-/usr/bin/podman rm --force --ignore --time=20 --cidfile=%t/%N.cid");
     let restart = match s.restart {
         Restart::Always => "always",
         Restart::OnFailure => "on-failure",
