@@ -200,15 +200,19 @@ fn run(cli: Cli) -> Result<i32> {
                 CacheCommand::Gc { images } => {
                     let images = if images.is_empty() { default_images()? } else { images.clone() };
                     let mut keep = BTreeSet::new();
+                    let mut keep_sources = BTreeSet::new();
                     for i in &images {
                         let plan = pipeline::load_plan(i)?;
                         keep.extend(plan.layers.iter().map(|l| l.key.clone()));
+                        keep_sources.extend(container::source_keys(&plan)?);
                     }
                     let report = cache.gc(&keep)?;
+                    let (images_removed, images_freed) = container::gc(&cache, &keep_sources)?;
                     if cli.json {
-                        print_json(&report)?;
+                        print_json(&serde_json::json!({"layers": report, "container_images_removed": images_removed, "container_bytes_freed": images_freed}))?;
                     } else {
                         println!("removed {} entries ({}), kept {}", report.removed.len(), human(report.freed), report.kept);
+                        println!("removed {images_removed} container images ({})", human(images_freed));
                     }
                 }
             }

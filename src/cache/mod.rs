@@ -143,7 +143,8 @@ impl Cache {
         for e in fs::read_dir(&work).with_context(|| format!("reading {}", work.display()))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let pid: Option<u32> = name.split('-').nth(1).and_then(|p| p.parse().ok());
+            // WHAT-PID-NANOS, where WHAT may hold dashes itself.
+            let pid: Option<u32> = name.rsplit('-').nth(1).and_then(|p| p.parse().ok());
             if pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()) {
                 fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
             }

@@ -314,3 +314,65 @@ pub fn resolve_all(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&st
     }
     Ok(())
 }
+
+/// The cache keys of every container source of `plan`.
+pub fn source_keys(plan: &BuildPlan) -> Result<Vec<String>> {
+    plan.layers.iter().flat_map(|l| l.layer.containers.iter().map(move |c| source_key(plan, l, c))).collect()
+}
+
+/// Removes resolved sources whose key is not in `keep`, and image layouts no kept source names;
+/// returns (images removed, bytes freed).
+pub fn gc(cache: &Cache, keep: &std::collections::BTreeSet<String>) -> Result<(usize, u64)> {
+    let sources = sources_dir(cache);
+    let mut digests = std::collections::BTreeSet::new();
+    if let Ok(rd) = fs::read_dir(&sources) {
+        for e in rd {
+            let p = e?.path();
+            let key = p.file_name().unwrap_or_default().to_string_lossy().split('.').next().unwrap_or("").to_string();
+            let resolved = fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok());
+            match resolved {
+                Some(r) if keep.contains(&key) && !p.to_string_lossy().ends_with(".partial") => {
+                    digests.insert(r.digest.replace(':', "-"));
+                }
+                _ => fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?,
+            }
+        }
+    }
+    let (mut removed, mut freed) = (0, 0);
+    let images = cache.root().join("oci").join("images");
+    if let Ok(rd) = fs::read_dir(&images) {
+        for e in rd {
+            let p = e?.path();
+            if !digests.contains(&*p.file_name().unwrap_or_default().to_string_lossy()) {
+                freed += walkdir::WalkDir::new(&p).into_iter().filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum::<u64>();
+                fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok((removed, freed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_keeps_the_images_of_kept_sources_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        fs::create_dir_all(sources_dir(&cache)).unwrap();
+        for (key, digest) in [("kept", "sha256:aaaa"), ("stale", "sha256:bbbb"), ("also-kept", "sha256:aaaa")] {
+            let r = Resolved { digest: digest.into(), packages: vec![] };
+            fs::write(sources_dir(&cache).join(format!("{key}.json")), serde_json::to_vec(&r).unwrap()).unwrap();
+            fs::create_dir_all(layout_dir(&cache, digest).join("blobs")).unwrap();
+            fs::write(layout_dir(&cache, digest).join("blobs/x"), vec![0u8; 100]).unwrap();
+        }
+        let keep = ["kept".to_string(), "also-kept".to_string()].into_iter().collect();
+        assert_eq!(gc(&cache, &keep).unwrap(), (1, 100));
+        assert!(layout_dir(&cache, "sha256:aaaa").is_dir());
+        assert!(!layout_dir(&cache, "sha256:bbbb").exists());
+        assert!(!sources_dir(&cache).join("stale.json").exists());
+        assert!(sources_dir(&cache).join("kept.json").exists());
+    }
+}
