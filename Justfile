@@ -101,8 +101,8 @@ bench-pacs:
         none = os.stat(f"{t}/out-none/no-pacs.{f}"); pacs = os.stat(f"{t}/out-pacs/pacs-clinic.{f}")
         print(f"{f:<6} without {none.st_blocks * 512 / 2**20:7.1f} MiB, with {pacs.st_blocks * 512 / 2**20:7.1f} MiB allocated (+{(pacs.st_blocks - none.st_blocks) * 512 / 2**20:.1f} MiB)")
     for c in json.load(open(f"{t}/out-pacs/manifest.json"))["containers"]:
-        d = f"{t}/cache/oci/images/" + c["digest"].replace(":", "-")
-        size = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(d) for n in ns)
+        layout = f"{t}/cache/oci/images/" + c["digest"].replace(":", "-")
+        size = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(layout) for n in ns)
         print(f"  {c['name']:<14} {size / 2**20:6.1f} MiB compressed, {len(c['packages'])} packages")
     for p in json.load(open(t + "/test.json"))["passed"]:
         m = re.match(r"boot (\d): verdict .* after (\d+) s", p)
