@@ -59,7 +59,7 @@ fn layout_dir(cache: &Cache, digest: &str) -> PathBuf {
 
 /// The key a source is resolved under: for a pinned reference its digest, for anything else a
 /// hash of everything that decides the image.
-fn source_key(plan: &BuildPlan, layer: &PlannedLayer, c: &Container) -> Result<String> {
+fn source_key(plan: &BuildPlan, c: &Container) -> Result<String> {
     let mut h = Sha256::new();
     hash_field(&mut h, "format", b"outpost-container-1");
     match &c.source {
@@ -79,13 +79,12 @@ fn source_key(plan: &BuildPlan, layer: &PlannedLayer, c: &Container) -> Result<S
             }
         }
     }
-    let _ = layer;
     Ok(hex::encode(h.finalize()))
 }
 
 /// Finds the container's image in the cache, or builds or fetches it there.
 pub fn resolve(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, c: &Container, epoch: i64) -> Result<(Layout, Record)> {
-    let key = source_key(plan, layer, c)?;
+    let key = source_key(plan, c)?;
     let record_path = sources_dir(cache).join(format!("{key}.json"));
     let resolved: Resolved = match fs::read(&record_path).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok()) {
         Some(r) if layout_dir(cache, &r.digest).join("index.json").is_file() => r,
@@ -286,7 +285,7 @@ pub fn planned(plan: &BuildPlan, cache: &Cache) -> Vec<Planned> {
     let mut out = Vec::new();
     for l in &plan.layers {
         for c in &l.layer.containers {
-            let cached = source_key(plan, l, c)
+            let cached = source_key(plan, c)
                 .ok()
                 .and_then(|k| fs::read(sources_dir(cache).join(format!("{k}.json"))).ok())
                 .and_then(|b| serde_json::from_slice::<Resolved>(&b).ok())
@@ -317,7 +316,7 @@ pub fn resolve_all(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&st
 
 /// The cache keys of every container source of `plan`.
 pub fn source_keys(plan: &BuildPlan) -> Result<Vec<String>> {
-    plan.layers.iter().flat_map(|l| l.layer.containers.iter().map(move |c| source_key(plan, l, c))).collect()
+    plan.layers.iter().flat_map(|l| l.layer.containers.iter().map(move |c| source_key(plan, c))).collect()
 }
 
 /// Removes resolved sources whose key is not in `keep`, and image layouts no kept source names;
