@@ -252,8 +252,20 @@ fn pacs_clinic(t: &Path, proj: &Path) {
     assert_eq!(nginx["digest"], nginx_digest.as_str());
     assert_eq!(nginx["source"], format!("registry {repo}@{nginx_digest}"));
     assert!(nginx["packages"].as_array().unwrap().iter().any(|p| p[0] == "nginx-core"), "the pulled image's packages are read from its dpkg status");
-    std::fs::write(&layer_toml, original).unwrap();
+    // It runs: the appliance serves Orthanc through the pulled nginx, with the registry gone.
     drop(registry);
+    let scenario = proj.join("qemu-tests/pacs-pulled.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "version = 1\nimage = \"../images/pacs-clinic.toml\"\ntimeout = 900\nmemory = 1536\nverdict = \"OUTPOST-VERDICT: running\"\n\
+             [[command]]\nrun = \"podman inspect --format '{{{{.ImageDigest}}}}' orthanc-pacs-nginx\"\nexpect = \"{nginx_digest}\"\n\
+             [[http]]\nport = 80\npath = \"/system\"\ncontains = \"outpost PACS\"\n"
+        ),
+    )
+    .unwrap();
+    boot(&t.join("cache-a"), &scenario, &t.join("pacs-pulled/pacs-clinic.raw"), &t.join("vm-pacs-pulled"));
+    std::fs::write(&layer_toml, original).unwrap();
 }
 
 #[path = "dicom_fixture.rs"]
