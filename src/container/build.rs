@@ -35,11 +35,12 @@ pub fn build(
         copy_tree(dir, &root)?;
     }
     for r in remove {
-        let p = root.join(r.trim_start_matches('/'));
-        if p.is_dir() && !p.is_symlink() {
-            fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
-        } else if p.exists() || p.is_symlink() {
-            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        for p in expand(&root, r)? {
+            if p.is_dir() && !p.is_symlink() {
+                fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            } else {
+                fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
         }
     }
     rootfs::scrub(&root)?;
@@ -59,6 +60,45 @@ pub fn build(
     let history = format!("outpost: {} {} packages {}", plan.base.distro, plan.base.suite, packages.join(" "));
     oci::write_image(layout, &layer, config, &plan.base.architecture, epoch, &history)?;
     Ok(installed)
+}
+
+/// The paths under `root` that `pattern` (absolute; `*` matches within one path component)
+/// names, sorted; none when nothing matches.
+fn expand(root: &Path, pattern: &str) -> Result<Vec<std::path::PathBuf>> {
+    let mut found = vec![root.to_path_buf()];
+    for part in pattern.trim_start_matches('/').split('/').filter(|p| !p.is_empty()) {
+        let mut next = Vec::new();
+        for dir in &found {
+            if !part.contains('*') {
+                let p = dir.join(part);
+                if p.exists() || p.is_symlink() {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            for e in rd {
+                let e = e?;
+                if wildcard(part, &e.file_name().to_string_lossy()) {
+                    next.push(e.path());
+                }
+            }
+        }
+        next.sort();
+        found = next;
+    }
+    Ok(found.into_iter().filter(|p| p != root).collect())
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            let Some(tail) = name.strip_prefix(head) else { return false };
+            (0..=tail.len()).filter(|i| tail.is_char_boundary(*i)).any(|i| wildcard(rest, &tail[i..]))
+        }
+    }
 }
 
 /// Copies a layer's directory onto the image's root: owned by root, executable bits kept.
@@ -85,4 +125,26 @@ fn copy_tree(from: &Path, root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_patterns() {
+        assert!(wildcard("libLLVM-*.so*", "libLLVM-14.so.1"));
+        assert!(wildcard("*", "x"));
+        assert!(!wildcard("libLLVM-*.so*", "libz3.so.4"));
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        for f in ["usr/lib/x86_64-linux-gnu/libLLVM-14.so.1", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/postgresql/15/lib/llvmjit.so"] {
+            fs::create_dir_all(r.join(f).parent().unwrap()).unwrap();
+            fs::write(r.join(f), b"").unwrap();
+        }
+        assert_eq!(expand(r, "/usr/lib/*/libLLVM-*").unwrap(), [r.join("usr/lib/x86_64-linux-gnu/libLLVM-14.so.1")]);
+        assert_eq!(expand(r, "/usr/lib/postgresql/*/lib/llvmjit*").unwrap(), [r.join("usr/lib/postgresql/15/lib/llvmjit.so")]);
+        assert!(expand(r, "/etc/nothing").unwrap().is_empty());
+        assert!(expand(r, "/").unwrap().is_empty());
+    }
 }

@@ -38,7 +38,7 @@ pub(super) struct ContainerToml {
     ports: Vec<u16>,
     #[serde(default)]
     volumes: Vec<String>,
-    /// Paths removed from the built tree (per-build state a package's scripts made).
+    /// Paths removed from the built tree (`*` matches within a path component).
     #[serde(default)]
     remove: Vec<String>,
 }
