@@ -21,6 +21,10 @@ use crate::spec::container::{Container, Source, pinned_digest};
 use crate::tool::Tool;
 use oci::Layout;
 
+/// Bumped whenever the way outpost builds or stores a container image changes; part of the
+/// cache key of every source and of every layer with containers.
+pub const FORMAT: &str = "outpost-container-3";
+
 /// The read-only image store in the root, which podman reads as an additional image store.
 pub const STORE: &str = "usr/lib/containers/storage";
 /// Where each container's record (source, digest, packages) is kept in the image.
@@ -61,7 +65,7 @@ fn layout_dir(cache: &Cache, digest: &str) -> PathBuf {
 /// hash of everything that decides the image.
 fn source_key(plan: &BuildPlan, c: &Container) -> Result<String> {
     let mut h = Sha256::new();
-    hash_field(&mut h, "format", b"outpost-container-1");
+    hash_field(&mut h, "format", FORMAT.as_bytes());
     match &c.source {
         Source::Registry { reference, .. } => hash_field(&mut h, "ref", reference.as_bytes()),
         Source::Archive { path } => hash_entry(&mut h, "archive", path).map_err(anyhow::Error::msg)?,

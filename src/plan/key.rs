@@ -39,6 +39,9 @@ pub fn layer_key(parent: &str, layer: &Layer, vars: &BTreeMap<String, String>) -
     field(&mut h, "parent", parent.as_bytes());
     field(&mut h, "name", layer.name.as_bytes());
     field(&mut h, "definition", layer.text.as_bytes());
+    if !layer.containers.is_empty() {
+        field(&mut h, "containers", crate::container::FORMAT.as_bytes());
+    }
     for (k, v) in vars {
         field(&mut h, "variable", k.as_bytes());
         field(&mut h, "value", v.as_bytes());
