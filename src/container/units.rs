@@ -198,6 +198,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_service_becomes_an_ordered_restarting_unit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("compose.yaml"), "services:\n  db:\n    image: db\n    environment: {PGPASSWORD: \"a b%\"}\n    volumes: [\"data:/var/lib/db\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready -h 127.0.0.1\"]\n      interval: 5s\n    restart: always\n  web:\n    image: web\n    depends_on: {db: {condition: service_healthy}}\n    volumes: [\"./web.conf:/etc/web.conf:ro\"]\n    command: [serve, --port, \"8080\"]\n    restart: on-failure\nvolumes:\n  data:\n").unwrap();
+        std::fs::write(d.join("web.conf"), "").unwrap();
+        let mut p = crate::spec::Problems::default();
+        let stack = crate::spec::compose::load("pacs", &d.join("compose.yaml"), &mut p).unwrap();
+        assert!(p.0.is_empty(), "{:?}", p.0);
+        let db = render(&stack, &stack.services[0], "localhost/outpost/db:latest");
+        for line in [
+            "PartOf=outpost-stack-pacs.target",
+            "RequiresMountsFor=/var/lib/containers",
+            "StartLimitIntervalSec=0",
+            "Restart=always",
+            "Type=notify",
+            "ExecStartPost=/usr/lib/outpost/outpost stack wait-healthy pacs-db",
+        ] {
+            assert!(db.lines().any(|l| l == line), "no `{line}` in\n{db}");
+        }
+        let exec = db.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+        assert!(exec.starts_with("ExecStart=/usr/bin/podman run --cidfile=%t/%N.cid "), "{exec}");
+        for arg in ["--name=pacs-db", "--add-host=web:127.0.0.1", "\"--env=PGPASSWORD=a b%%\"", "--volume=pacs-data:/var/lib/db", "\"--health-cmd=pg_isready -h 127.0.0.1\"", "--health-interval=5s"] {
+            assert!(exec.contains(arg), "no {arg} in {exec}");
+        }
+        assert!(exec.ends_with(" localhost/outpost/db:latest"), "{exec}");
+        let web = render(&stack, &stack.services[1], "localhost/outpost/web:latest");
+        assert!(web.contains("\nAfter=network.target outpost-pacs-db.service\nWants=outpost-pacs-db.service\n"), "{web}");
+        assert!(web.contains("\nRestart=on-failure\n") && !web.contains("wait-healthy"), "{web}");
+        assert!(web.contains("--mount=type=bind,source=/usr/lib/outpost/stacks/pacs/web.conf,destination=/etc/web.conf,ro=true localhost/outpost/web:latest serve --port 8080"), "{web}");
+    }
+
+    #[test]
     fn exec_arguments_are_quoted_for_systemd() {
         assert_eq!(quote("--name=pacs-db"), "--name=pacs-db");
         assert_eq!(quote("a b"), "\"a b\"");
