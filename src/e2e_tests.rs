@@ -200,6 +200,9 @@ fn pacs_clinic(t: &Path, proj: &Path) {
     assert_eq!(names(&a["built_layers"]), ["status-page", "containers", "orthanc-pacs"]);
     build(&t.join("cache-b"), &image, &t.join("pacs-b"));
     let raw = t.join("pacs-a/pacs-clinic.raw");
+    // Filling the container store mounted nothing that outlived the build.
+    let mounts = run("findmnt", &["-rn".as_ref(), "-o".as_ref(), "TARGET".as_ref()]);
+    assert!(!mounts.lines().any(|m| Path::new(m).starts_with(t)), "mounts left under {}:\n{mounts}", t.display());
     assert_eq!(sha(&raw), sha(&t.join("pacs-b/pacs-clinic.raw")), "two cold builds of the PACS appliance (its container images and store) differ");
 
     // The SBOM: every container with its source, digest and packages.

@@ -140,8 +140,7 @@ fn fetch(plan: &BuildPlan, layer: &PlannedLayer, c: &Container, work: &Path, lay
             build::build(plan, &c.name, packages, files.as_deref(), config, remove, work, layout, epoch)
         }
         Source::Registry { reference, tls_verify } => {
-            let mut t = Tool::new("skopeo")
-                .describe(format!("pulling container `{}` of layer `{}` from {reference}", c.name, layer.name))
+            let mut t = skopeo(format!("pulling container `{}` of layer `{}` from {reference}", c.name, layer.name))
                 .args(["copy", "--quiet", "--preserve-digests", "--retry-times", "3"]);
             if !tls_verify {
                 t = t.arg("--src-tls-verify=false");
@@ -151,8 +150,7 @@ fn fetch(plan: &BuildPlan, layer: &PlannedLayer, c: &Container, work: &Path, lay
         }
         Source::Archive { path } => {
             let transport = archive_transport(path).with_context(|| format!("layer `{}`, containers.{}.archive", layer.name, c.name))?;
-            Tool::new("skopeo")
-                .describe(format!("reading container `{}` of layer `{}` from {}", c.name, layer.name, path.display()))
+            skopeo(format!("reading container `{}` of layer `{}` from {}", c.name, layer.name, path.display()))
                 .args(["copy", "--quiet", "--preserve-digests"])
                 .arg(format!("{transport}:{}", path.display()))
                 .arg(&dest)
@@ -160,6 +158,12 @@ fn fetch(plan: &BuildPlan, layer: &PlannedLayer, c: &Container, work: &Path, lay
             packages_in(layout)
         }
     }
+}
+
+/// skopeo in a private mount namespace: containers/storage's overlay driver bind-mounts its
+/// directory onto itself, and that mount must end with the process, not stay on the host.
+pub(crate) fn skopeo(why: String) -> Tool {
+    Tool::new("unshare").describe(why).args(["--mount", "--propagation", "private", "--fork", "--", "skopeo"])
 }
 
 /// skopeo's transport for a file: an OCI layout directory, an OCI archive or a `docker save` tar.

@@ -10,14 +10,12 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::oci::{self, Layout};
-use crate::tool::Tool;
 
 /// Copies the image of `layout` into the overlay store at `store` as `name`.
 pub fn add(layout: &Layout, store: &Path, name: &str, what: &str) -> Result<()> {
     fs::create_dir_all(store)?;
     let run = run_root()?;
-    let result = Tool::new("skopeo")
-        .describe(format!("copying {what} into the image's container store"))
+    let result = super::skopeo(format!("copying {what} into the image's container store"))
         .args(["copy", "--quiet", "--preserve-digests"])
         .arg(format!("oci:{}:{}", layout.0.display(), oci::REF_NAME))
         .arg(format!("containers-storage:[overlay@{}+{}]{name}", store.display(), run.display()))
