@@ -90,6 +90,7 @@ fn source_key(plan: &BuildPlan, c: &Container) -> Result<String> {
 pub fn resolve(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, c: &Container, epoch: i64) -> Result<(Layout, Record)> {
     let key = source_key(plan, c)?;
     let record_path = sources_dir(cache).join(format!("{key}.json"));
+    // A missing or unreadable record is a cache miss: the source is resolved again.
     let resolved: Resolved = match fs::read(&record_path).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok()) {
         Some(r) if layout_dir(cache, &r.digest).join("index.json").is_file() => r,
         _ => {
@@ -194,19 +195,14 @@ fn packages_in(layout: &Path) -> Result<Vec<(String, String)>> {
     let (_, layers) = l.read()?;
     let mut status: Option<String> = None;
     for d in layers {
-        let f = fs::File::open(l.blob(&d))?;
-        let reader: Box<dyn std::io::Read> = {
-            let mut magic = [0u8; 4];
-            let mut peek = fs::File::open(l.blob(&d))?;
-            std::io::Read::read_exact(&mut peek, &mut magic).ok();
-            if magic[..2] == [0x1f, 0x8b] {
-                // gzip layers: skopeo is the one to read them; outpost has no gzip decoder.
-                continue;
-            } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-                Box::new(zstd::Decoder::new(f)?)
-            } else {
-                Box::new(f)
-            }
+        let blob = l.blob(&d);
+        let mut magic = [0u8; 4];
+        let n = std::io::Read::read(&mut fs::File::open(&blob)?, &mut magic).with_context(|| format!("reading {}", blob.display()))?;
+        let f = fs::File::open(&blob)?;
+        let reader: Box<dyn std::io::Read> = match &magic[..n] {
+            [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(f)),
+            [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),
+            _ => Box::new(f),
         };
         let mut ar = tar::Archive::new(reader);
         for e in ar.entries()? {
@@ -363,6 +359,49 @@ pub fn gc(cache: &Cache, keep: &std::collections::BTreeSet<String>) -> Result<(u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An OCI layout whose layers are these (file name, contents) tars, gzip-compressed.
+    fn gzip_layout(dir: &Path, layers: &[&[(&str, &str)]]) {
+        use std::io::Write;
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        let mut descriptors = Vec::new();
+        for files in layers {
+            let mut tar = tar::Builder::new(Vec::new());
+            for (name, text) in *files {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(text.len() as u64);
+                h.set_mode(0o644);
+                tar.append_data(&mut h, name, text.as_bytes()).unwrap();
+            }
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&tar.into_inner().unwrap()).unwrap();
+            let blob = gz.finish().unwrap();
+            let digest = format!("sha256:{}", oci::sha256_hex(&blob));
+            fs::write(dir.join("blobs").join(digest.replace(':', "/")), &blob).unwrap();
+            descriptors.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": blob.len()}));
+        }
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let config_digest = format!("sha256:{}", oci::sha256_hex(config));
+        fs::write(dir.join("blobs").join(config_digest.replace(':', "/")), config).unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "config": {"digest": config_digest, "size": config.len()}, "layers": descriptors})).unwrap();
+        let digest = format!("sha256:{}", oci::sha256_hex(&manifest));
+        fs::write(dir.join("blobs").join(digest.replace(':', "/")), &manifest).unwrap();
+        oci::write_index(dir, &digest, manifest.len() as u64).unwrap();
+    }
+
+    #[test]
+    fn packages_of_a_registry_image_come_from_its_last_dpkg_status() {
+        let tmp = tempfile::tempdir().unwrap();
+        let status = |pkgs: &[&str]| pkgs.iter().map(|p| format!("Package: {p}\nStatus: install ok installed\nVersion: 1.0\n")).collect::<Vec<_>>().join("\n");
+        let (old, new) = (status(&["libc6", "nginx"]), status(&["libc6", "nginx", "curl"]));
+        gzip_layout(tmp.path(), &[&[("var/lib/dpkg/status", &old)], &[("etc/motd", "hi"), ("./var/lib/dpkg/status", &new)]]);
+        let pkgs = packages_in(tmp.path()).unwrap();
+        assert_eq!(pkgs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["curl", "libc6", "nginx"]);
+        // No dpkg at all (a distroless or Alpine image): no packages, not an error.
+        let other = tmp.path().join("other");
+        gzip_layout(&other, &[&[("etc/alpine-release", "3.20")]]);
+        assert!(packages_in(&other).unwrap().is_empty());
+    }
 
     #[test]
     fn gc_keeps_the_images_of_kept_sources_only() {
