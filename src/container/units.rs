@@ -31,10 +31,7 @@ pub fn container_name(stack: &str, service: &str) -> String {
 
 /// The container a compose `image:` names: by container name or by its reference.
 pub fn find_image<'a>(plan: &'a BuildPlan, image: &str) -> Option<&'a Container> {
-    plan.layers.iter().flat_map(|l| &l.layer.containers).find(|c| {
-        c.name == image
-            || matches!(&c.source, crate::spec::container::Source::Registry { reference, .. } if reference == image)
-    })
+    plan.layers.iter().flat_map(|l| &l.layer.containers).find(|c| c.is_named_by(image))
 }
 
 /// One argument of an Exec line, quoted for systemd (which also expands % and $).

@@ -200,9 +200,7 @@ fn check_containers(layers: &[PlannedLayer], loaded: &BTreeMap<String, Layer>, p
         }
         let Some(stack) = &l.layer.stack else { continue };
         for s in &stack.services {
-            let visible = deps.iter().flat_map(|d| &loaded[d].containers).any(|c| {
-                c.name == s.image || matches!(&c.source, crate::spec::container::Source::Registry { reference, .. } if *reference == s.image)
-            });
+            let visible = deps.iter().flat_map(|d| &loaded[d].containers).any(|c| c.is_named_by(&s.image));
             if !visible {
                 let names: Vec<&str> = deps.iter().flat_map(|d| &loaded[d].containers).map(|c| c.name.as_str()).collect();
                 p.push(

@@ -78,6 +78,11 @@ impl Container {
     pub fn store_name(&self) -> String {
         format!("localhost/outpost/{}:latest", self.name)
     }
+
+    /// Whether a compose `image:` names this container: by its name, or by its reference.
+    pub fn is_named_by(&self, image: &str) -> bool {
+        self.name == image || matches!(&self.source, Source::Registry { reference, .. } if reference == image)
+    }
 }
 
 /// The digest a registry reference is pinned to, if any.
