@@ -81,6 +81,18 @@ pub enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// The appliance's read-only root (runs inside the image)
+    #[command(hide = true)]
+    Root {
+        #[command(subcommand)]
+        command: RootCommand,
+    },
+    /// The appliance's firmware power settings (runs inside the image)
+    #[command(hide = true)]
+    Power {
+        #[command(subcommand)]
+        command: PowerCommand,
+    },
     /// The appliance's container stacks (runs inside the image)
     #[command(hide = true)]
     Stack {
@@ -129,6 +141,26 @@ pub enum DataCommand {
     Open,
     /// Remove the recovery key file once an administrator has fetched it
     ForgetRecoveryKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Read every block of the verified root once; fail and say so on the console when one
+    /// does not match its dm-verity hash
+    Verify {
+        #[arg(long, default_value = "/dev/mapper/outpost-root")]
+        device: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PowerCommand {
+    /// Set the firmware to power on after AC loss, by the first profile that fits this machine
+    AcLoss {
+        /// The sysfs tree to read and write
+        #[arg(long, default_value = "/sys")]
+        sysfs: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ mod disk;
 mod output;
 mod pipeline;
 mod plan;
+mod power;
 mod progress;
 mod rootfs;
 mod site;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use cli::{CacheCommand, Cli, Command, DataCommand, SeedCommand, StackCommand};
+use cli::{CacheCommand, Cli, Command, DataCommand, PowerCommand, RootCommand, SeedCommand, StackCommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -171,6 +172,20 @@ fn run(cli: Cli) -> Result<i32> {
             match command {
                 DataCommand::Open => crypt::data::open(Path::new("/"))?,
                 DataCommand::ForgetRecoveryKey => crypt::data::forget_recovery_key()?,
+            }
+            Ok(0)
+        }
+        Command::Root { command } => {
+            match command {
+                RootCommand::Verify { device } => power::verify_root(device)?,
+            }
+            Ok(0)
+        }
+        Command::Power { command } => {
+            match command {
+                PowerCommand::AcLoss { sysfs } => {
+                    power::firmware::run(Path::new("/"), sysfs)?;
+                }
             }
             Ok(0)
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use sha2::Digest;
 use serde::Serialize;
 
 use crate::cache::Cache;
@@ -45,7 +46,7 @@ pub fn source_date_epoch() -> Result<i64> {
 
 /// Host tools a build needs.
 pub fn build_tools(plan: &BuildPlan) -> Vec<&'static str> {
-    let mut t = vec!["mmdebstrap", "unshare", "chroot", "mkfs.ext4", "debugfs", "mkfs.fat", "mcopy", "qemu-img"];
+    let mut t = vec!["mmdebstrap", "unshare", "chroot", "mkfs.erofs", "veritysetup", "mkfs.fat", "mcopy", "qemu-img"];
     if plan.base.keyring.is_some() {
         t.push("gpg");
     }
@@ -99,16 +100,34 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
     p.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &tree, layers.tree_complete, ctx.epoch))?;
 
     let seed = format!("{}:{}", plan.image, plan.top_key());
-    let (bytes, inodes) = disk::measure(&tree)?;
-    let root_size = plan.spec.partitions.root.map(|s| s.0).unwrap_or_else(|| disk::layout::ext4_size_for(bytes, inodes));
-    let layout = disk::plan(plan.spec.partitions.esp.0, root_size, plan.spec.partitions.data.0, &seed);
-    let cmdline = kernel_cmdline(plan, &layout);
+    let root_img = work.path().join("root.erofs");
+    let verity_img = work.path().join("root.verity");
+    let root_hash = p.stage("writing the root filesystem", || {
+        disk::make_erofs(&tree, &root_img, &disk::derive_uuid(&seed, "root filesystem"), ctx.epoch)?;
+        let salt = hex::encode(sha2::Sha256::digest(format!("{seed}\0verity salt")));
+        disk::make_verity(&root_img, &verity_img, &salt, &disk::derive_uuid(&seed, "root verity"))
+    })?;
+    let root_len = std::fs::metadata(&root_img)?.len();
+    let root_size = match plan.spec.partitions.root {
+        Some(s) if s.0 < root_len => anyhow::bail!(
+            "{}: `[partitions] root` is {} bytes, but the root file system takes {root_len} bytes; raise it or remove the key (the default fits the root exactly)",
+            plan.spec.file.display(),
+            s.0
+        ),
+        Some(s) => s.0,
+        None => root_len,
+    };
+    let verity_size = std::fs::metadata(&verity_img)?.len();
+    let layout = disk::plan(plan.spec.partitions.esp.0, root_size, verity_size, plan.spec.partitions.data.0, &seed);
+    let cmdline = kernel_cmdline(plan, &layout, &root_hash);
 
     let esp_dir = work.path().join("esp");
     let esp_img = work.path().join("esp.img");
     let disk_file = output::partial(raw);
-    p.stage("writing the partition table and ESP", || {
+    p.stage("writing the disk", || {
         disk::create(&layout, &disk_file)?;
+        disk::copy_into(&layout, Role::Root, &root_img, &disk_file)?;
+        disk::copy_into(&layout, Role::RootVerity, &verity_img, &disk_file)?;
         disk::stage_esp(&tree, &esp_dir, &cmdline, &plan.image)?;
         let serial = u32::from_be_bytes(layout.disk_guid.as_bytes()[..4].try_into().expect("4 bytes"));
         disk::make_fat(&esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)?;
@@ -120,10 +139,6 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         let seed_img = crate::site::seed::image(seed.size(), seed_serial, ctx.epoch, None)?;
         std::fs::write(work.path().join("seed.img"), seed_img)?;
         disk::copy_into(&layout, Role::Seed, &work.path().join("seed.img"), &disk_file)
-    })?;
-    p.stage("writing the root filesystem", || {
-        let fs_uuid = disk::derive_uuid(&seed, "root filesystem");
-        disk::make_ext4(&tree, &disk_file, layout.get(Role::Root), "root", &fs_uuid, ctx.epoch)
     })?;
     let packages = rootfs::installed_packages(&tree)?;
     let containers = crate::container::records(&tree)?;
@@ -171,6 +186,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             hostname: plan.spec.hostname.clone(),
             source_date_epoch: ctx.epoch,
             kernel_cmdline: cmdline.clone(),
+            root_hash: root_hash.clone(),
             layers: plan.layers.iter().map(|l| output::LayerRecord { name: l.name.clone(), key: l.key.clone() }).collect(),
             partitions: layout.partitions.clone(),
             disk_guid: layout.disk_guid.to_string(),
@@ -234,12 +250,15 @@ fn output_file(f: &Path, sha256: String) -> Result<output::OutputFile> {
     })
 }
 
-/// The kernel command line: the root by partition UUID, the serial console last so that
+/// The kernel command line: the read-only root through dm-verity (the initramfs opens it from
+/// `outpost.verity=DATA-PARTUUID,HASH-PARTUUID,ROOT-HASH`), the serial console last so that
 /// /dev/console (and the verdict line) goes to it, then the image's own options.
-fn kernel_cmdline(plan: &BuildPlan, layout: &disk::Layout) -> String {
+fn kernel_cmdline(plan: &BuildPlan, layout: &disk::Layout, root_hash: &str) -> String {
     let mut c = format!(
-        "root=PARTUUID={} rootfstype=ext4 rw console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0",
-        layout.get(Role::Root).guid
+        "root=/dev/mapper/{} rootfstype=erofs ro outpost.verity={},{},{root_hash} console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0",
+        crate::rootfs::VERITY_MAPPING,
+        layout.get(Role::Root).guid,
+        layout.get(Role::RootVerity).guid,
     );
     if !plan.spec.cmdline.trim().is_empty() {
         c.push(' ');

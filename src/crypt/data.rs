@@ -138,6 +138,7 @@ fn open_inner(root: &Path) -> Result<()> {
     if unlock != Unlock::None {
         console(&format!("data partition unlocked ({}) in {:.1} s", unlock_name(unlock), started.elapsed().as_secs_f64()));
     }
+    check_filesystem(&volume)?;
     fs::create_dir_all(WORK)?;
     let _ = fs::remove_file(VOLUME_LINK);
     std::os::unix::fs::symlink(&volume, VOLUME_LINK).with_context(|| format!("linking {VOLUME_LINK}"))?;
@@ -212,9 +213,12 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     fs::create_dir_all(WORK)?;
     let newvar = Path::new(WORK).join("newvar");
     fs::create_dir_all(&newvar)?;
+    // The partition's UUID is this boot's machine ID, which the initramfs gives the system at
+    // every later boot (/etc is rebuilt in memory at each boot).
+    let uuid = machine_uuid(&fs::read_to_string("/etc/machine-id").unwrap_or_default())?;
     if unlock == Unlock::None {
         console("WARNING: the data partition is NOT encrypted (the policy is `unlock = \"none\"`): anyone holding this disk can read the patient data");
-        Tool::new("mkfs.ext4").describe("formatting the data partition").args(["-q", "-F", "-L", FS_NEW]).arg(dev).run()?;
+        Tool::new("mkfs.ext4").describe("formatting the data partition").args(["-q", "-F", "-L", FS_NEW, "-U", &uuid]).arg(dev).run()?;
         fill(dev, &newvar, None)?;
         Tool::new("e2label").describe("marking the data partition ready").arg(dev).arg(FS_READY).run()?;
         return Ok(());
@@ -228,7 +232,7 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     Tool::new("cryptsetup")
         .describe("creating the LUKS2 header of the data partition")
         .args(["luksFormat", "--batch-mode", "--type", "luks2", "--cipher", "aes-xts-plain64", "--key-size", "512"])
-        .args(["--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "65536", "--label", LABEL_PROVISIONING, "--key-file"])
+        .args(["--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "65536", "--label", LABEL_PROVISIONING, "--uuid", &uuid, "--key-file"])
         .arg(&tmp)
         .arg(dev)
         .run()?;
@@ -283,6 +287,42 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     // The commit point: from here on the partition is taken as ready.
     Tool::new("cryptsetup").describe("marking the data partition ready").args(["config", "--label", LABEL_READY]).arg(dev).run()?;
     Ok(())
+}
+
+/// Before every mount, unattended: `e2fsck -p` replays the journal and fixes what is safe to fix;
+/// what it will not fix alone is fixed with `-y` (nobody at the clinic can answer its
+/// questions). The console and the journal get e2fsck's own words whenever it changed anything.
+fn check_filesystem(dev: &Path) -> Result<()> {
+    let e2fsck = |mode: &str| -> Result<(i32, String)> {
+        let out = std::process::Command::new("e2fsck").arg(mode).arg(dev).output().context("running e2fsck (package e2fsprogs)")?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(8), text.trim().replace('\n', "; ")))
+    };
+    let (code, text) = e2fsck("-p")?;
+    match code {
+        0 => Ok(()),
+        1..=3 => {
+            console(&format!("data file system checked after an unclean shutdown and repaired (e2fsck exit {code}): {text}"));
+            Ok(())
+        }
+        _ => {
+            console(&format!("data file system has errors e2fsck -p does not fix alone (exit {code}: {text}); repairing with e2fsck -y"));
+            let (code, text) = e2fsck("-y")?;
+            if code >= 4 {
+                console(&format!("data file system could NOT be repaired (e2fsck exit {code}): {text}. The applications stay stopped; see docs/power.md"));
+                bail!("the data file system could not be repaired (e2fsck exit {code})");
+            }
+            console(&format!("data file system repaired (e2fsck exit {code}): {text}"));
+            Ok(())
+        }
+    }
+}
+
+/// A machine ID (32 hex digits) as a UUID.
+fn machine_uuid(id: &str) -> Result<String> {
+    let id = id.trim();
+    anyhow::ensure!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "/etc/machine-id holds `{id}`, not a machine ID");
+    Ok(format!("{}-{}-{}-{}-{}", &id[..8], &id[8..12], &id[12..16], &id[16..20], &id[20..]))
 }
 
 /// Copies the image's /var (the initial application state) into the new file system.

@@ -15,6 +15,7 @@ const BACKUP_GPT: u64 = 33 * SECTOR;
 pub mod types {
     pub const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
     pub const ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
+    pub const ROOT_X86_64_VERITY: &str = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5";
     pub const VAR: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
     /// Microsoft basic data: what Windows and macOS open, so the seed can be edited anywhere.
     pub const BASIC_DATA: &str = "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7";
@@ -30,6 +31,8 @@ pub const SEED_LABEL: &str = "seed";
 pub enum Role {
     Esp,
     Root,
+    /// The dm-verity hash tree of the root.
+    RootVerity,
     Seed,
     Data,
 }
@@ -83,14 +86,15 @@ fn align_up(n: u64) -> u64 {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// Lays out ESP, root, seed and data partitions, in that order, each aligned to 1 MiB. Data
-/// comes last so that it can grow into a larger disk.
-pub fn plan(esp: u64, root: u64, data: u64, seed: &str) -> Layout {
+/// Lays out ESP, root, its verity hash tree, seed and data partitions, in that order, each
+/// aligned to 1 MiB. Data comes last so that it can grow into a larger disk.
+pub fn plan(esp: u64, root: u64, verity: u64, data: u64, seed: &str) -> Layout {
     let mut partitions = Vec::new();
     let mut at = ALIGN;
     for (role, label, ty, size) in [
         (Role::Esp, "esp", types::ESP, esp),
         (Role::Root, "root-x86-64", types::ROOT_X86_64, root),
+        (Role::RootVerity, "root-x86-64-verity", types::ROOT_X86_64_VERITY, verity),
         (Role::Seed, SEED_LABEL, types::BASIC_DATA, SEED_SIZE),
         (Role::Data, "data", types::VAR, data),
     ] {
@@ -111,21 +115,14 @@ pub fn plan(esp: u64, root: u64, data: u64, seed: &str) -> Layout {
     Layout { disk_guid: derive_uuid(seed, "disk"), size, partitions }
 }
 
-/// How big an ext4 file system must be to hold a tree of `bytes` in `inodes` files, with
-/// headroom for the journal, metadata and what the running system writes.
-pub fn ext4_size_for(bytes: u64, inodes: u64) -> u64 {
-    let metadata = inodes * 256 + bytes / 64;
-    align_up((bytes + metadata) * 5 / 4 + 192 * ALIGN)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn partitions_are_aligned_ordered_and_fit() {
-        let l = plan(256 << 20, 1000 << 20, 1 << 30, "seed");
-        assert_eq!(l.partitions.len(), 4);
+        let l = plan(256 << 20, 1000 << 20, 8 << 20, 1 << 30, "seed");
+        assert_eq!(l.partitions.len(), 5);
         let mut prev_end = 0;
         for p in &l.partitions {
             assert_eq!(p.offset() % ALIGN, 0, "{p:?}");
@@ -142,30 +139,31 @@ mod tests {
 
     #[test]
     fn types_follow_the_discoverable_partitions_spec() {
-        let l = plan(256 << 20, 512 << 20, 64 << 20, "seed");
+        let l = plan(256 << 20, 512 << 20, 4 << 20, 64 << 20, "seed");
         assert_eq!(l.get(Role::Esp).type_guid.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
         assert_eq!(l.get(Role::Root).type_guid.to_string(), "4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+        assert_eq!(l.get(Role::RootVerity).type_guid.to_string(), "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5");
         assert_eq!(l.get(Role::Data).type_guid.to_string(), "4d21b016-b534-45c2-a9fb-5c16e091fd2d");
     }
 
     #[test]
     fn guids_are_stable_and_distinct() {
-        let a = plan(256 << 20, 512 << 20, 64 << 20, "seed");
-        let b = plan(256 << 20, 512 << 20, 64 << 20, "seed");
-        let c = plan(256 << 20, 512 << 20, 64 << 20, "other");
+        let a = plan(256 << 20, 512 << 20, 4 << 20, 64 << 20, "seed");
+        let b = plan(256 << 20, 512 << 20, 4 << 20, 64 << 20, "seed");
+        let c = plan(256 << 20, 512 << 20, 4 << 20, 64 << 20, "other");
         assert_eq!(a, b);
         assert_ne!(a.disk_guid, c.disk_guid);
         let mut guids: Vec<Uuid> = a.partitions.iter().map(|p| p.guid).collect();
         guids.push(a.disk_guid);
         guids.sort();
         guids.dedup();
-        assert_eq!(guids.len(), 5);
+        assert_eq!(guids.len(), 6);
         assert_eq!(a.disk_guid.get_version_num(), 4);
     }
 
     #[test]
     fn unaligned_sizes_round_up() {
-        let l = plan(100 << 20, (300 << 20) + 1, 64 << 20, "s");
+        let l = plan(100 << 20, (300 << 20) + 1, 1 << 20, 64 << 20, "s");
         assert_eq!(l.get(Role::Root).size(), 301 << 20);
     }
 }

@@ -14,18 +14,6 @@ pub use layout::{Layout, Role, derive_uuid, plan};
 
 use crate::tool::Tool;
 
-/// Bytes and inodes a tree takes, as the file system will count them.
-pub fn measure(root: &Path) -> Result<(u64, u64)> {
-    let (mut bytes, mut inodes) = (0u64, 0u64);
-    for e in walkdir::WalkDir::new(root).same_file_system(true) {
-        let e = e.with_context(|| format!("walking {}", root.display()))?;
-        let m = e.metadata()?;
-        inodes += 1;
-        bytes += m.len().div_ceil(4096) * 4096;
-    }
-    Ok((bytes, inodes))
-}
-
 /// The ESP's files: systemd-boot as the default loader, one entry with the kernel and initrd,
 /// and a loader.conf that never waits at a menu.
 pub fn stage_esp(root: &Path, esp: &Path, cmdline: &str, title: &str) -> Result<()> {
@@ -72,63 +60,43 @@ pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> R
     Ok(())
 }
 
-/// Writes `root` as ext4 into partition `part` of the disk file `disk`, in place (no copy),
-/// with UUID and hash seed given, and every inode time set to `epoch` (mkfs.ext4 -d copies
-/// ctime and atime from the build host; debugfs sets them), and the superblocks' lifetime write
-/// counter at zero (it counts bytes mkfs happened to write).
-pub fn make_ext4(root: &Path, disk: &Path, part: &layout::Partition, label: &str, uuid: &uuid::Uuid, epoch: i64) -> Result<()> {
-    let uuid = uuid.to_string();
-    let offset = part.offset();
-    // e2fsprogs opens `FILE?offset=N` as the file system N bytes into FILE.
-    let in_disk = format!("{}?offset={offset}", disk.display());
-    anyhow::ensure!(!disk.to_string_lossy().contains('?'), "{}: the output path must not contain `?`", disk.display());
-    Tool::new("mkfs.ext4")
-        .describe(format!("writing the {label} file system"))
-        .args(["-q", "-F", "-L", label, "-U", &uuid, "-m", "1", "-b", "4096", "-I", "256"])
-        .arg("-E")
-        .arg(format!("offset={offset},hash_seed={uuid},root_owner=0:0,nodiscard"))
-        .arg("-d")
+/// Writes `root` as a compressed, read-only EROFS image file. Every inode gets `epoch` as its
+/// time and the file system the given UUID, so the same tree gives the same bytes.
+pub fn make_erofs(root: &Path, img: &Path, uuid: &uuid::Uuid, epoch: i64) -> Result<u64> {
+    let _ = fs::remove_file(img);
+    // lz4hc: the best ratio the Debian 12 erofs-utils offers, and decompression cheap enough
+    // for the slowest clinic PC.
+    Tool::new("mkfs.erofs")
+        .describe("writing the root file system (EROFS)")
+        .args(["--quiet", "-zlz4hc", "-x1"])
+        .arg(format!("-T{epoch}"))
+        .arg(format!("-U{uuid}"))
+        .arg(img)
         .arg(root)
-        .arg(disk)
-        .arg(format!("{}k", part.size() / 1024))
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .run()?;
-    let stamp = ext4_time(epoch);
-    let mut script = String::new();
-    // mkfs and debugfs count the bytes they wrote in the superblock; zero stays zero.
-    script.push_str("ssv kbytes_written 0\n");
-    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let e = e?;
-        let rel = e.path().strip_prefix(root)?;
-        let p = format!("/{}", rel.display());
-        anyhow::ensure!(
-            !p.contains('"') && !p.contains('\n'),
-            "{}: file names with `\"` or a newline cannot be written reproducibly; rename it",
-            e.path().display()
-        );
-        for field in ["atime", "ctime"] {
-            script.push_str(&format!("sif \"{p}\" {field} {stamp}\n"));
-        }
-    }
-    // -a: write the superblock to the backup groups too, so they carry the same values.
-    script.push_str("close -a\n");
-    let script_path = root.with_file_name("ext4-times.debugfs");
-    fs::write(&script_path, script)?;
-    Tool::new("debugfs")
-        .describe(format!("setting inode times of the {label} file system"))
-        .args(["-w", "-f"])
-        .arg(&script_path)
-        .arg(&in_disk)
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-        .run()?;
-    fs::remove_file(&script_path)?;
-    Ok(())
+    Ok(fs::metadata(img).with_context(|| format!("reading {}", img.display()))?.len())
 }
 
-/// debugfs's time format, YYYYMMDDHHMMSS in UTC.
-fn ext4_time(epoch: i64) -> String {
-    let (y, m, d, hh, mm, ss) = civil_time(epoch);
-    format!("{y:04}{m:02}{d:02}{hh:02}{mm:02}{ss:02}")
+/// The dm-verity hash tree of `data`, written to `hash` (a plain file: no device-mapper),
+/// with salt and UUID derived from the build's inputs. Returns the root hash, hex.
+pub fn make_verity(data: &Path, hash: &Path, salt: &str, uuid: &uuid::Uuid) -> Result<String> {
+    let _ = fs::remove_file(hash);
+    let out = Tool::new("veritysetup")
+        .describe("computing the root file system's dm-verity hash tree")
+        .args(["format", "--hash=sha256", "--data-block-size=4096", "--hash-block-size=4096"])
+        .arg(format!("--salt={salt}"))
+        .arg(format!("--uuid={uuid}"))
+        .arg(data)
+        .arg(hash)
+        .output()?;
+    let root_hash = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(|h| h.trim().to_string())
+        .with_context(|| format!("veritysetup printed no root hash: {out}"))?;
+    anyhow::ensure!(root_hash.len() == 64 && root_hash.bytes().all(|b| b.is_ascii_hexdigit()), "veritysetup printed an odd root hash `{root_hash}`");
+    Ok(root_hash)
 }
 
 /// UTC calendar date and time of a Unix time: (year, month, day, hour, minute, second).
@@ -235,10 +203,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debugfs_time_format() {
-        assert_eq!(ext4_time(0), "19700101000000");
-        assert_eq!(ext4_time(1_700_000_000), "20231114221320");
-        assert_eq!(ext4_time(951_782_400), "20000229000000");
+    fn civil_time_of_known_dates() {
+        assert_eq!(civil_time(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil_time(1_700_000_000), (2023, 11, 14, 22, 13, 20));
+        assert_eq!(civil_time(951_782_400), (2000, 2, 29, 0, 0, 0));
+    }
+
+    /// Real mkfs.erofs and veritysetup on plain files: the same tree gives the same bytes and
+    /// root hash; a flipped byte in the data fails `veritysetup verify`.
+    #[test]
+    fn erofs_and_verity_are_reproducible_and_detect_a_flipped_byte() {
+        crate::tool::preflight(&["mkfs.erofs", "veritysetup"]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::write(tree.join("etc/os-release"), "ID=test\n".repeat(2000)).unwrap();
+        fs::write(tree.join("big"), (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let uuid = derive_uuid("t", "root");
+        let mut hashes = Vec::new();
+        for n in 0..2 {
+            let (img, hash) = (tmp.path().join(format!("root{n}.erofs")), tmp.path().join(format!("root{n}.verity")));
+            make_erofs(&tree, &img, &uuid, 1_700_000_000).unwrap();
+            hashes.push((fs::read(&img).unwrap(), make_verity(&img, &hash, "00ff", &uuid).unwrap(), fs::read(&hash).unwrap()));
+        }
+        assert!(hashes[0] == hashes[1], "two runs differ");
+        let (img, hash) = (tmp.path().join("root0.erofs"), tmp.path().join("root0.verity"));
+        let root_hash = &hashes[0].1;
+        Tool::new("veritysetup").arg("verify").arg(&img).arg(&hash).arg(root_hash).run().unwrap();
+        let mut bytes = fs::read(&img).unwrap();
+        bytes[5000] ^= 1;
+        fs::write(&img, bytes).unwrap();
+        assert!(Tool::new("veritysetup").arg("verify").arg(&img).arg(&hash).arg(root_hash).run().is_err());
     }
 
     #[test]
@@ -248,7 +243,7 @@ mod tests {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let layout = plan(64 << 20, 64 << 20, 16 << 20, "t");
+        let layout = plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
         let blob = tmp.path().join("p.img");
         fs::write(&blob, vec![7u8; 4096]).unwrap();
         let out = tmp.path().join("disk.raw");

@@ -72,6 +72,9 @@ pub struct Manifest {
     pub hostname: String,
     pub source_date_epoch: i64,
     pub kernel_cmdline: String,
+    /// The dm-verity root hash of the root file system: what the device checks every block
+    /// it reads against.
+    pub root_hash: String,
     pub layers: Vec<LayerRecord>,
     pub partitions: Vec<crate::disk::layout::Partition>,
     pub disk_guid: String,

@@ -259,6 +259,8 @@ pub fn assemble(plan: &BuildPlan, cache: &Cache, root: &Path, tree_complete: boo
 
 /// Where outpost puts itself in every image, as the first-boot agent (`outpost seed apply`).
 pub const AGENT_PATH: &str = "usr/lib/outpost/outpost";
+/// Device-mapper name of the verified root, which the kernel command line's `root=` names.
+pub const VERITY_MAPPING: &str = "outpost-root";
 
 fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
     let agent = root.join(AGENT_PATH);
@@ -268,11 +270,19 @@ fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
     fs::set_permissions(&agent, fs::Permissions::from_mode(0o755))?;
     let policy = serde_json::to_string_pretty(&plan.spec.data)?;
     write(root, crate::crypt::data::POLICY_PATH, &format!("{policy}\n"))?;
+    let power = serde_json::to_string_pretty(&plan.spec.power)?;
+    write(root, crate::power::firmware::POLICY_PATH, &format!("{power}\n"))?;
+    crate::power::firmware::install_profiles(&plan.spec.project.join("firmware"), &root.join(crate::power::firmware::PROFILES_PATH))?;
     let host = &plan.spec.hostname;
     write(root, "etc/hostname", &format!("{host}\n"))?;
     write(root, "etc/hosts", &format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))?;
-    // Empty: systemd generates the machine's own ID on first boot (machine-id(5)).
+    // Empty: systemd generates the machine's own ID on first boot (machine-id(5)); the first
+    // boot gives the data partition that ID as its UUID and the initramfs reads it back.
     write(root, "etc/machine-id", "")?;
+    // The root is read-only: home directories live on the data partition, as on Fedora CoreOS.
+    for (dir, moved) in [("home", "var/home"), ("root", "var/roothome")] {
+        move_to_var(root, dir, moved)?;
+    }
     // SSH host keys are per machine (the site agent creates them at first boot), and random.
     if let Ok(rd) = fs::read_dir(root.join("etc/ssh")) {
         for e in rd {
@@ -289,6 +299,25 @@ fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
         }
     }
     scrub(root)
+}
+
+/// Replaces the directory `dir` of the tree by a link to `moved` (relative, so it resolves the
+/// same in the tree and on the device), its contents moved there.
+fn move_to_var(root: &Path, dir: &str, moved: &str) -> Result<()> {
+    let (from, to) = (root.join(dir), root.join(moved));
+    if from.is_symlink() {
+        return Ok(());
+    }
+    fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    if from.is_dir() {
+        fs::set_permissions(&to, fs::metadata(&from)?.permissions())?;
+        for e in fs::read_dir(&from)? {
+            let e = e?;
+            fs::rename(e.path(), to.join(e.file_name())).with_context(|| format!("moving {} to {}", e.path().display(), to.display()))?;
+        }
+        fs::remove_dir(&from).with_context(|| format!("removing {}", from.display()))?;
+    }
+    std::os::unix::fs::symlink(moved, &from).with_context(|| format!("linking {} to {moved}", from.display()))
 }
 
 /// Removes what records when and how a tree was built rather than what it is: logs, caches,

@@ -161,7 +161,7 @@ pub(crate) fn console(msg: &str) {
 pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
     // Host keys are per machine, seed or no seed: images ship without them.
     if root == Path::new("/") && crate::tool::which("ssh-keygen").is_some() {
-        Tool::new("ssh-keygen").describe("creating this machine's SSH host keys").arg("-A").run()?;
+        host_keys(Path::new("/etc/ssh"), Path::new(HOST_KEYS))?;
     }
     let dev = match device {
         Some(d) => Some(d.to_path_buf()),
@@ -207,6 +207,35 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
     } else {
         let list: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
         console(&format!("site {} applied: {}", site.hostname, list.join(", ")));
+    }
+    Ok(())
+}
+
+/// Where SSH host keys outlive the boot: /etc is rebuilt in memory at every boot.
+const HOST_KEYS: &str = "/var/lib/outpost/ssh";
+
+/// SSH host keys: those kept on the data partition go back into /etc/ssh, `ssh-keygen -A` makes
+/// any missing (the first boot: all), and new ones are kept. With the data partition closed the
+/// keys last for this boot only, and the console says so.
+fn host_keys(etc_ssh: &Path, store: &Path) -> Result<()> {
+    let is_key = |e: &fs::DirEntry| e.file_name().to_string_lossy().starts_with("ssh_host_");
+    if let Ok(rd) = fs::read_dir(store) {
+        for e in rd.filter_map(Result::ok).filter(is_key) {
+            fs::copy(e.path(), etc_ssh.join(e.file_name())).with_context(|| format!("restoring {}", e.path().display()))?;
+        }
+    }
+    Tool::new("ssh-keygen").describe("creating this machine's SSH host keys").arg("-A").run()?;
+    let kept = fs::create_dir_all(store).and_then(|()| {
+        fs::set_permissions(store, fs::Permissions::from_mode(0o700))?;
+        for e in fs::read_dir(etc_ssh)?.filter_map(Result::ok).filter(is_key) {
+            if !store.join(e.file_name()).exists() {
+                fs::copy(e.path(), store.join(e.file_name()))?;
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = kept {
+        console(&format!("the SSH host keys cannot be kept in {} ({e}); they change at the next boot", store.display()));
     }
     Ok(())
 }

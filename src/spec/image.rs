@@ -112,6 +112,19 @@ struct ImageToml {
     outputs: Vec<OutputFormat>,
     #[serde(default)]
     data: DataToml,
+    #[serde(default)]
+    power: PowerPolicy,
+}
+
+/// `[power]`: how the appliance gets the machine to power on again after AC loss. Firmware
+/// settings through the kernel's firmware-attributes drivers are always tried (profiles in
+/// `firmware/`); writing the Intel chipset's register is an explicit opt-in. The agent in the
+/// image reads it from `/usr/lib/outpost/power.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PowerPolicy {
+    #[serde(default)]
+    pub intel_pch_after_g3: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -184,6 +197,7 @@ pub struct Image {
     pub partitions: Partitions,
     pub outputs: Vec<OutputFormat>,
     pub data: DataPolicy,
+    pub power: PowerPolicy,
 }
 
 impl Image {
@@ -255,6 +269,7 @@ impl Image {
             partitions: parts,
             outputs,
             data,
+            power: t.power,
         })
     }
 

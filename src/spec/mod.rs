@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub mod compose;
 pub mod container;
 
-pub use image::{DataPolicy, Image, NoTpm, OutputFormat};
+pub use image::{DataPolicy, Image, NoTpm, OutputFormat, PowerPolicy};
 pub use layer::{Keyring, Layer, list_tree};
 pub use scenario::{Boot, DiskCheck, Http, Scenario, Ssh, TpmState};
 pub use site::{Cidr, RecoveryKey, Site, Unlock};

@@ -1,0 +1,320 @@
+//! Power on after AC loss, from Linux at boot (`outpost power ac-loss`): the BIOS setting through
+//! the kernel's firmware-attributes class (Dell, Lenovo, HP drivers), or, when the image opts in,
+//! the Intel chipset's AFTERG3_EN bit. Profiles are TOML files in the project's `firmware/`,
+//! installed into the image; every path is read under a sysfs root, so tests run against fake
+//! trees.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::spec::PowerPolicy;
+
+/// In the image: the image's `[power]` table and the profiles.
+pub const POLICY_PATH: &str = "usr/lib/outpost/power.json";
+pub const PROFILES_PATH: &str = "usr/lib/outpost/firmware";
+/// What the last boot did, for people and the status page.
+pub const STATUS_PATH: &str = "/run/outpost/ac-power.json";
+
+/// A BIOS setting behind a firmware-attributes driver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AttributeProfile {
+    pub vendor: String,
+    /// /sys/class/dmi/id/sys_vendor values this profile is for.
+    pub sys_vendor: Vec<String>,
+    /// The directory under /sys/class/firmware-attributes.
+    pub driver: String,
+    /// Names the setting has on this vendor's product lines, tried in order.
+    pub attributes: Vec<String>,
+    /// Values meaning "power on", tried in order against the attribute's possible values.
+    pub values: Vec<String>,
+}
+
+/// A bit in the PCI configuration space of a chipset device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PchProfile {
+    pub vendor: String,
+    pub pci_device: String,
+    pub register: u64,
+    pub bit: u8,
+    /// PCI device IDs (hex, vendor 8086) where the register holds this bit.
+    pub device_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Profile {
+    Attribute(AttributeProfile),
+    Pch(PchProfile),
+}
+
+/// Reads every `*.toml` of `dir`, sorted by name: `driver` makes an attribute profile,
+/// `pci-device` a chipset one.
+pub fn load_profiles(dir: &Path) -> Result<Vec<(String, Profile)>> {
+    let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let table: toml::Table = crate::spec::parse_toml_str(&f, &text)?;
+        let profile = if table.contains_key("pci-device") {
+            Profile::Pch(crate::spec::parse_toml_str(&f, &text)?)
+        } else if table.contains_key("driver") {
+            Profile::Attribute(crate::spec::parse_toml_str(&f, &text)?)
+        } else {
+            anyhow::bail!("{}: a firmware profile has either `driver` (a firmware-attributes setting) or `pci-device` (a chipset register)", f.display());
+        };
+        let name = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        out.push((name, profile));
+    }
+    Ok(out)
+}
+
+/// Checks the project's profiles and copies them into the image.
+pub fn install_profiles(src: &Path, dst: &Path) -> Result<()> {
+    let profiles = load_profiles(src)?;
+    fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    for (name, _) in profiles {
+        let from = src.join(format!("{name}.toml"));
+        fs::copy(&from, dst.join(format!("{name}.toml"))).with_context(|| format!("copying {}", from.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The setting was changed (firmware settings take effect at the next reboot).
+    Set { profile: String, setting: String, from: String, to: String },
+    AlreadySet { profile: String, setting: String, value: String },
+    /// A profile matched but the setting could not be written (a BIOS password, a value the
+    /// firmware does not offer).
+    Failed { profile: String, setting: String, reason: String },
+    /// Nothing matched this machine: the BIOS must be set by hand.
+    NoProfile { machine: String },
+}
+
+impl Outcome {
+    pub fn message(&self) -> String {
+        match self {
+            Outcome::Set { profile, setting, from, to } => {
+                format!("power on after AC loss: set by profile {profile}: {setting} `{from}` -> `{to}` (takes effect from the next boot)")
+            }
+            Outcome::AlreadySet { profile, setting, value } => format!("power on after AC loss: on (profile {profile}: {setting} = `{value}`)"),
+            Outcome::Failed { profile, setting, reason } => {
+                format!("power on after AC loss: NOT set: profile {profile} found {setting} but {reason}; set it in the BIOS setup (docs/power.md)")
+            }
+            Outcome::NoProfile { machine } => format!(
+                "power on after AC loss: no firmware profile for this machine ({machine}); set it in the BIOS setup, see the checklist in docs/power.md"
+            ),
+        }
+    }
+}
+
+fn read_trim(p: &Path) -> Option<String> {
+    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+}
+
+/// Tries the profiles in order against the machine under `sysfs` (`/sys` on the device) and
+/// returns what was done: the first profile that applies decides.
+pub fn apply(sysfs: &Path, profiles: &[(String, Profile)], policy: &PowerPolicy) -> Outcome {
+    let dmi = sysfs.join("class/dmi/id");
+    let sys_vendor = read_trim(&dmi.join("sys_vendor")).unwrap_or_default();
+    for (name, profile) in profiles {
+        let outcome = match profile {
+            Profile::Attribute(a) if a.sys_vendor.iter().any(|v| v == &sys_vendor) => apply_attribute(sysfs, &format!("{name} ({})", a.vendor), a),
+            Profile::Pch(p) if policy.intel_pch_after_g3 => apply_pch(sysfs, &format!("{name} ({})", p.vendor), p),
+            _ => None,
+        };
+        if let Some(o) = outcome {
+            return o;
+        }
+    }
+    let product = read_trim(&dmi.join("product_name")).unwrap_or_default();
+    let machine = format!("{} {}", if sys_vendor.is_empty() { "unknown vendor" } else { &sys_vendor }, product).trim().to_string();
+    Outcome::NoProfile { machine }
+}
+
+fn apply_attribute(sysfs: &Path, name: &str, a: &AttributeProfile) -> Option<Outcome> {
+    let attrs = sysfs.join("class/firmware-attributes").join(&a.driver).join("attributes");
+    let (setting, dir) = a.attributes.iter().map(|n| (n.clone(), attrs.join(n))).find(|(_, d)| d.join("current_value").exists())?;
+    let current = read_trim(&dir.join("current_value")).unwrap_or_default();
+    let possible: Vec<String> = read_trim(&dir.join("possible_values")).unwrap_or_default().split(';').map(|v| v.trim().to_string()).collect();
+    let profile = name.to_string();
+    if a.values.iter().any(|v| v == &current) {
+        return Some(Outcome::AlreadySet { profile, setting, value: current });
+    }
+    let Some(to) = a.values.iter().find(|v| possible.contains(v)) else {
+        let reason = format!("the firmware offers none of {:?} (it offers {:?})", a.values, possible);
+        return Some(Outcome::Failed { profile, setting, reason });
+    };
+    match fs::write(dir.join("current_value"), format!("{to}\n")) {
+        Ok(()) => Some(Outcome::Set { profile, setting, from: current, to: to.clone() }),
+        Err(e) => Some(Outcome::Failed { profile, setting, reason: format!("writing it failed ({e}; a BIOS administrator password blocks changes)") }),
+    }
+}
+
+fn apply_pch(sysfs: &Path, name: &str, p: &PchProfile) -> Option<Outcome> {
+    let dev = sysfs.join("bus/pci/devices").join(&p.pci_device);
+    let vendor = read_trim(&dev.join("vendor"))?;
+    let device = read_trim(&dev.join("device"))?;
+    let device = device.trim_start_matches("0x").to_lowercase();
+    if vendor != "0x8086" || !p.device_ids.iter().any(|d| d.to_lowercase() == device) {
+        return None;
+    }
+    let setting = format!("{} {}:{device} register {:#x} bit {}", p.pci_device, vendor.trim_start_matches("0x"), p.register, p.bit);
+    let profile = name.to_string();
+    let result = (|| -> std::io::Result<Option<(u8, u8)>> {
+        let mut f = fs::OpenOptions::new().read(true).write(true).open(dev.join("config"))?;
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(p.register))?;
+        f.read_exact(&mut b)?;
+        if b[0] & (1 << p.bit) == 0 {
+            return Ok(None);
+        }
+        let new = b[0] & !(1 << p.bit);
+        f.seek(SeekFrom::Start(p.register))?;
+        f.write_all(&[new])?;
+        Ok(Some((b[0], new)))
+    })();
+    Some(match result {
+        Ok(None) => Outcome::AlreadySet { profile, setting, value: "AFTERG3_EN = 0".into() },
+        Ok(Some((from, to))) => Outcome::Set { profile, setting, from: format!("{from:#04x}"), to: format!("{to:#04x}") },
+        Err(e) => Outcome::Failed { profile, setting, reason: format!("the register could not be changed ({e})") },
+    })
+}
+
+/// `outpost power ac-loss` at every boot (a BIOS reset, or a flat CMOS battery, loses the
+/// setting): apply, say it on the console, keep it in the status file.
+pub fn run(root: &Path, sysfs: &Path) -> Result<Outcome> {
+    let policy_file = root.join(POLICY_PATH);
+    let policy: PowerPolicy = match fs::read_to_string(&policy_file) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("parsing {}", policy_file.display()))?,
+        Err(_) => PowerPolicy::default(),
+    };
+    let profiles = load_profiles(&root.join(PROFILES_PATH))?;
+    let outcome = apply(sysfs, &profiles, &policy);
+    crate::site::console(&outcome.message());
+    let status = Path::new(STATUS_PATH);
+    if let Some(dir) = status.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(status, serde_json::to_string_pretty(&outcome)? + "\n").with_context(|| format!("writing {}", status.display()))?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profiles() -> Vec<(String, Profile)> {
+        load_profiles(&Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware")).unwrap()
+    }
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn dell(sysfs: &Path, current: &str) {
+        write(sysfs, "class/dmi/id/sys_vendor", "Dell Inc.\n");
+        write(sysfs, "class/dmi/id/product_name", "OptiPlex 3080\n");
+        let a = "class/firmware-attributes/dell-wmi-sysman/attributes/AcPwrRcvry";
+        write(sysfs, &format!("{a}/current_value"), &format!("{current}\n"));
+        write(sysfs, &format!("{a}/possible_values"), "Off;On;Last\n");
+    }
+
+    #[test]
+    fn the_committed_profiles_load() {
+        let p = profiles();
+        let names: Vec<&str> = p.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["dell", "hp", "intel-pch", "lenovo"]);
+    }
+
+    #[test]
+    fn dell_setting_is_switched_on_once() {
+        let t = tempfile::tempdir().unwrap();
+        dell(t.path(), "Off");
+        let o = apply(t.path(), &profiles(), &PowerPolicy::default());
+        assert_eq!(o, Outcome::Set { profile: "dell (Dell)".into(), setting: "AcPwrRcvry".into(), from: "Off".into(), to: "On".into() });
+        let v = fs::read_to_string(t.path().join("class/firmware-attributes/dell-wmi-sysman/attributes/AcPwrRcvry/current_value")).unwrap();
+        assert_eq!(v.trim(), "On");
+        // The next boot finds it on and writes nothing.
+        assert!(matches!(apply(t.path(), &profiles(), &PowerPolicy::default()), Outcome::AlreadySet { .. }));
+    }
+
+    #[test]
+    fn lenovo_setting_found_by_its_other_name() {
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "class/dmi/id/sys_vendor", "LENOVO\n");
+        let a = "class/firmware-attributes/thinklmi/attributes/After Power Loss";
+        write(t.path(), &format!("{a}/current_value"), "Power Off\n");
+        write(t.path(), &format!("{a}/possible_values"), "Power On;Power Off;Last State\n");
+        let o = apply(t.path(), &profiles(), &PowerPolicy::default());
+        assert!(matches!(o, Outcome::Set { .. }), "{o:?}");
+        assert_eq!(fs::read_to_string(t.path().join(a).join("current_value")).unwrap().trim(), "Power On");
+    }
+
+    #[test]
+    fn a_value_the_firmware_does_not_offer_is_reported_not_forced() {
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "class/dmi/id/sys_vendor", "HP\n");
+        let a = "class/firmware-attributes/hp-bioscfg/attributes/After Power Loss";
+        write(t.path(), &format!("{a}/current_value"), "Power Off\n");
+        write(t.path(), &format!("{a}/possible_values"), "Power Off;Previous State\n");
+        let o = apply(t.path(), &profiles(), &PowerPolicy::default());
+        assert!(matches!(&o, Outcome::Failed { reason, .. } if reason.contains("Previous State")), "{o:?}");
+        assert_eq!(fs::read_to_string(t.path().join(a).join("current_value")).unwrap().trim(), "Power Off");
+        assert!(o.message().contains("BIOS setup"));
+    }
+
+    /// A fake ICH9 (QEMU's q35 LPC bridge) with AFTERG3_EN set.
+    fn ich9(sysfs: &Path, device: &str) -> PathBuf {
+        write(sysfs, "class/dmi/id/sys_vendor", "QEMU\n");
+        let dev = sysfs.join("bus/pci/devices/0000:00:1f.0");
+        write(sysfs, "bus/pci/devices/0000:00:1f.0/vendor", "0x8086\n");
+        write(sysfs, "bus/pci/devices/0000:00:1f.0/device", &format!("0x{device}\n"));
+        let mut config = vec![0u8; 256];
+        config[0xa4] = 0x41;
+        fs::write(dev.join("config"), config).unwrap();
+        dev.join("config")
+    }
+
+    #[test]
+    fn intel_register_only_with_the_opt_in_and_a_listed_chipset() {
+        let t = tempfile::tempdir().unwrap();
+        let config = ich9(t.path(), "2918");
+        let o = apply(t.path(), &profiles(), &PowerPolicy::default());
+        assert!(matches!(&o, Outcome::NoProfile { machine } if machine == "QEMU"), "{o:?}");
+        assert_eq!(fs::read(&config).unwrap()[0xa4], 0x41);
+        let opt_in = PowerPolicy { intel_pch_after_g3: true };
+        let o = apply(t.path(), &profiles(), &opt_in);
+        assert!(matches!(o, Outcome::Set { .. }), "{o:?}");
+        let bytes = fs::read(&config).unwrap();
+        assert_eq!(bytes[0xa4], 0x40, "only bit 0 cleared");
+        assert_eq!(bytes.iter().filter(|b| **b != 0).count(), 1, "nothing else written");
+        assert!(matches!(apply(t.path(), &profiles(), &opt_in), Outcome::AlreadySet { .. }));
+
+        let t = tempfile::tempdir().unwrap();
+        let config = ich9(t.path(), "a382");
+        assert!(matches!(apply(t.path(), &profiles(), &opt_in), Outcome::NoProfile { .. }));
+        assert_eq!(fs::read(&config).unwrap()[0xa4], 0x41, "an unlisted chipset is never written");
+    }
+
+    #[test]
+    fn a_profile_with_neither_kind_is_refused_naming_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "acme.toml", "vendor = \"Acme\"\n");
+        let e = load_profiles(t.path()).unwrap_err().to_string();
+        assert!(e.contains("acme.toml") && e.contains("pci-device"), "{e}");
+    }
+}
