@@ -167,7 +167,11 @@ fn data_partition(limit: Duration) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let root_dev = fs::metadata("/").context("reading /")?.dev();
     let (major, minor) = (libc::major(root_dev), libc::minor(root_dev));
-    let sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).context("finding the root file system's disk in /sys")?;
+    let mut sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).context("finding the root file system's disk in /sys")?;
+    // The root is a dm-verity mapping: its disk is the one under the mapping's data partition.
+    if let Some(under) = fs::read_dir(sys.join("slaves")).ok().and_then(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).min()) {
+        sys = fs::canonicalize(Path::new("/sys/class/block").join(under)).context("finding the disk under the root's dm-verity mapping")?;
+    }
     let disk = sys.parent().context("the root file system is not on a partition")?.to_path_buf();
     let start = Instant::now();
     loop {
