@@ -21,6 +21,9 @@ struct ScenarioToml {
     verdict: Option<String>,
     #[serde(default)]
     power_cut_at: Option<String>,
+    /// Before the first boot, flip one byte in the middle of the root partition.
+    #[serde(default)]
+    corrupt_root: bool,
     /// A site to personalize the image with before booting it.
     #[serde(default)]
     site: Option<PathBuf>,
@@ -51,6 +54,42 @@ struct ScenarioToml {
     /// Later boots of the same disk, each after a clean power-off.
     #[serde(default)]
     reboot: Vec<RebootToml>,
+    /// After the boots: a series of power cuts while the application takes records.
+    #[serde(default)]
+    power_cuts: Option<PowerCuts>,
+}
+
+/// `[power-cuts]`: power on, wait for the application, write records to it and count those it
+/// acknowledges, pull the plug (SIGKILL QEMU) at a random moment; again, `count` times; then a
+/// last boot that must reach the verdict with every acknowledged record there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PowerCuts {
+    /// How many cuts (`OUTPOST_POWER_CUTS` overrides it: `just power-cuts` runs 100).
+    pub count: u32,
+    /// Seeds the cut moments: the same seed cuts at the same moments.
+    #[serde(default)]
+    pub seed: u64,
+    /// The application: a guest port and a path that answers GET with every record, one per
+    /// line, and POST (one record) with 201 once the record is on disk.
+    pub port: u16,
+    pub path: String,
+    /// Seconds from power-on within which the application must answer at every boot.
+    pub answer_within: u64,
+    /// A cut falls at most this many seconds after the application first answers.
+    #[serde(default = "default_write_for")]
+    pub write_for: u64,
+    /// Out of 100 cuts, how many fall during the boot instead of while records are written.
+    #[serde(default = "default_during_boot")]
+    pub during_boot_percent: u32,
+}
+
+fn default_write_for() -> u64 {
+    20
+}
+
+fn default_during_boot() -> u32 {
+    25
 }
 
 fn yes() -> bool {
@@ -69,6 +108,10 @@ struct RebootToml {
     verdict: Option<String>,
     #[serde(default)]
     power_cut_at: Option<String>,
+    /// Before this boot, flip one byte in the middle of the root partition (on the host, in the
+    /// disk file), as a failing disk or a tamperer would.
+    #[serde(default)]
+    corrupt_root: bool,
     #[serde(default)]
     command: Vec<Command>,
     #[serde(default)]
@@ -205,6 +248,7 @@ pub struct Scenario {
     pub key_disk: bool,
     /// The first boot, then each reboot.
     pub boots: Vec<Boot>,
+    pub power_cuts: Option<PowerCuts>,
 }
 
 /// One power-on of the scenario's disk and what must hold then.
@@ -218,6 +262,7 @@ pub struct Boot {
     /// Pull the plug (SIGKILL QEMU) as soon as the console shows this text; nothing else is
     /// checked in that boot.
     pub power_cut_at: Option<String>,
+    pub corrupt_root: bool,
     pub commands: Vec<Command>,
     pub ssh: Vec<Ssh>,
     pub console: Vec<Console>,
@@ -231,7 +276,7 @@ impl Scenario {
     }
 
     pub fn http_ports(&self) -> impl Iterator<Item = u16> + '_ {
-        self.boots.iter().flat_map(|b| b.http.iter().map(|h| h.port))
+        self.boots.iter().flat_map(|b| b.http.iter().map(|h| h.port)).chain(self.power_cuts.as_ref().map(|c| c.port))
     }
 }
 
@@ -250,6 +295,7 @@ impl Scenario {
             key_disk: t.key_disk,
             verdict: t.verdict.unwrap_or_default(),
             power_cut_at: t.power_cut_at,
+            corrupt_root: t.corrupt_root,
             commands: t.command,
             ssh: t.ssh,
             console: t.console,
@@ -261,6 +307,7 @@ impl Scenario {
             key_disk: r.key_disk.unwrap_or(t.key_disk),
             verdict: r.verdict.unwrap_or_default(),
             power_cut_at: r.power_cut_at,
+            corrupt_root: r.corrupt_root,
             commands: r.command,
             ssh: r.ssh,
             console: r.console,
@@ -318,6 +365,17 @@ impl Scenario {
                 }
             }
         }
+        if let Some(c) = &t.power_cuts {
+            if !c.path.starts_with('/') {
+                p.push(file, "power-cuts.path", format!("`{}` must start with `/`", c.path));
+            }
+            if c.answer_within == 0 || c.write_for == 0 {
+                p.push(file, "power-cuts", "`answer-within` and `write-for` are seconds and must be above 0");
+            }
+            if c.during_boot_percent > 100 {
+                p.push(file, "power-cuts.during-boot-percent", "a percentage: 0 to 100");
+            }
+        }
         if t.timeout == 0 {
             p.push(file, "timeout", "the timeout is in seconds and must be above 0");
         }
@@ -343,6 +401,7 @@ impl Scenario {
             tpm: t.tpm,
             key_disk: t.key_disk,
             boots,
+            power_cuts: t.power_cuts,
             name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             description: t.description,
             image,

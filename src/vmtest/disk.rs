@@ -67,3 +67,37 @@ fn copy_range(src: &Path, offset: u64, size: u64, dst: &Path) -> Result<()> {
     out.flush()?;
     Ok(())
 }
+
+/// Flips one byte in the middle of the partition named `name` of a qcow2 disk, through
+/// qemu-io (the disk stays a qcow2 overlay; nothing is mounted). Returns the byte's offset.
+pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
+    // The primary GPT: header in LBA 1, 128 entries of 128 bytes from LBA 2.
+    let head = dir.join("gpt-head.bin");
+    Tool::new("qemu-img")
+        .describe("reading the guest disk's partition table")
+        .args(["dd", "-f", "qcow2", "-O", "raw", "bs=512", "count=34"])
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", head.display()))
+        .run()?;
+    let bytes = std::fs::read(&head)?;
+    let _ = std::fs::remove_file(&head);
+    let (first, last) = bytes[1024..]
+        .chunks_exact(128)
+        .find_map(|e| {
+            let units: Vec<u16> = e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0).collect();
+            let lba = |at: usize| u64::from_le_bytes(e[at..at + 8].try_into().expect("8 bytes"));
+            (String::from_utf16_lossy(&units) == name).then(|| (lba(32), lba(40)))
+        })
+        .with_context(|| format!("{} has no partition named `{name}`", disk.display()))?;
+    let offset = (first + (last - first) / 2) * 512 + 123;
+    let io = |cmd: String| Tool::new("qemu-io").describe("changing a byte of the guest's disk").args(["-f", "qcow2", "-c"]).arg(cmd).arg(disk).output();
+    let shown = io(format!("read -v {offset} 1"))?;
+    let byte = shown
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|h| u8::from_str_radix(h, 16).ok())
+        .with_context(|| format!("qemu-io printed `{shown}`"))?;
+    io(format!("write -P {:#04x} {offset} 1", byte ^ 0xff))?;
+    Ok(offset)
+}

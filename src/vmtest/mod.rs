@@ -4,6 +4,7 @@
 
 mod agent;
 mod disk;
+mod power_cut;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -157,13 +158,19 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
         let console = dir.join(if n == 0 { "console.log".to_string() } else { format!("console-{}.log", n + 1) });
         report.console_log = console.clone();
         let label = if many { format!("boot {}: ", n + 1) } else { String::new() };
-        let (passed, failed) = boot_once(&m, boot, tpm, &console, &mut saved, &mut report.boot_seconds, n + 1 == scenario.boots.len()).await?;
+        let (passed, failed) = boot_once(&m, boot, tpm, &console, &mut saved, &mut report.boot_seconds, n + 1 == scenario.boots.len() && scenario.power_cuts.is_none()).await?;
         report.passed.extend(passed.into_iter().map(|p| format!("{label}{p}")));
         let stop = !failed.is_empty();
         report.failed.extend(failed.into_iter().map(|f| format!("{label}{f}")));
         if stop {
             break;
         }
+    }
+    if let Some(cuts) = &scenario.power_cuts
+        && report.failed.is_empty()
+    {
+        let tpm = scenario.tpm.then_some(tpm_dir.as_path());
+        power_cut::run(&m, cuts, tpm, &mut report).await?;
     }
     let _ = std::fs::remove_file(&m.overlay);
     Ok(report)
@@ -223,6 +230,9 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
         .arg(format!("socket,path={},server=on,wait=off,id=qga0", m.qga.display()))
         .args(["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"])
         .args(["-device", "virtio-rng-pci"])
+        // The Intel 6300ESB watchdog: what systemd's RuntimeWatchdogSec drives when the
+        // guest's kernel has its driver (the appliance falls back to softdog otherwise).
+        .args(["-device", "i6300esb"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -251,6 +261,10 @@ async fn boot_once(
     let (mut passed, mut failed) = (Vec::new(), Vec::new());
     for p in [console, m.qga.as_path()] {
         let _ = std::fs::remove_file(p);
+    }
+    if boot.corrupt_root {
+        let at = tokio::task::block_in_place(|| disk::flip_byte(m.dir, &m.overlay, "root-x86-64"))?;
+        passed.push(format!("flipped the byte at offset {at} of the disk, in the root partition"));
     }
     let swtpm = match tpm {
         Some(state) => Some(start_swtpm(state).await?),
