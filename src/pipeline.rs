@@ -314,6 +314,9 @@ pub async fn test(ctx: &Ctx, scenario_path: &Path, image: Option<&Path>, work: &
     if scenario.boots.iter().any(|b| !b.disk.is_empty()) {
         tool::preflight(&["cryptsetup"])?;
     }
+    if scenario.boots.iter().any(|b| b.corrupt_root) {
+        tool::preflight(&["qemu-io"])?;
+    }
     let image_path = match &scenario.site {
         Some(site) => {
             let out = work.join("personalized.raw");
