@@ -228,8 +228,13 @@ fn host_keys(etc_ssh: &Path, store: &Path) -> Result<()> {
     let kept = fs::create_dir_all(store).and_then(|()| {
         fs::set_permissions(store, fs::Permissions::from_mode(0o700))?;
         for e in fs::read_dir(etc_ssh)?.filter_map(Result::ok).filter(is_key) {
-            if !store.join(e.file_name()).exists() {
-                fs::copy(e.path(), store.join(e.file_name()))?;
+            let kept = store.join(e.file_name());
+            if !kept.exists() {
+                // Whole or not at all, whenever the power goes.
+                let tmp = store.join(".new");
+                fs::copy(e.path(), &tmp)?;
+                fs::File::open(&tmp)?.sync_all()?;
+                fs::rename(&tmp, &kept)?;
             }
         }
         Ok(())
