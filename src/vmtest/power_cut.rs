@@ -72,6 +72,9 @@ pub struct Summary {
     pub answer_worst: f64,
     /// Boots whose console says the data file system was repaired.
     pub fsck_repairs: u32,
+    /// Boots where the emulator stalled (QEMU 7.2 MTTCG, console silent, as `outpost test`
+    /// handles elsewhere) and were power-cycled: one more cut, not the appliance's doing.
+    pub emulator_stalls: u32,
 }
 
 /// Runs the series after the scenario's boots, on the same disk and TPM.
@@ -85,7 +88,10 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let mut s = Summary::default();
     let boot_args = &m.scenario.boots[0];
-    for (round, cut) in cuts.iter().chain(std::iter::once(&Cut::WhileWriting(f64::INFINITY))).enumerate() {
+    let mut stalled_before = false;
+    let rounds: Vec<Cut> = cuts.iter().copied().chain(std::iter::once(Cut::WhileWriting(f64::INFINITY))).collect();
+    let mut round = 0;
+    while let Some(cut) = rounds.get(round) {
         let last = round == cuts.len();
         let console = m.dir.join(format!("console-cut-{}.log", round + 1));
         let _ = std::fs::remove_file(&console);
@@ -103,13 +109,30 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
             Cut::DuringBoot(secs) => Some(Duration::from_secs_f64(*secs)),
             Cut::WhileWriting(_) => None,
         };
-        let answered = wait_answer(port, &c.path, started, Duration::from_secs(c.answer_within), boot_cut).await;
+        let answered = wait_answer(port, &c.path, &console, started, Duration::from_secs(c.answer_within), boot_cut).await;
         match answered {
+            Answer::Stalled if !stalled_before => {
+                kill(&mut vm).await;
+                s.emulator_stalls += 1;
+                stalled_before = true;
+                let kept = console.with_extension("stalled.log");
+                let _ = std::fs::rename(&console, &kept);
+                report.passed.push(format!("{label}: (the guest stalled under TCG, console silent for {} s; power-cycled and the round run again, console {})", super::STALL_SECONDS, kept.display()));
+                continue;
+            }
+            Answer::Stalled => {
+                kill(&mut vm).await;
+                s.boots_needing_a_human += 1;
+                report.failed.push(format!("{label}: the guest stalled twice in a row (console silent for {} s); console {}", super::STALL_SECONDS, console.display()));
+                break;
+            }
             Answer::Cut => {
                 kill(&mut vm).await;
+                stalled_before = false;
                 s.cuts += 1;
                 s.cuts_during_boot += 1;
                 report.passed.push(format!("{label}: power cut {:.1} s after power-on, during the boot", started.elapsed().as_secs_f64()));
+                round += 1;
                 continue;
             }
             Answer::Timeout(why) => {
@@ -119,6 +142,7 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
                 break;
             }
             Answer::Records(secs, body) => {
+                stalled_before = false;
                 s.answer_seconds.push(secs);
                 let present: BTreeSet<&str> = body.lines().map(str::trim).collect();
                 let lost: Vec<&String> = acked.iter().filter(|r| !present.contains(r.as_str())).collect();
@@ -166,6 +190,7 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
             writing_from.elapsed().as_secs_f64(),
             acked.len()
         ));
+        round += 1;
     }
     s.records_acknowledged = acked.len();
     let mut sorted = s.answer_seconds.clone();
@@ -173,8 +198,8 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
     s.answer_median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
     s.answer_worst = sorted.last().copied().unwrap_or_default();
     report.passed.push(format!(
-        "power cuts: {} ({} during boot, {} while writing); records acknowledged {}, lost {}; boots needing a human {}; application answered after median {:.0} s, worst {:.0} s; data file system repaired at {} boots",
-        s.cuts, s.cuts_during_boot, s.cuts_while_writing, s.records_acknowledged, s.records_lost, s.boots_needing_a_human, s.answer_median, s.answer_worst, s.fsck_repairs
+        "power cuts: {} ({} during boot, {} while writing); records acknowledged {}, lost {}; boots needing a human {}; application answered after median {:.0} s, worst {:.0} s; data file system repaired at {} boots; emulator stalls power-cycled {}",
+        s.cuts, s.cuts_during_boot, s.cuts_while_writing, s.records_acknowledged, s.records_lost, s.boots_needing_a_human, s.answer_median, s.answer_worst, s.fsck_repairs, s.emulator_stalls
     ));
     std::fs::write(m.dir.join("power-cuts.json"), serde_json::to_string_pretty(&s)? + "\n")?;
     Ok(())
@@ -183,14 +208,24 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
 enum Answer {
     /// The cut came first.
     Cut,
+    /// The console has been silent for `STALL_SECONDS` before any answer.
+    Stalled,
     Timeout(String),
     /// Seconds from power-on, and the body of the first answer.
     Records(f64, String),
 }
 
-async fn wait_answer(port: u16, path: &str, started: Instant, limit: Duration, cut: Option<Duration>) -> Answer {
+async fn wait_answer(port: u16, path: &str, console: &Path, started: Instant, limit: Duration, cut: Option<Duration>) -> Answer {
     let mut last = String::from("no answer");
+    let (mut size, mut changed) = (0, Instant::now());
     loop {
+        let now_size = std::fs::metadata(console).map(|m| m.len()).unwrap_or(0);
+        if now_size != size {
+            (size, changed) = (now_size, Instant::now());
+        }
+        if changed.elapsed() > Duration::from_secs(super::STALL_SECONDS) {
+            return Answer::Stalled;
+        }
         let elapsed = started.elapsed();
         if cut.is_some_and(|c| elapsed >= c) {
             return Answer::Cut;
