@@ -69,6 +69,26 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Write an image to a USB stick: only a removable or USB disk that nothing uses, only the
+    /// block map's blocks (NAME.raw.bmap beside the image), every block read back and checked
+    Flash {
+        /// NAME.raw (with NAME.raw.bmap beside it) or NAME.iso
+        image: PathBuf,
+        /// The whole stick, e.g. /dev/sdb (see `lsblk`)
+        device: PathBuf,
+        /// The block map to use [default: IMAGE.bmap beside the image, when there is one]
+        #[arg(long, value_name = "FILE", conflicts_with = "no_bmap")]
+        bmap: Option<PathBuf>,
+        /// Write every byte of the image, even with a block map beside it
+        #[arg(long)]
+        no_bmap: bool,
+        /// Also write a disk that is not removable or larger than --max-size (never one in use)
+        #[arg(long)]
+        force: bool,
+        /// Refuse larger disks without --force, e.g. 256G
+        #[arg(long, value_name = "SIZE", default_value = "128G")]
+        max_size: String,
+    },
     /// The appliance's first-boot agent (runs inside the image)
     #[command(hide = true)]
     Seed {

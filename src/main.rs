@@ -5,6 +5,7 @@ mod cli;
 mod container;
 mod crypt;
 mod disk;
+mod flash;
 mod output;
 mod pipeline;
 mod plan;
@@ -153,6 +154,26 @@ fn run(cli: Cli) -> Result<i32> {
                 print_json(&serde_json::json!({"out": out, "sha256": output::sha256_file(out)?, "seconds": secs}))?;
             } else {
                 println!("wrote {} with the site {} in {secs:.2} s", out.display(), site.display());
+            }
+            Ok(0)
+        }
+        Command::Flash { image, device, bmap, no_bmap, force, max_size } => {
+            let max_size = spec::Size::parse(max_size).map_err(|e| anyhow::anyhow!("--max-size: {e}"))?.0;
+            let opts = flash::Options { bmap: bmap.clone(), no_bmap: *no_bmap, force: *force, max_size };
+            let r = flash::flash(image, device, &opts, !cli.json && std::io::stderr().is_terminal())?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "wrote {} of {} to {} in {:.1} s ({:.1} MB/s{}), read back and verified in {:.1} s",
+                    flash::human(r.written_bytes),
+                    flash::human(r.image_bytes),
+                    device.display(),
+                    r.write_seconds,
+                    r.write_mb_per_s,
+                    if r.block_map.is_some() { ", mapped blocks only" } else { "" },
+                    r.verify_seconds
+                );
             }
             Ok(0)
         }

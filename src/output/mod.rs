@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub mod bmap;
+
 use crate::tool::Tool;
 
 pub fn partial(p: &Path) -> PathBuf {

@@ -1,0 +1,258 @@
+//! The block map (`NAME.raw.bmap`, bmaptool's format 2.0): which 4 KiB blocks of the raw disk
+//! must be written to a device, each range with its sha256. `outpost flash`, the installer and
+//! `bmaptool copy` write only these and verify them.
+//!
+//! The ranges come from the disk's partition table, not from which blocks happen to be allocated
+//! on the build host's file system: everything before the first partition (protective MBR, GPT,
+//! the gap where a BIOS loader lives), every partition whole, the first 16 MiB of the data
+//! partition (zeros, so that a stick or disk used before carries no stale LUKS or file system
+//! header into the first boot) and the backup GPT. Free space inside a FAT is written as zeros,
+//! which is what makes the map correct on a device with old contents.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+pub const BLOCK: u64 = 4096;
+/// How much of the data partition's start is written (zeros): LUKS2's two headers and keyslot
+/// area fit in 16 MiB, as do every file system's superblocks that blkid looks at.
+pub const DATA_WIPE: u64 = 16 << 20;
+
+/// A run of blocks `first..=last` and the sha256 of their bytes in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub first: u64,
+    pub last: u64,
+    pub sha256: Option<String>,
+}
+
+impl Range {
+    pub fn offset(&self) -> u64 {
+        self.first * BLOCK
+    }
+
+    /// Byte length, the last block cut at the image's end.
+    pub fn len(&self, image_size: u64) -> u64 {
+        ((self.last + 1) * BLOCK).min(image_size) - self.offset()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMap {
+    pub image_size: u64,
+    pub ranges: Vec<Range>,
+}
+
+impl BlockMap {
+    pub fn mapped_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.len(self.image_size)).sum()
+    }
+
+    /// The whole image as one range: what is written when there is no block map (an ISO).
+    pub fn whole(image_size: u64) -> BlockMap {
+        BlockMap { image_size, ranges: vec![Range { first: 0, last: image_size.div_ceil(BLOCK).saturating_sub(1), sha256: None }] }
+    }
+
+    /// The XML bmaptool reads. BmapFileChecksum is the sha256 of the file with that field's
+    /// value replaced by 64 zeros.
+    pub fn to_xml(&self) -> String {
+        let blocks = self.image_size.div_ceil(BLOCK);
+        let mapped: u64 = self.ranges.iter().map(|r| r.last + 1 - r.first).sum();
+        let mut body = String::new();
+        for r in &self.ranges {
+            let span = if r.first == r.last { r.first.to_string() } else { format!("{}-{}", r.first, r.last) };
+            match &r.sha256 {
+                Some(s) => body.push_str(&format!("        <Range chksum=\"{s}\"> {span} </Range>\n")),
+                None => body.push_str(&format!("        <Range> {span} </Range>\n")),
+            }
+        }
+        let xml = |sum: &str| {
+            format!(
+                "<?xml version=\"1.0\" ?>\n\
+                 <!-- Block map of an outpost disk image: the blocks a device must receive, with\n     \
+                 their sha256. Written by outpost; read by `outpost flash` and `bmaptool copy`. -->\n\
+                 <bmap version=\"2.0\">\n    \
+                 <ImageSize> {} </ImageSize>\n    \
+                 <BlockSize> {BLOCK} </BlockSize>\n    \
+                 <BlocksCount> {blocks} </BlocksCount>\n    \
+                 <MappedBlocksCount> {mapped} </MappedBlocksCount>\n    \
+                 <ChecksumType> sha256 </ChecksumType>\n    \
+                 <BmapFileChecksum> {sum} </BmapFileChecksum>\n    \
+                 <BlockMap>\n{body}    </BlockMap>\n</bmap>\n",
+                self.image_size
+            )
+        };
+        let zeros = "0".repeat(64);
+        let sum = hex::encode(Sha256::digest(xml(&zeros).as_bytes()));
+        xml(&sum)
+    }
+
+    /// Reads a bmap file of version 2 (sha256) — outpost's or one `bmaptool create` wrote.
+    pub fn parse(text: &str, file: &Path) -> Result<BlockMap> {
+        let bad = |what: &str| anyhow::anyhow!("{}: {what}; is it a block map written by outpost or `bmaptool create`?", file.display());
+        let tag = |name: &str| -> Option<&str> {
+            let open = format!("<{name}>");
+            let start = text.find(&open)? + open.len();
+            let end = text[start..].find(&format!("</{name}>"))? + start;
+            Some(text[start..end].trim())
+        };
+        let version = text.find("<bmap version=\"").map(|i| &text[i + 15..]).and_then(|v| v.split('"').next()).ok_or_else(|| bad("no <bmap version>"))?;
+        anyhow::ensure!(version.starts_with("2."), "{}: block map version {version}: only version 2 (sha256 checksums) is read", file.display());
+        let num = |name: &str| -> Result<u64> { tag(name).and_then(|v| v.parse().ok()).ok_or_else(|| bad(&format!("no number in <{name}>"))) };
+        let image_size = num("ImageSize")?;
+        let block = num("BlockSize")?;
+        anyhow::ensure!(block == BLOCK, "{}: block size {block}; outpost reads block maps of {BLOCK}-byte blocks", file.display());
+        if let Some(t) = tag("ChecksumType") {
+            anyhow::ensure!(t == "sha256", "{}: checksum type `{t}`; only sha256 is read", file.display());
+        }
+        if let Some(sum) = tag("BmapFileChecksum") {
+            let zeroed = text.replacen(sum, &"0".repeat(sum.len()), 1);
+            anyhow::ensure!(
+                hex::encode(Sha256::digest(zeroed.as_bytes())) == sum,
+                "{}: the block map's own checksum does not match: the file is damaged or was edited",
+                file.display()
+            );
+        }
+        let mut ranges = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("<Range") {
+            rest = &rest[i + 6..];
+            let close = rest.find('>').ok_or_else(|| bad("an unterminated <Range>"))?;
+            let attrs = &rest[..close];
+            let end = rest.find("</Range>").ok_or_else(|| bad("a <Range> without </Range>"))?;
+            let span = rest[close + 1..end].trim();
+            let sha256 = attrs.split("chksum=\"").nth(1).and_then(|s| s.split('"').next()).map(str::to_string);
+            let (a, b) = span.split_once('-').unwrap_or((span, span));
+            let (first, last) = match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
+                (Ok(a), Ok(b)) if a <= b => (a, b),
+                _ => return Err(bad(&format!("the range `{span}`"))),
+            };
+            anyhow::ensure!(last * BLOCK < image_size, "{}: range `{span}` lies past the image's end ({image_size} bytes)", file.display());
+            ranges.push(Range { first, last, sha256 });
+            rest = &rest[end..];
+        }
+        Ok(BlockMap { image_size, ranges })
+    }
+}
+
+/// The byte ranges a device must receive, from the disk's own partition table (see the module
+/// comment), merged and rounded out to whole blocks.
+pub fn mapped_ranges(raw: &Path) -> Result<Vec<(u64, u64)>> {
+    let size = std::fs::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
+    let disk = gpt::GptConfig::new().writable(false).open(raw).with_context(|| format!("reading the partition table of {}", raw.display()))?;
+    let lb = u64::from(*disk.logical_block_size());
+    let mut parts: Vec<&gpt::partition::Partition> = disk.partitions().values().collect();
+    parts.sort_by_key(|p| p.first_lba);
+    let mut spans = Vec::new();
+    spans.push((0, parts.first().map_or(size, |p| p.first_lba * lb)));
+    for p in parts {
+        let (start, end) = (p.first_lba * lb, (p.last_lba + 1) * lb);
+        let end = if p.name == "data" { end.min(start + DATA_WIPE) } else { end };
+        spans.push((start, end));
+    }
+    spans.push(((disk.header().last_usable + 1) * lb, size));
+    let mut blocks: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in spans {
+        let (first, last) = (start / BLOCK, end.div_ceil(BLOCK) - 1);
+        match blocks.last_mut() {
+            Some(prev) if first <= prev.1 + 1 => prev.1 = prev.1.max(last),
+            _ => blocks.push((first, last)),
+        }
+    }
+    Ok(blocks)
+}
+
+/// The block map of a raw disk, each range's sha256 read from it.
+pub fn create(raw: &Path) -> Result<BlockMap> {
+    let image_size = std::fs::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
+    let mut f = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut ranges = Vec::new();
+    for (first, last) in mapped_ranges(raw)? {
+        let mut r = Range { first, last, sha256: None };
+        f.seek(SeekFrom::Start(r.offset()))?;
+        let mut h = Sha256::new();
+        let mut left = r.len(image_size);
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            f.read_exact(&mut buf[..n]).with_context(|| format!("reading {}", raw.display()))?;
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        r.sha256 = Some(hex::encode(h.finalize()));
+        ranges.push(r);
+    }
+    Ok(BlockMap { image_size, ranges })
+}
+
+/// `NAME.raw` → `NAME.raw.bmap`, where bmaptool looks first.
+pub fn path_for(raw: &Path) -> std::path::PathBuf {
+    let mut s = raw.as_os_str().to_os_string();
+    s.push(".bmap");
+    s.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::{self, Role};
+
+    fn sample_disk(dir: &Path) -> (std::path::PathBuf, disk::Layout) {
+        let layout = disk::plan(8 << 20, 8 << 20, 1 << 20, 64 << 20, "bmap");
+        let raw = dir.join("d.raw");
+        disk::create(&layout, &raw).unwrap();
+        let blob = dir.join("b");
+        std::fs::write(&blob, vec![0x5au8; 5000]).unwrap();
+        disk::copy_into(&layout, Role::Root, &blob, &raw).unwrap();
+        (raw, layout)
+    }
+
+    #[test]
+    fn ranges_follow_the_partition_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (raw, layout) = sample_disk(tmp.path());
+        let ranges = mapped_ranges(&raw).unwrap();
+        let data = layout.get(Role::Data);
+        // Everything up to 16 MiB into the data partition, then the backup GPT's blocks.
+        assert_eq!(ranges, vec![(0, (data.offset() + DATA_WIPE) / BLOCK - 1), ((layout.size - 33 * 512) / BLOCK, layout.size / BLOCK - 1)]);
+    }
+
+    #[test]
+    fn xml_round_trips_and_checks_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (raw, _) = sample_disk(tmp.path());
+        let map = create(&raw).unwrap();
+        let xml = map.to_xml();
+        let file = tmp.path().join("d.raw.bmap");
+        assert_eq!(BlockMap::parse(&xml, &file).unwrap(), map);
+        assert_eq!(xml, create(&raw).unwrap().to_xml(), "not reproducible");
+        let edited = xml.replacen("<Range chksum=\"", "<Range chksum=\"0", 1).replacen("\"> 0-", "\"> 1-", 1);
+        let e = BlockMap::parse(&edited, &file).unwrap_err().to_string();
+        assert!(e.contains("d.raw.bmap") && e.contains("damaged"), "{e}");
+        let e = BlockMap::parse("<bmap version=\"1.3\">", &file).unwrap_err().to_string();
+        assert!(e.contains("version 1.3"), "{e}");
+        let e = BlockMap::parse("hello", &file).unwrap_err().to_string();
+        assert!(e.contains("no <bmap version>"), "{e}");
+    }
+
+    /// bmaptool itself accepts the map (its checksum, and every range's while copying).
+    #[test]
+    fn bmaptool_copies_with_it() {
+        if crate::tool::which("bmaptool").is_none() {
+            eprintln!("bmaptool (bmap-tools) not installed; skipping");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (raw, layout) = sample_disk(tmp.path());
+        std::fs::write(path_for(&raw), create(&raw).unwrap().to_xml()).unwrap();
+        let dest = tmp.path().join("dest");
+        crate::tool::Tool::new("bmaptool").args(["copy", "--no-sig-verify"]).arg(&raw).arg(&dest).run().unwrap();
+        let (a, b) = (std::fs::read(&raw).unwrap(), std::fs::read(&dest).unwrap());
+        let data = layout.get(Role::Data);
+        let wiped = (data.offset() + DATA_WIPE) as usize;
+        assert_eq!(a[..wiped], b[..wiped]);
+    }
+}
