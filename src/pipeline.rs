@@ -81,7 +81,7 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     let name = &plan.image;
     let raw = out_dir.join(format!("{name}.raw"));
     let qcow2 = out_dir.join(format!("{name}.qcow2"));
-    let finals = [raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks"))];
+    let finals = [raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks")), output::bmap::path_for(&raw)];
     let result = build_into(ctx, &plan, out_dir, &raw, &qcow2);
     if result.is_err() {
         output::remove_partials(&finals);
@@ -166,6 +166,11 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         if plan.spec.outputs.contains(&OutputFormat::Raw) {
             outputs.insert(0, output_file(raw, raw_sum)?);
             finals.push(raw.to_path_buf());
+            // The block map beside it, for `outpost flash` and bmaptool.
+            let bmap = output::bmap::path_for(raw);
+            output::bmap::write(&output::partial(raw), &output::partial(&bmap))?;
+            outputs.insert(1, output_file(&bmap, output::sha256_file(&output::partial(&bmap))?)?);
+            finals.push(bmap);
         } else {
             std::fs::remove_file(output::partial(raw))?;
         }

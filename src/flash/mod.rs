@@ -17,11 +17,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::output::bmap::BlockMap;
-pub use target::Target;
 
 /// Disks larger than this are refused without `--force`: USB sticks are smaller, internal disks
 /// usually larger.
-pub const DEFAULT_MAX_SIZE: u64 = 128 << 30;
+#[cfg(test)]
+pub const DEFAULT_MAX_SIZE: u64 = 128 << 30; // the CLI default of --max-size
 const CHUNK: usize = 4 << 20;
 
 pub struct Options {

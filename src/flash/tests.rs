@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::target::{Disk, read_disk};
+use super::target::{Disk, Target, read_disk};
 use super::*;
 
 /// A fake sysfs: `sdb` a USB stick with a partition, `nvme0n1` an internal disk.

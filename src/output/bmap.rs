@@ -188,6 +188,12 @@ pub fn create(raw: &Path) -> Result<BlockMap> {
     Ok(BlockMap { image_size, ranges })
 }
 
+/// Writes the block map of `raw` to `out`.
+pub fn write(raw: &Path, out: &Path) -> Result<()> {
+    let map = create(raw)?;
+    std::fs::write(out, map.to_xml()).with_context(|| format!("writing {}", out.display()))
+}
+
 /// `NAME.raw` → `NAME.raw.bmap`, where bmaptool looks first.
 pub fn path_for(raw: &Path) -> std::path::PathBuf {
     let mut s = raw.as_os_str().to_os_string();

@@ -447,6 +447,11 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
         if ext(out) == "qcow2" {
             crate::output::qcow2(&raw, &partial)?;
             fs::remove_file(&raw)?;
+        } else {
+            // Its own block map: the seed's range checksum changed.
+            let bmap = crate::output::bmap::path_for(out);
+            crate::output::bmap::write(&partial, &crate::output::partial(&bmap))?;
+            fs::rename(crate::output::partial(&bmap), &bmap).with_context(|| format!("renaming {} into place", bmap.display()))?;
         }
         fs::rename(&partial, out).with_context(|| format!("renaming {} into place", partial.display()))?;
         anyhow::Ok(())
@@ -454,6 +459,7 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
     if result.is_err() {
         let _ = fs::remove_file(&partial);
         let _ = fs::remove_file(out.with_extension("raw.work"));
+        let _ = fs::remove_file(crate::output::partial(&crate::output::bmap::path_for(out)));
     }
     result
 }
