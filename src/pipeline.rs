@@ -81,7 +81,8 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     let name = &plan.image;
     let raw = out_dir.join(format!("{name}.raw"));
     let qcow2 = out_dir.join(format!("{name}.qcow2"));
-    let finals = [raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks")), output::bmap::path_for(&raw)];
+    let mut finals = vec![raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks")), output::bmap::path_for(&raw)];
+    finals.extend(["vmdk", "vhd", "ec2-import.json"].map(|ext| out_dir.join(format!("{name}.{ext}"))));
     let result = build_into(ctx, &plan, out_dir, &raw, &qcow2);
     if result.is_err() {
         output::remove_partials(&finals);
@@ -153,6 +154,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
                 output::qcow2(&output::partial(raw), &output::partial(qcow2))?;
             }
+            cloud_outputs(plan, ctx.epoch, &layout, raw, out_dir, &mut finals, &mut outputs)?;
             sum.join().map_err(|_| anyhow::anyhow!("hashing {} panicked", raw.display()))?
         })?;
         if let Some(key) = &ctx.encrypt_key {
@@ -245,6 +247,42 @@ fn warnings(plan: &BuildPlan, usb_storage: bool) -> Vec<String> {
         w.push(format!("{}: `[data] unlock = \"none\"`: the data partition (patient data) is NOT encrypted on the device", plan.spec.file.display()));
     }
     w
+}
+
+/// NAME.vmdk and NAME.vhd as the image asks, and the EC2 import input for the first of them.
+fn cloud_outputs(
+    plan: &BuildPlan,
+    epoch: i64,
+    layout: &disk::Layout,
+    raw: &Path,
+    out_dir: &Path,
+    finals: &mut Vec<PathBuf>,
+    outputs: &mut Vec<output::OutputFile>,
+) -> Result<()> {
+    let id = disk::derive_uuid(&layout.disk_guid.to_string(), "cloud image");
+    let mut import = None;
+    for (format, ext) in [(OutputFormat::Vmdk, "vmdk"), (OutputFormat::Vhd, "vhd")] {
+        if !plan.spec.outputs.contains(&format) {
+            continue;
+        }
+        let file = out_dir.join(format!("{}.{ext}", plan.image));
+        if format == OutputFormat::Vmdk {
+            output::cloud::vmdk(&output::partial(raw), &output::partial(&file), &format!("{}.{ext}", plan.image), &id)?;
+        } else {
+            output::cloud::vhd(&output::partial(raw), &output::partial(&file), &id, epoch)?;
+        }
+        outputs.push(output_file(&file, output::sha256_file(&output::partial(&file))?)?);
+        finals.push(file);
+        import.get_or_insert((format!("{}.{ext}", plan.image), ext));
+    }
+    if let Some((disk_file, ext)) = import {
+        let json = out_dir.join(format!("{}.ec2-import.json", plan.image));
+        let text = output::cloud::ec2_import(&plan.image, &plan.spec.description, &disk_file, ext);
+        std::fs::write(output::partial(&json), &text).with_context(|| format!("writing {}", json.display()))?;
+        outputs.push(output_file(&json, hex::encode(sha2::Sha256::digest(text.as_bytes())))?);
+        finals.push(json);
+    }
+    Ok(())
 }
 
 fn output_file(f: &Path, sha256: String) -> Result<output::OutputFile> {

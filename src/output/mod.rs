@@ -1,4 +1,4 @@
-//! Outputs: the raw disk turned into qcow2, the manifest, SHA256SUMS. Everything is written as
+//! Outputs: the raw disk turned into qcow2 (cloud formats in cloud.rs), the manifest, SHA256SUMS. Everything is written as
 //! `NAME.partial` and renamed only once all outputs are complete.
 
 use std::fs::{self, File};
@@ -10,6 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub mod bmap;
+pub mod cloud;
 
 use crate::tool::Tool;
 

@@ -52,6 +52,10 @@ impl fmt::Display for Distro {
 pub enum OutputFormat {
     Raw,
     Qcow2,
+    /// streamOptimized, for VMware and EC2 image import.
+    Vmdk,
+    /// fixed, for Azure and EC2 image import.
+    Vhd,
 }
 
 /// A size in bytes, written as `512M`, `2G` or a plain number of bytes.
@@ -237,7 +241,7 @@ impl Image {
             p.push(file, "partitions.data", "the data partition must be at least 16M");
         }
         if t.outputs.is_empty() {
-            p.push(file, "outputs", "list at least one output: \"raw\" or \"qcow2\"");
+            p.push(file, "outputs", "list at least one output: \"raw\", \"qcow2\", \"vmdk\" or \"vhd\"");
         }
         let data = DataPolicy {
             unlock: t.data.unlock.unwrap_or(Unlock::Tpm2),
