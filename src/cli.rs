@@ -119,6 +119,12 @@ pub enum Command {
         #[command(subcommand)]
         command: StackCommand,
     },
+    /// The USB installer (runs as the first process of the installer ISO's initrd)
+    #[command(hide = true)]
+    Installer {
+        #[command(subcommand)]
+        command: InstallerCommand,
+    },
     /// Inspect or prune the layer cache
     Cache {
         #[command(subcommand)]
@@ -192,4 +198,10 @@ pub enum StackCommand {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstallerCommand {
+    /// Find the installer medium, choose the disk, write and verify the appliance, restart
+    Run,
 }

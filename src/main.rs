@@ -6,6 +6,7 @@ mod container;
 mod crypt;
 mod disk;
 mod flash;
+mod install;
 mod output;
 mod pipeline;
 mod plan;
@@ -127,7 +128,7 @@ fn run(cli: Cli) -> Result<i32> {
             if report.failed.is_empty() {
                 if work_given.is_none() {
                     // The disks of a passed test are not worth their gigabyte; the log stays.
-                    for d in ["image", "personalized.raw"] {
+                    for d in ["image", "personalized.raw", "personalized.iso"] {
                         let p = work_dir.join(d);
                         if p.is_dir() {
                             std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -177,6 +178,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Installer { command: cli::InstallerCommand::Run } => install::run::run(),
         Command::Seed { command } => {
             match command {
                 SeedCommand::Apply { device } => site::apply(Path::new("/"), device.as_deref())?,

@@ -56,6 +56,9 @@ pub fn build_tools(plan: &BuildPlan) -> Vec<&'static str> {
     if plan.layers.iter().any(|l| !l.layer.containers.is_empty()) {
         t.push("skopeo");
     }
+    if plan.spec.outputs.contains(&OutputFormat::Iso) {
+        t.extend(crate::install::iso::TOOLS);
+    }
     t
 }
 
@@ -82,7 +85,7 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     let raw = out_dir.join(format!("{name}.raw"));
     let qcow2 = out_dir.join(format!("{name}.qcow2"));
     let mut finals = vec![raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks")), output::bmap::path_for(&raw)];
-    finals.extend(["vmdk", "vhd", "ec2-import.json"].map(|ext| out_dir.join(format!("{name}.{ext}"))));
+    finals.extend(["vmdk", "vhd", "ec2-import.json", "iso"].map(|ext| out_dir.join(format!("{name}.{ext}"))));
     let result = build_into(ctx, &plan, out_dir, &raw, &qcow2);
     if result.is_err() {
         output::remove_partials(&finals);
@@ -141,6 +144,23 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         std::fs::write(work.path().join("seed.img"), seed_img)?;
         disk::copy_into(&layout, Role::Seed, &work.path().join("seed.img"), &disk_file)
     })?;
+    let iso = out_dir.join(format!("{}.iso", plan.image));
+    if plan.spec.outputs.contains(&OutputFormat::Iso) {
+        p.stage("writing the installer ISO", || {
+            let src = crate::install::iso::Source {
+                image: &plan.image,
+                description: &plan.spec.description,
+                hostname: &plan.spec.hostname,
+                raw: &disk_file,
+                layout: &layout,
+                esp_dir: &esp_dir,
+                rules: plan.spec.install.clone(),
+            };
+            let stage = work.path().join("iso/stage");
+            std::fs::create_dir_all(&stage)?;
+            crate::install::iso::build(&src, &stage, &output::partial(&iso), ctx.epoch)
+        })?;
+    }
     let packages = rootfs::installed_packages(&tree)?;
     let containers = crate::container::records(&tree)?;
     let usb_storage = kernel_has(&tree, "CONFIG_USB_STORAGE")?;
@@ -179,6 +199,10 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
             outputs.push(output_file(qcow2, output::sha256_file(&output::partial(qcow2))?)?);
             finals.push(qcow2.to_path_buf());
+        }
+        if plan.spec.outputs.contains(&OutputFormat::Iso) {
+            outputs.push(output_file(&iso, output::sha256_file(&output::partial(&iso))?)?);
+            finals.push(iso.clone());
         }
         anyhow::Ok(())
     })?;
@@ -340,11 +364,15 @@ pub async fn test(ctx: &Ctx, scenario_path: &Path, image: Option<&Path>, work: &
         None => {
             let out = work.join("image");
             let report = build(ctx, &scenario.image, &out)?;
-            let file = report
-                .outputs
-                .iter()
-                .find(|o| o.file.ends_with(".qcow2") || o.file.ends_with(".raw"))
-                .context("the image has no raw or qcow2 output to boot")?;
+            let file = if scenario.install.is_some() {
+                report.outputs.iter().find(|o| o.file.ends_with(".iso")).context("the scenario installs from the ISO, but the image has no `iso` output")?
+            } else {
+                report
+                    .outputs
+                    .iter()
+                    .find(|o| o.file.ends_with(".qcow2") || o.file.ends_with(".raw"))
+                    .context("the image has no raw or qcow2 output to boot")?
+            };
             out.join(&file.file)
         }
     };
@@ -362,7 +390,7 @@ pub async fn test(ctx: &Ctx, scenario_path: &Path, image: Option<&Path>, work: &
     }
     let image_path = match &scenario.site {
         Some(site) => {
-            let out = work.join("personalized.raw");
+            let out = work.join(if scenario.install.is_some() { "personalized.iso" } else { "personalized.raw" });
             std::fs::create_dir_all(work)?;
             ctx.progress.stage("personalizing", || crate::site::personalize(&image_path, site, &out, ctx.epoch))?;
             out

@@ -1,7 +1,7 @@
 //! Partition layout maths, pure: where each partition starts and ends, and its GUIDs, derived
 //! from the image's inputs so two builds of the same inputs lay out the same bytes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -26,7 +26,7 @@ pub const SEED_SIZE: u64 = 16 << 20;
 /// Its GPT partition name, which the first-boot agent looks for.
 pub const SEED_LABEL: &str = "seed";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     Esp,
@@ -37,7 +37,7 @@ pub enum Role {
     Data,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partition {
     pub role: Role,
     pub label: String,

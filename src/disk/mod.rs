@@ -40,13 +40,15 @@ pub fn stage_esp(root: &Path, esp: &Path, cmdline: &str, title: &str) -> Result<
     Ok(())
 }
 
-/// Formats `img` as FAT32 and copies `src` into it with mtools.
+/// Formats `img` as FAT (FAT32 from 64 MiB, as the ESP; smaller ones as mkfs.fat sees fit) and
+/// copies `src` into it with mtools.
 pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> Result<()> {
     crate::rootfs::clamp_times(src, epoch)?;
     File::create(img)?.set_len(size)?;
     Tool::new("mkfs.fat")
         .describe("formatting the EFI system partition")
-        .args(["-F", "32", "-n", "ESP", "--invariant", "-i"])
+        .args(if size >= 64 << 20 { &["-F", "32"][..] } else { &[] })
+        .args(["-n", "ESP", "--invariant", "-i"])
         .arg(format!("{serial:08x}"))
         .arg(img)
         .run()?;
@@ -127,7 +129,7 @@ pub fn create(layout: &Layout, out: &Path) -> Result<()> {
         .open(out)
         .with_context(|| format!("creating {}", out.display()))?;
     f.set_len(layout.size)?;
-    write_gpt(layout, f).with_context(|| format!("writing the partition table of {}", out.display()))
+    write_table(layout, f).with_context(|| format!("writing the partition table of {}", out.display()))
 }
 
 /// Copies a file system image into its partition (zero blocks skipped: the disk stays sparse).
@@ -170,7 +172,9 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-fn write_gpt(layout: &Layout, mut f: File) -> Result<()> {
+/// Writes the protective MBR and both GPTs of `layout` to `f` (a disk file or a whole disk, of
+/// `layout.size` bytes).
+pub fn write_table(layout: &Layout, mut f: File) -> Result<()> {
     let total_lba = layout.size / layout::SECTOR;
     let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX));
     mbr.overwrite_lba0(&mut f)?;

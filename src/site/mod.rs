@@ -428,11 +428,15 @@ fn report_addresses() {
 /// `outpost personalize`: a copy of `image` whose seed partition holds `site_file`. Only the
 /// seed is written; the root, ESP and data partitions are the image's bytes.
 pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Result<()> {
-    Site::load(site_file)?;
+    let site = Site::load(site_file)?;
     let text = fs::read_to_string(site_file).with_context(|| format!("reading {}", site_file.display()))?;
     let ext = |p: &Path| p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    if ext(image) == "iso" || ext(out) == "iso" {
+        anyhow::ensure!(ext(image) == ext(out), "{} to {}: an installer ISO is personalized into another NAME.iso", image.display(), out.display());
+        return personalize_iso(image, &site, &text, out, epoch);
+    }
     for (p, what) in [(image, "image"), (out, "--out")] {
-        anyhow::ensure!(matches!(ext(p).as_str(), "raw" | "qcow2"), "{what} {}: name it NAME.raw or NAME.qcow2", p.display());
+        anyhow::ensure!(matches!(ext(p).as_str(), "raw" | "qcow2"), "{what} {}: name it NAME.raw, NAME.qcow2 or NAME.iso", p.display());
     }
     anyhow::ensure!(image.is_file(), "{} does not exist", image.display());
     let partial = crate::output::partial(out);
@@ -460,6 +464,35 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
         let _ = fs::remove_file(&partial);
         let _ = fs::remove_file(out.with_extension("raw.work"));
         let _ = fs::remove_file(crate::output::partial(&crate::output::bmap::path_for(out)));
+    }
+    result
+}
+
+/// A copy of the installer ISO whose seed carries the site (and whose installer asks nothing
+/// when the site says `[install] unattended`).
+fn personalize_iso(image: &Path, site: &Site, text: &str, out: &Path, epoch: i64) -> Result<()> {
+    anyhow::ensure!(image.is_file(), "{} does not exist", image.display());
+    crate::tool::preflight(crate::install::iso::TOOLS)?;
+    let partial = crate::output::partial(out);
+    let work = crate::output::partial(&out.with_extension("iso.d"));
+    let result = (|| {
+        let _ = fs::remove_dir_all(&work);
+        let stage = work.join("stage");
+        fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
+        crate::install::iso::extract(image, &stage)?;
+        let index: crate::install::Index = serde_json::from_slice(&fs::read(stage.join("outpost/install.json")).with_context(|| {
+            format!("{} is not an outpost installer ISO (it has no outpost/install.json)", image.display())
+        })?)?;
+        let part = index.partitions.iter().find(|p| p.label == SEED_LABEL).context("the ISO's image has no seed partition")?;
+        let serial = u32::from_be_bytes(part.guid.as_bytes()[..4].try_into().expect("4 bytes"));
+        let img = seed::image(part.size(), serial, epoch, Some(text))?;
+        crate::install::iso::set_seed(&stage, &img, site)?;
+        crate::install::iso::write_iso(&stage, &partial, &index.image, epoch)?;
+        fs::rename(&partial, out).with_context(|| format!("renaming {} into place", partial.display()))
+    })();
+    let _ = fs::remove_dir_all(&work);
+    if result.is_err() {
+        let _ = fs::remove_file(&partial);
     }
     result
 }

@@ -56,6 +56,8 @@ pub enum OutputFormat {
     Vmdk,
     /// fixed, for Azure and EC2 image import.
     Vhd,
+    /// The USB installer: a hybrid ISO for sticks and discs.
+    Iso,
 }
 
 /// A size in bytes, written as `512M`, `2G` or a plain number of bytes.
@@ -118,6 +120,16 @@ struct ImageToml {
     data: DataToml,
     #[serde(default)]
     power: PowerPolicy,
+    #[serde(default)]
+    install: InstallToml,
+}
+
+/// `[install]`: how the USB installer chooses the target disk.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct InstallToml {
+    min_disk_size: Option<Size>,
+    disk_model: Option<String>,
 }
 
 /// `[power]`: how the appliance gets the machine to power on again after AC loss. Firmware
@@ -202,6 +214,7 @@ pub struct Image {
     pub outputs: Vec<OutputFormat>,
     pub data: DataPolicy,
     pub power: PowerPolicy,
+    pub install: crate::install::Rules,
 }
 
 impl Image {
@@ -241,7 +254,7 @@ impl Image {
             p.push(file, "partitions.data", "the data partition must be at least 16M");
         }
         if t.outputs.is_empty() {
-            p.push(file, "outputs", "list at least one output: \"raw\", \"qcow2\", \"vmdk\" or \"vhd\"");
+            p.push(file, "outputs", "list at least one output: \"raw\", \"qcow2\", \"vmdk\", \"vhd\" or \"iso\"");
         }
         let data = DataPolicy {
             unlock: t.data.unlock.unwrap_or(Unlock::Tpm2),
@@ -274,6 +287,7 @@ impl Image {
             outputs,
             data,
             power: t.power,
+            install: crate::install::Rules { min_disk_size: t.install.min_disk_size.map(|s| s.0), disk_model: t.install.disk_model },
         })
     }
 

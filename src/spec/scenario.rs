@@ -57,6 +57,44 @@ struct ScenarioToml {
     /// After the boots: a series of power cuts while the application takes records.
     #[serde(default)]
     power_cuts: Option<PowerCuts>,
+    /// Before the boots: install the image's ISO onto an empty disk.
+    #[serde(default)]
+    install: Option<Install>,
+}
+
+/// `[install]`: the machine first starts the image's installer ISO (personalized with the
+/// scenario's site) from a USB stick, with an empty internal disk; the boots that follow start
+/// that disk alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Install {
+    /// The empty internal disk's size, e.g. `4G`.
+    pub disk: super::Size,
+    #[serde(default)]
+    pub firmware: Firmware,
+    /// The `OUTPOST-INSTALL:` line the installer must end with; unless it says `installed`,
+    /// the scenario ends there.
+    #[serde(default = "installed")]
+    pub expect: String,
+}
+
+fn installed() -> String {
+    "OUTPOST-INSTALL: installed".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Firmware {
+    #[default]
+    Uefi,
+    /// SeaBIOS, QEMU's legacy BIOS.
+    Bios,
+}
+
+impl Install {
+    pub fn installs(&self) -> bool {
+        self.expect.starts_with("OUTPOST-INSTALL: installed")
+    }
 }
 
 /// `[power-cuts]`: power on, wait for the application, write records to it and count those it
@@ -249,6 +287,7 @@ pub struct Scenario {
     /// The first boot, then each reboot.
     pub boots: Vec<Boot>,
     pub power_cuts: Option<PowerCuts>,
+    pub install: Option<Install>,
 }
 
 /// One power-on of the scenario's disk and what must hold then.
@@ -402,6 +441,7 @@ impl Scenario {
             key_disk: t.key_disk,
             boots,
             power_cuts: t.power_cuts,
+            install: t.install,
             name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             description: t.description,
             image,

@@ -33,6 +33,18 @@ pub struct Site {
     /// Variables for the applications (`/etc/outpost/site.env`).
     #[serde(default)]
     pub app: BTreeMap<String, String>,
+    /// How the USB installer (`NAME.iso` personalized with this site) behaves.
+    #[serde(default)]
+    pub install: Install,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Install {
+    /// Install without asking at the console (never onto a disk that already holds an
+    /// outpost appliance).
+    #[serde(default)]
+    pub unattended: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -4,6 +4,7 @@
 
 mod agent;
 mod disk;
+mod install;
 mod power_cut;
 
 use std::path::{Path, PathBuf};
@@ -111,12 +112,21 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
     let _ = std::fs::remove_file(&overlay);
     let backing_fmt = if image.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
     let image_abs = std::path::absolute(image)?;
-    Tool::new("qemu-img")
-        .describe("creating the test overlay")
-        .args(["create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b"])
-        .arg(&image_abs)
-        .arg(&overlay)
-        .run()?;
+    match &scenario.install {
+        // An empty internal disk, which the installer on `image` (the ISO) writes.
+        Some(inst) => Tool::new("qemu-img")
+            .describe("creating the empty test disk")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&overlay)
+            .arg(inst.disk.0.to_string())
+            .run()?,
+        None => Tool::new("qemu-img")
+            .describe("creating the test overlay")
+            .args(["create", "-q", "-f", "qcow2", "-F", backing_fmt, "-b"])
+            .arg(&image_abs)
+            .arg(&overlay)
+            .run()?,
+    }
 
     let mut forwards = String::new();
     let mut port_map = std::collections::BTreeMap::new();
@@ -145,6 +155,17 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
         let _ = std::fs::remove_file(&img);
         std::fs::File::create(&img)?.set_len(32 << 20)?;
         Tool::new("mkfs.fat").describe("formatting the test key disk").args(["-n", "OUTPOSTKEY"]).arg(&img).run()?;
+    }
+    if let Some(inst) = &scenario.install {
+        let console = dir.join("install.log");
+        report.console_log = console.clone();
+        let (passed, failed) = install::run(&m, inst, image, &console).await?;
+        report.passed.extend(passed);
+        if !failed.is_empty() || !inst.installs() {
+            report.failed.extend(failed);
+            let _ = std::fs::remove_file(&m.overlay);
+            return Ok(report);
+        }
     }
     let many = scenario.boots.len() > 1;
     for (n, boot) in scenario.boots.iter().enumerate() {
@@ -205,14 +226,17 @@ async fn start_swtpm(state: &Path) -> Result<(tokio::process::Child, PathBuf)> {
 }
 
 /// The QEMU command line of one boot.
+fn accel_args(accel: Accel) -> [&'static str; 4] {
+    match accel {
+        Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+        Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
+    }
+}
+
 fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&Path>) -> Result<tokio::process::Command> {
-    let accel_args: Vec<&str> = match m.accel {
-        Accel::Kvm => vec!["-accel", "kvm", "-cpu", "host"],
-        Accel::Tcg => vec!["-accel", "tcg,thread=multi", "-cpu", "max"],
-    };
     let qemu = crate::tool::which("qemu-system-x86_64").context("qemu-system-x86_64 is not installed; apt-get install qemu-system-x86")?;
     let mut cmd = tokio::process::Command::new(qemu);
-    cmd.args(&accel_args)
+    cmd.args(accel_args(m.accel))
         .args(["-machine", "q35", "-smp", "2", "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
