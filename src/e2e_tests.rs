@@ -34,6 +34,13 @@ fn build(cache: &Path, image: &Path, out: &Path) -> serde_json::Value {
 }
 
 fn boot(cache: &Path, scenario: &Path, image: &Path, work: &Path) {
+    let r = test_report(cache, scenario, image, work);
+    // `verdict ...`, or `boot N: verdict ...` in a scenario with reboots.
+    assert!(r["passed"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().contains("verdict `")), "{r:#}");
+}
+
+/// `outpost test --json`, which must have passed.
+fn test_report(cache: &Path, scenario: &Path, image: &Path, work: &Path) -> serde_json::Value {
     let s = outpost(&[
         "test".as_ref(),
         scenario.as_os_str(),
@@ -47,8 +54,7 @@ fn boot(cache: &Path, scenario: &Path, image: &Path, work: &Path) {
     ]);
     let r: serde_json::Value = serde_json::from_str(&s).unwrap();
     assert!(r["failed"].as_array().unwrap().is_empty(), "{scenario:?}: {r:#}");
-    // `verdict ...`, or `boot N: verdict ...` in a scenario with reboots.
-    assert!(r["passed"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().contains("verdict `")), "{r:#}");
+    r
 }
 
 fn sha(p: &Path) -> String {
@@ -76,7 +82,7 @@ fn debian_base_is_reproducible_cached_personalized_and_boots() {
     assert_eq!(names(&a["built_layers"]), ["base", "appliance", "vm-guest", "site-agent", "record-store", "status-page"]);
     let mut files: Vec<String> = std::fs::read_dir(t.join("out-a")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     files.sort();
-    assert_eq!(files, ["SHA256SUMS", "debian-base.qcow2", "debian-base.raw", "manifest.json"]);
+    assert_eq!(files, ["SHA256SUMS", "debian-base.qcow2", "debian-base.raw", "debian-base.raw.bmap", "manifest.json"]);
     let b = build(&t.join("cache-b"), &image, &t.join("out-b"));
     assert_eq!(names(&b["built_layers"]).len(), 6);
     let raw_a = t.join("out-a/debian-base.raw");
@@ -161,7 +167,37 @@ fn debian_base_is_reproducible_cached_personalized_and_boots() {
     boot(&t.join("cache-a"), &proj.join("qemu-tests/site-broken.toml"), &raw_a, &t.join("vm-broken"));
     assert_eq!(sha(&raw_a), raw_before, "a site test changed the original image");
 
+    clinic_pc_installs(t, &proj);
     pacs_clinic(t, &proj);
+}
+
+/// The clinic PC image's delivery outputs: the installer ISO (reproducible, both boot records)
+/// installs unattended onto an empty disk, which then boots alone with the site's hostname; on
+/// a BIOS machine and onto a too-small disk it refuses and writes nothing. The cloud images
+/// are valid for qemu-img.
+fn clinic_pc_installs(t: &Path, proj: &Path) {
+    let image = proj.join("images/clinic-pc.toml");
+    build(&t.join("cache-a"), &image, &t.join("pc-a"));
+    let c = build(&t.join("cache-a"), &image, &t.join("pc-c"));
+    assert!(names(&c["built_layers"]).is_empty());
+    let iso = t.join("pc-a/clinic-pc.iso");
+    assert_eq!(sha(&iso), sha(&t.join("pc-c/clinic-pc.iso")), "two builds of the installer ISO differ");
+    let report = run("xorriso", &["-indev".as_ref(), iso.as_os_str(), "-report_el_torito".as_ref(), "plain".as_ref()]);
+    assert!(report.contains("BIOS") && report.contains("UEFI"), "{report}");
+    for (file, fmt) in [("clinic-pc.vmdk", "vmdk"), ("clinic-pc.vhd", "vpc")] {
+        let p = t.join("pc-a").join(file);
+        let info = run("qemu-img", &["info".as_ref(), "-f".as_ref(), fmt.as_ref(), p.as_os_str()]);
+        assert!(info.contains("virtual size:"), "{info}");
+        if fmt == "vmdk" {
+            assert!(run("qemu-img", &["check".as_ref(), "-f".as_ref(), fmt.as_ref(), p.as_os_str()]).contains("No errors"), "{file}");
+        }
+    }
+    assert!(t.join("pc-a/clinic-pc.ec2-import.json").is_file());
+    boot(&t.join("cache-a"), &proj.join("qemu-tests/install.toml"), &iso, &t.join("vm-install"));
+    for s in ["install-bios", "install-small-disk"] {
+        let r = test_report(&t.join("cache-a"), &proj.join(format!("qemu-tests/{s}.toml")), &iso, &t.join(format!("vm-{s}")));
+        assert!(r["passed"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().contains("OUTPOST-INSTALL: failed")), "{r:#}");
+    }
 }
 
 /// Runs outpost expecting it to fail; returns what it printed.

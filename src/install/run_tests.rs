@@ -1,5 +1,5 @@
 use super::*;
-use crate::install::{Piece, Rules};
+use crate::install::Rules;
 
 fn disk(name: &str, gib: u64, removable: bool, usb: bool) -> Disk {
     Disk { name: name.into(), size: gib << 30, model: format!("model {name}"), removable, usb, partition: false, in_use: Vec::new() }

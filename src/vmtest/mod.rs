@@ -166,6 +166,10 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
             let _ = std::fs::remove_file(&m.overlay);
             return Ok(report);
         }
+        // The installer writes no UEFI boot entry: OVMF, whose variables list only the
+        // stick now, would start its shell; fresh variables make it look for the disk's
+        // \EFI\BOOT\BOOTX64.EFI, as most PC firmware does by itself.
+        std::fs::copy(OVMF_VARS, &m.vars)?;
     }
     let many = scenario.boots.len() > 1;
     for (n, boot) in scenario.boots.iter().enumerate() {
