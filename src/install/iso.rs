@@ -120,6 +120,8 @@ pub fn set_seed(stage: &Path, seed: &[u8], site: &crate::spec::Site) -> Result<(
 
 pub fn write_iso(stage: &Path, out: &Path, image: &str, epoch: i64) -> Result<()> {
     let _ = fs::remove_file(out);
+    // xorriso takes every file's and directory's time from the tree.
+    crate::rootfs::clamp_times(stage, epoch)?;
     Tool::new("xorriso")
         .describe("writing the installer ISO")
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
