@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use cli::{CacheCommand, Cli, Command, DataCommand, PowerCommand, RootCommand, SeedCommand, StackCommand};
+use progress::human;
 
 fn main() {
     let cli = Cli::parse();
@@ -167,8 +168,8 @@ fn run(cli: Cli) -> Result<i32> {
             } else {
                 println!(
                     "wrote {} of {} to {} in {:.1} s ({:.1} MB/s{}), read back and verified in {:.1} s",
-                    flash::human(r.written_bytes),
-                    flash::human(r.image_bytes),
+                    human(r.written_bytes),
+                    human(r.image_bytes),
                     device.display(),
                     r.write_seconds,
                     r.write_mb_per_s,
@@ -312,17 +313,6 @@ fn plan_text(plan: &plan::BuildPlan, cached: impl Fn(&str) -> bool) -> String {
         }
     }
     s
-}
-
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn print_build_summary(r: &pipeline::BuildReport) {

@@ -289,15 +289,16 @@ fn cloud_outputs(
         if !plan.spec.outputs.contains(&format) {
             continue;
         }
-        let file = out_dir.join(format!("{}.{ext}", plan.image));
+        let name = format!("{}.{ext}", plan.image);
+        let file = out_dir.join(&name);
         if format == OutputFormat::Vmdk {
-            output::cloud::vmdk(&output::partial(raw), &output::partial(&file), &format!("{}.{ext}", plan.image), &id)?;
+            output::cloud::vmdk(&output::partial(raw), &output::partial(&file), &name, &id)?;
         } else {
             output::cloud::vhd(&output::partial(raw), &output::partial(&file), &id, epoch)?;
         }
         outputs.push(output_file(&file, output::sha256_file(&output::partial(&file))?)?);
         finals.push(file);
-        import.get_or_insert((format!("{}.{ext}", plan.image), ext));
+        import.get_or_insert((name, ext));
     }
     if let Some((disk_file, ext)) = import {
         let json = out_dir.join(format!("{}.ec2-import.json", plan.image));

@@ -22,16 +22,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn sha256_reader(mut r: impl Read) -> Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(crate::output::hash_copy(&mut r, &mut std::io::sink())?.0)
 }
 
 /// An OCI image layout with one image: `oci-layout`, `index.json`, `blobs/sha256/*`.

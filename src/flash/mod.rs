@@ -16,6 +16,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::progress::human;
+
 use crate::output::bmap::BlockMap;
 
 /// Disks larger than this are refused without `--force`: USB sticks are smaller, internal disks
@@ -122,10 +124,6 @@ fn bar(total: u64) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(total);
     b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}").expect("valid template"));
     b
-}
-
-pub fn human(n: u64) -> String {
-    if n >= 1 << 30 { format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64) } else { format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64) }
 }
 
 /// The sha256 that SHA256SUMS beside the image lists for it, if it does.

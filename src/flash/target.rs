@@ -112,7 +112,7 @@ impl Target {
                 "{} ({}, {}{})",
                 p.display(),
                 if d.model.is_empty() { "no model name" } else { &d.model },
-                super::human(d.size),
+                crate::progress::human(d.size),
                 if d.usb { ", USB" } else if d.removable { ", removable" } else { "" }
             ),
         }
@@ -133,8 +133,8 @@ impl Target {
             d.size >= image_size,
             "{} is too small for the image: {} needed, the disk has {}",
             self.describe(),
-            super::human(image_size),
-            super::human(d.size)
+            crate::progress::human(image_size),
+            crate::progress::human(d.size)
         );
         if force {
             return Ok(());
@@ -148,7 +148,7 @@ impl Target {
             d.size <= max_size,
             "{} is larger than {} (--max-size): it may be a backup or system disk rather than a USB stick. Pass --force, or a larger --max-size, if it is the right one",
             self.describe(),
-            super::human(max_size)
+            crate::progress::human(max_size)
         );
         Ok(())
     }

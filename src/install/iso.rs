@@ -5,11 +5,10 @@
 //! SOURCE_DATE_EPOCH.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 use super::{INDEX_FILE, Index, PAYLOAD_DIR, Piece, Rules, VOLUME_ID, cpio};
 use crate::disk::{Layout, Role};
@@ -86,18 +85,9 @@ pub fn build(src: &Source<'_>, stage: &Path, out: &Path, epoch: i64) -> Result<(
 fn compress(r: &mut dyn Read, out: &Path) -> Result<String> {
     let f = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut enc = zstd::Encoder::new(f, 6)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        enc.write_all(&buf[..n])?;
-    }
+    let (sha256, _) = crate::output::hash_copy(r, &mut enc).with_context(|| format!("writing {}", out.display()))?;
     enc.finish()?.sync_all()?;
-    Ok(hex::encode(h.finalize()))
+    Ok(sha256)
 }
 
 /// Replaces the seed in a staged ISO tree (from `outpost personalize NAME.iso`).

@@ -5,21 +5,20 @@
 //! console; a failure leaves the message on the screen and the disk without a partition table.
 
 use std::fs::File;
-use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 use super::iso9660::Iso;
 use super::{INDEX_FILE, Index, PAYLOAD_DIR, VOLUME_ID};
 use crate::disk::{Layout, Role};
 use crate::flash::target::{Disk, read_disk};
+use crate::output::bmap::{BLOCK, BlockMap, Range};
 
 /// How long USB sticks and discs get to appear after udev settled.
 const MEDIUM_WAIT: Duration = Duration::from_secs(60);
-const CHUNK: usize = 4 << 20;
 
 /// The console: the kernel's (`/dev/console`, the screen) and the serial port, when there is
 /// one, so that a headless box and a test harness see the same lines.
@@ -98,7 +97,7 @@ fn install(con: &mut Console) -> Result<Option<String>> {
     let target = choose_disk(&disks, &medium, &index)?;
     let dev = PathBuf::from(format!("/dev/{}", target.name));
     let existing = holds_outpost(&dev);
-    let what = format!("/dev/{} ({}, {})", target.name, if target.model.is_empty() { "no model name" } else { &target.model }, crate::flash::human(target.size));
+    let what = format!("/dev/{} ({}, {})", target.name, if target.model.is_empty() { "no model name" } else { &target.model }, crate::progress::human(target.size));
     if index.unattended {
         anyhow::ensure!(
             !existing,
@@ -185,7 +184,7 @@ pub fn choose_disk<'a>(disks: &'a [Disk], medium: &str, index: &Index) -> Result
         } else if !d.in_use.is_empty() {
             Some(d.in_use.join("; "))
         } else if d.size < min {
-            Some(format!("{} is smaller than the {} the image needs", crate::flash::human(d.size), crate::flash::human(min)))
+            Some(format!("{} is smaller than the {} the image needs", crate::progress::human(d.size), crate::progress::human(min)))
         } else if let Some(m) = index.rules.disk_model.as_ref().filter(|m| !d.model.to_lowercase().contains(&m.to_lowercase())) {
             Some(format!("its model `{}` is not the image's `disk-model = \"{m}\"`", d.model))
         } else {
@@ -201,7 +200,7 @@ pub fn choose_disk<'a>(disks: &'a [Disk], medium: &str, index: &Index) -> Result
         format!(
             "no disk to install {} onto (it needs a fixed disk of at least {}); {}. Nothing was written.",
             index.image,
-            crate::flash::human(min),
+            crate::progress::human(min),
             if why.is_empty() { "this PC shows no disks at all (is the disk controller in RAID mode? set it to AHCI)".to_string() } else { why.join(", ") }
         )
     })
@@ -209,11 +208,14 @@ pub fn choose_disk<'a>(disks: &'a [Disk], medium: &str, index: &Index) -> Result
 
 /// Whether the disk's partition table has an outpost data partition.
 fn holds_outpost(dev: &Path) -> bool {
+    File::open(dev).is_ok_and(has_data_partition)
+}
+
+fn has_data_partition(disk: File) -> bool {
     gpt::GptConfig::new()
         .writable(false)
-        .open(dev)
-        .map(|d| d.partitions().values().any(|p| p.name == "data" && p.part_type_guid.guid.to_string() == crate::disk::layout::types::VAR))
-        .unwrap_or(false)
+        .open_from_device(disk)
+        .is_ok_and(|d| d.partitions().values().any(|p| p.name == "data" && p.part_type_guid.guid.to_string() == crate::disk::layout::types::VAR))
 }
 
 /// Erases the partition tables, writes every piece, reads them back, then writes the partition
@@ -226,59 +228,48 @@ pub fn write_image(con: &mut Console, iso: &mut Iso, index: &Index, disk: &mut F
         disk.seek(SeekFrom::Start(at))?;
         disk.write_all(&zeros).context("erasing the old partition tables")?;
     }
-    let total: u64 = index.pieces.iter().map(|p| p.length).sum();
-    let mut done = 0;
-    let mut shown = 0;
-    let mut buf = vec![0u8; CHUNK];
-    for p in &index.pieces {
+    // The pieces as a block map: written and read back as `outpost flash` does.
+    let map = piece_map(index)?;
+    let total = map.mapped_bytes();
+    let (mut done, mut shown) = (0, 0);
+    for (p, range) in index.pieces.iter().zip(&map.ranges) {
         let src = iso.reader(&format!("{PAYLOAD_DIR}/{}", p.file))?;
         let mut dec = zstd::Decoder::new(src).with_context(|| format!("reading {} on the installer medium", p.file))?;
-        disk.seek(SeekFrom::Start(p.offset))?;
-        let mut h = Sha256::new();
-        let mut left = p.length;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            dec.read_exact(&mut buf[..n])
-                .with_context(|| format!("reading the {} piece from the installer medium (was the USB stick pulled out, or is it damaged?)", p.what))?;
-            h.update(&buf[..n]);
-            disk.write_all(&buf[..n]).with_context(|| format!("writing the {} piece to the disk", p.what))?;
-            left -= n as u64;
-            done += n as u64;
+        // Unchecked here: a mismatch is the medium's fault, and said so below.
+        let one = BlockMap { image_size: map.image_size, ranges: vec![Range { sha256: None, ..range.clone() }] };
+        let progress = |n: u64| {
+            done += n;
             let pct = done * 100 / total.max(1);
             if pct >= shown + 10 {
                 shown = pct - pct % 10;
                 con.say(&format!("outpost installer: writing {shown}%"));
             }
-        }
-        let got = hex::encode(h.finalize());
+        };
+        let got = crate::flash::write_ranges(&mut dec, &one, disk, progress)
+            .with_context(|| format!("writing the {} piece from the installer medium (was the USB stick pulled out, or is it damaged?)", p.what))?
+            .remove(0);
         anyhow::ensure!(got == p.sha256, "the installer medium's {} piece is damaged (sha256 {got}, install.json says {}): write the stick again", p.what, p.sha256);
     }
     con.say("outpost installer: reading back what was written");
-    crate::flash::drop_cache(disk)?;
-    for p in &index.pieces {
-        disk.seek(SeekFrom::Start(p.offset))?;
-        let mut h = Sha256::new();
-        let mut left = p.length;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            disk.read_exact(&mut buf[..n]).with_context(|| format!("reading the {} piece back", p.what))?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-        let got = hex::encode(h.finalize());
-        anyhow::ensure!(got == p.sha256, "the {} piece reads back differently from what was written (sha256 {got}, expected {}): the disk is failing", p.what, p.sha256);
-    }
+    let sums: Vec<String> = index.pieces.iter().map(|p| p.sha256.clone()).collect();
+    crate::flash::verify_ranges(disk, &map, &sums)?;
     // The commit point: with the partition table the disk boots.
     let layout = grown_layout(index, size);
     crate::disk::write_table(&layout, disk.try_clone()?).context("writing the partition table")?;
     crate::flash::drop_cache(disk)?;
-    anyhow::ensure!(holds_outpost_file(disk), "the partition table does not read back");
+    anyhow::ensure!(has_data_partition(disk.try_clone()?), "the partition table does not read back");
     Ok(())
 }
 
-fn holds_outpost_file(disk: &File) -> bool {
-    let Ok(f) = disk.try_clone() else { return false };
-    gpt::GptConfig::new().writable(false).open_from_device(f).is_ok_and(|d| d.partitions().values().any(|p| p.name == "data"))
+/// The pieces as block ranges with their sha256 (every piece starts and ends on a 4 KiB block:
+/// partitions are MiB-aligned).
+fn piece_map(index: &Index) -> Result<BlockMap> {
+    let mut ranges = Vec::new();
+    for p in &index.pieces {
+        anyhow::ensure!(p.offset % BLOCK == 0 && p.length % BLOCK == 0 && p.length > 0, "install.json: the {} piece is not whole 4 KiB blocks", p.what);
+        ranges.push(Range { first: p.offset / BLOCK, last: (p.offset + p.length) / BLOCK - 1, sha256: Some(p.sha256.clone()) });
+    }
+    Ok(BlockMap { image_size: index.image_size, ranges })
 }
 
 /// The image's partitions on a disk of `size` bytes: the data partition runs to the last whole

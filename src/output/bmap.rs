@@ -169,20 +169,14 @@ pub fn mapped_ranges(raw: &Path) -> Result<Vec<(u64, u64)>> {
 pub fn create(raw: &Path) -> Result<BlockMap> {
     let image_size = std::fs::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
     let mut f = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
     let mut ranges = Vec::new();
     for (first, last) in mapped_ranges(raw)? {
         let mut r = Range { first, last, sha256: None };
         f.seek(SeekFrom::Start(r.offset()))?;
-        let mut h = Sha256::new();
-        let mut left = r.len(image_size);
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            f.read_exact(&mut buf[..n]).with_context(|| format!("reading {}", raw.display()))?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-        r.sha256 = Some(hex::encode(h.finalize()));
+        let len = r.len(image_size);
+        let (sha256, n) = crate::output::hash_copy(&mut (&mut f).take(len), &mut std::io::sink()).with_context(|| format!("reading {}", raw.display()))?;
+        anyhow::ensure!(n == len, "{} ends inside blocks {first}-{last}", raw.display());
+        r.sha256 = Some(sha256);
         ranges.push(r);
     }
     Ok(BlockMap { image_size, ranges })

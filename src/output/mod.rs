@@ -2,7 +2,7 @@
 //! `NAME.partial` and renamed only once all outputs are complete.
 
 use std::fs::{self, File};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -33,17 +33,25 @@ pub fn qcow2(raw: &Path, out: &Path) -> Result<()> {
 }
 
 pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = BufReader::with_capacity(1 << 20, File::open(p).with_context(|| format!("opening {}", p.display()))?);
+    let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    Ok(hash_copy(&mut f, &mut std::io::sink()).with_context(|| format!("reading {}", p.display()))?.0)
+}
+
+/// Copies `r` to its end into `w` (`io::sink()` to hash only); returns the sha256 of the
+/// bytes and how many there were.
+pub fn hash_copy(r: &mut dyn Read, w: &mut dyn Write) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok((hex::encode(h.finalize()), total));
         }
         h.update(&buf[..n]);
+        w.write_all(&buf[..n])?;
+        total += n as u64;
     }
-    Ok(hex::encode(h.finalize()))
 }
 
 #[derive(Debug, Serialize)]

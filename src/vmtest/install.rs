@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{Machine, OVMF_CODE, Vm, Wait, accel_args, wait_console};
+use super::{Machine, Vm, Wait, machine_command, wait_console};
 use crate::spec::{Firmware, Install};
 
 const PREFIX: &str = "OUTPOST-INSTALL:";
@@ -16,26 +16,12 @@ const PREFIX: &str = "OUTPOST-INSTALL:";
 pub(super) async fn run(m: &Machine<'_>, inst: &Install, iso: &Path, console: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let (mut passed, mut failed) = (Vec::new(), Vec::new());
     let _ = std::fs::remove_file(console);
-    let qemu = crate::tool::which("qemu-system-x86_64").context("qemu-system-x86_64 is not installed; apt-get install qemu-system-x86")?;
-    let mut cmd = tokio::process::Command::new(qemu);
-    cmd.args(accel_args(m.accel))
-        .args(["-machine", "q35", "-smp", "2", "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config", "-no-reboot"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()));
-    if inst.firmware == Firmware::Uefi {
-        cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
-        cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", m.vars.display()));
-    }
-    cmd.arg("-drive")
-        .arg(format!("if=virtio,format=qcow2,file={}", m.overlay.display()))
+    let mut cmd = machine_command(m, console, inst.firmware == Firmware::Uefi)?;
+    cmd.arg("-no-reboot")
         .args(["-device", "qemu-xhci,id=xhci"])
         .arg("-drive")
         .arg(format!("if=none,id=stick,format=raw,readonly=on,file={}", std::path::absolute(iso)?.display()))
-        .args(["-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+        .args(["-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"]);
     let started = Instant::now();
     let mut vm = Vm(cmd.spawn().context("starting qemu-system-x86_64")?);
     let deadline = started + Duration::from_secs(m.scenario.timeout);

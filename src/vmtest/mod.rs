@@ -229,29 +229,36 @@ async fn start_swtpm(state: &Path) -> Result<(tokio::process::Child, PathBuf)> {
     Ok((child, sock))
 }
 
-/// The QEMU command line of one boot.
-fn accel_args(accel: Accel) -> [&'static str; 4] {
-    match accel {
-        Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
-        Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
-    }
-}
-
-fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&Path>) -> Result<tokio::process::Command> {
+/// The machine itself: CPU, memory, the serial console to a file, OVMF (or, with `uefi`
+/// false, QEMU's SeaBIOS) and the scenario's disk; QEMU is killed with the command.
+fn machine_command(m: &Machine<'_>, console: &Path, uefi: bool) -> Result<tokio::process::Command> {
     let qemu = crate::tool::which("qemu-system-x86_64").context("qemu-system-x86_64 is not installed; apt-get install qemu-system-x86")?;
     let mut cmd = tokio::process::Command::new(qemu);
-    cmd.args(accel_args(m.accel))
-        .args(["-machine", "q35", "-smp", "2", "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
+    match m.accel {
+        Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+    };
+    cmd.args(["-machine", "q35", "-smp", "2", "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
         .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
-        .arg("-drive")
-        .arg(format!("if=pflash,format=raw,file={}", m.vars.display()))
-        .arg("-drive")
+        .arg(format!("file:{}", console.display()));
+    if uefi {
+        cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+        cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", m.vars.display()));
+    }
+    cmd.arg("-drive")
         .arg(format!("if=virtio,format=qcow2,file={}", m.overlay.display()))
-        // restrict=on: the guest reaches nothing outside, as in a clinic without internet.
-        .arg("-netdev")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// The QEMU command line of one boot.
+fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&Path>) -> Result<tokio::process::Command> {
+    let mut cmd = machine_command(m, console, true)?;
+    // restrict=on: the guest reaches nothing outside, as in a clinic without internet.
+    cmd.arg("-netdev")
         .arg(format!("user,id=n0,restrict=on{}{}", m.scenario.net.as_ref().map(|n| format!(",net={n}")).unwrap_or_default(), m.forwards))
         .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-serial-pci"])
         .arg("-chardev")
@@ -260,11 +267,7 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
         .args(["-device", "virtio-rng-pci"])
         // The Intel 6300ESB watchdog: what systemd's RuntimeWatchdogSec drives when the
         // guest's kernel has its driver (the appliance falls back to softdog otherwise).
-        .args(["-device", "i6300esb"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+        .args(["-device", "i6300esb"]);
     if boot.key_disk {
         cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.key_disk().display()));
     }
