@@ -70,6 +70,7 @@ bench:
     print(f"layer cache       {cache / 2**20:7.1f} MiB")
     PY
     just bench-pacs
+    just bench-delivery
 
 # The PACS stack (three container images built from packages): build time it adds cold and warm,
 # size it adds, and under QEMU the time from power-on to Orthanc answering, first and later boots
@@ -111,6 +112,46 @@ bench-pacs:
         if m:
             print(f"boot {m[1]}: power-on to the stack up and Orthanc answering through nginx: {m[2]} s (TCG)")
     print("first-boot image loading: none (the store is in the root)")
+    PY
+
+# The clinic PC image's delivery outputs: sizes against the raw disk, the ISO step of the build,
+# `outpost flash` into a file with and without the block map, and an unattended install under
+# QEMU (power-on to installed, the installer's own write-and-verify time, the installed first boot)
+bench-delivery:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -q
+    export SOURCE_DATE_EPOCH=1700000000
+    ob=$PWD/target/release/outpost
+    t=$(mktemp -d /var/tmp/outpost-bench-delivery.XXXXXX)
+    trap 'rm -rf "$t"' EXIT
+    $ob build images/clinic-pc.toml --out "$t/out" --cache "$t/cache" --json > "$t/cold.json"
+    $ob build images/clinic-pc.toml --out "$t/out2" --cache "$t/cache" --json > "$t/warm.json"
+    truncate -s 2G "$t/stick.img"
+    $ob flash "$t/out/clinic-pc.raw" "$t/stick.img" --json > "$t/flash-bmap.json"
+    $ob flash "$t/out/clinic-pc.raw" "$t/stick.img" --no-bmap --json > "$t/flash-all.json"
+    $ob test qemu-tests/install.toml --image "$t/out/clinic-pc.iso" --cache "$t/cache" --work "$t/vm" --json > "$t/install.json"
+    python3 - "$t" <<'PY'
+    import json, re, sys
+    t = sys.argv[1]
+    for name in ["cold", "warm"]:
+        r = json.load(open(f"{t}/{name}.json"))
+        total = sum(s for _, s in r["stages"]); iso = dict(r["stages"]).get("writing the installer ISO", 0)
+        print(f"{name} build        {total:6.1f} s, of which the installer ISO {iso:.1f} s")
+    sizes = {o["file"]: o["size"] for o in json.load(open(f"{t}/cold.json"))["outputs"]}
+    raw = sizes["clinic-pc.raw"]
+    for f, n in sizes.items():
+        print(f"  {f:<26} {n / 2**20:7.1f} MiB  ({100 * n / raw:.0f} % of raw)")
+    for name in ["flash-bmap", "flash-all"]:
+        r = json.load(open(f"{t}/{name}.json"))
+        print(f"{name:<12} {r['written_bytes'] / 2**20:6.1f} MiB in {r['write_seconds']:.1f} s ({r['write_mb_per_s']:.0f} MB/s), verified in {r['verify_seconds']:.1f} s")
+    for p in json.load(open(f"{t}/install.json"))["passed"]:
+        m = re.search(r"checked, in (\d+) s.* after (\d+) s", p)
+        if m:
+            print(f"install (TCG)     power-on to installed {m[2]} s, writing and verifying {m[1]} s")
+        m = re.match(r"verdict .* after (\d+) s", p)
+        if m:
+            print(f"installed disk    first boot to the verdict {m[1]} s (TCG)")
     PY
 
 # 100 power cuts on the Debian test appliance (seeded; about 2 hours under TCG): boots that needed
