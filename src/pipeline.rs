@@ -142,7 +142,11 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         let seed_serial = u32::from_be_bytes(seed.guid.as_bytes()[..4].try_into().expect("4 bytes"));
         let seed_img = crate::site::seed::image(seed.size(), seed_serial, ctx.epoch, None)?;
         std::fs::write(work.path().join("seed.img"), seed_img)?;
-        disk::copy_into(&layout, Role::Seed, &work.path().join("seed.img"), &disk_file)
+        disk::copy_into(&layout, Role::Seed, &work.path().join("seed.img"), &disk_file)?;
+        // The data partition's blank marker: what the first boot may format, and nothing else.
+        let marker = work.path().join("data-marker.img");
+        std::fs::write(&marker, disk::layout::blank_data_marker()).with_context(|| format!("writing {}", marker.display()))?;
+        disk::copy_into(&layout, Role::Data, &marker, &disk_file)
     })?;
     let iso = out_dir.join(format!("{}.iso", plan.image));
     if plan.spec.outputs.contains(&OutputFormat::Iso) {

@@ -226,17 +226,22 @@ pub fn preflight(needed: &[&str]) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let is_root = unsafe { libc::geteuid() } == 0;
     if is_root && Path::new("/usr/bin/apt-get").exists() {
+        // One install at a time from this process; another apt (unattended-upgrades, a second
+        // build) is waited for below.
+        static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+        if missing(needed).is_empty() {
+            return Ok(());
+        }
         eprintln!("outpost: installing missing host packages: {}", pkgs.join(" "));
-        Tool::new("apt-get")
-            .describe("updating the host's package lists")
-            .arg("update")
-            .run()?;
-        Tool::new("apt-get")
-            .describe("installing host packages outpost needs")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&pkgs)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()?;
+        apt_get(Tool::new("apt-get").describe("updating the host's package lists").arg("update"))?;
+        apt_get(
+            Tool::new("apt-get")
+                .describe(format!("installing the host packages {}", pkgs.join(" ")))
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&pkgs)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
         let still = missing(needed);
         if still.is_empty() {
             return Ok(());
@@ -249,9 +254,41 @@ pub fn preflight(needed: &[&str]) -> Result<()> {
     )
 }
 
+/// apt-get, waiting (up to ten minutes, saying so once) while another apt or dpkg holds its
+/// lock; any other failure is apt's own message, not "missing tools".
+fn apt_get(tool: Tool) -> Result<()> {
+    let tool = tool.args(["-o", "DPkg::Lock::Timeout=600"]);
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match tool.run() {
+            Ok(()) => return Ok(()),
+            Err(e @ ToolError::Exit { .. }) if is_lock_error(&e.to_string()) && started.elapsed() < std::time::Duration::from_secs(600) => {
+                if !said {
+                    eprintln!("outpost: another apt or dpkg holds the package lock; waiting for it (up to 10 minutes)");
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn is_lock_error(text: &str) -> bool {
+    text.contains("Could not get lock") || text.contains("Unable to acquire the dpkg frontend lock") || text.contains("Unable to lock directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_lock_messages_are_told_apart() {
+        assert!(is_lock_error("E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 812 (apt-get)"));
+        assert!(is_lock_error("E: Unable to lock directory /var/lib/apt/lists/"));
+        assert!(!is_lock_error("E: Unable to locate package erofs-utils"));
+    }
 
     #[test]
     fn missing_program_names_the_package() {

@@ -45,7 +45,7 @@ fn console_only(msg: &str) -> Result<()> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Nothing we know: a new appliance.
+    /// Exactly what the image wrote there (the blank marker): a new appliance.
     Blank,
     /// A first boot was cut off; its partition holds nothing yet and is formatted again.
     Interrupted,
@@ -55,20 +55,76 @@ enum State {
     Plain,
 }
 
+/// LUKS2's primary and secondary binary header magics, and the offsets where the secondary
+/// header may start (the LUKS2 on-disk format: the primary header's size).
+const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
+const LUKS_SECONDARY_MAGIC: &[u8] = b"SKUL\xba\xbe";
+const LUKS_SECONDARY_OFFSETS: [u64; 9] = [16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20];
+/// ext2/3/4: the superblock at 1024, its magic at +56, its volume name (16 bytes) at +120.
+const EXT4_MAGIC_AT: usize = 1024 + 56;
+const EXT4_LABEL_AT: usize = 1024 + 120;
+
+/// What the data partition holds, read from its first bytes. A partition is formatted only when
+/// it is positively what the image wrote (the blank marker) or what an interrupted first boot
+/// left (a LUKS2 header or ext4 file system with the provisioning label). Anything else, and any
+/// probe that fails, is an error: the partition stays closed and untouched, never formatted.
 fn state(dev: &Path) -> Result<State> {
-    let is_luks = Tool::new("cryptsetup").args(["isLuks", "--type", "luks2"]).arg(dev).run().is_ok();
-    if is_luks {
-        let dump = Tool::new("cryptsetup").describe("reading the data partition's LUKS2 header").arg("luksDump").arg(dev).output()?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(dev).with_context(|| format!("opening the data partition {}", dev.display()))?;
+    let mut head = vec![0u8; crate::disk::layout::BLANK_DATA_MARKER_SIZE];
+    f.read_exact(&mut head).with_context(|| format!("reading the start of the data partition {}", dev.display()))?;
+    let mut luks = head.starts_with(LUKS_MAGIC);
+    for at in LUKS_SECONDARY_OFFSETS {
+        if luks {
+            break;
+        }
+        let mut magic = [0u8; 6];
+        f.seek(SeekFrom::Start(at)).with_context(|| format!("reading {}", dev.display()))?;
+        match f.read_exact(&mut magic) {
+            Ok(()) => luks = magic == LUKS_SECONDARY_MAGIC,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dev.display())),
+        }
+    }
+    if luks {
+        // A header cryptsetup cannot read is a damaged encrypted partition, not a blank one.
+        let dump = Tool::new("cryptsetup")
+            .describe("reading the data partition's LUKS2 header")
+            .arg("luksDump")
+            .arg(dev)
+            .output()
+            .context("the data partition has a LUKS header that cannot be read")?;
         let label = dump.lines().find_map(|l| l.strip_prefix("Label:")).map(str::trim).unwrap_or("");
         let tpm2 = dump.lines().any(|l| l.trim_end().ends_with(": systemd-tpm2"));
-        return Ok(if label == LABEL_READY { State::Luks { tpm2 } } else { State::Interrupted });
+        return match label {
+            LABEL_READY => Ok(State::Luks { tpm2 }),
+            LABEL_PROVISIONING => Ok(State::Interrupted),
+            other => bail!("the data partition is a LUKS2 volume labelled `{}` that this appliance did not make", excerpt(other)),
+        };
     }
-    let label = Tool::new("blkid").args(["-p", "-o", "value", "-s", "LABEL"]).arg(dev).output().unwrap_or_default();
-    Ok(match label.trim() {
-        FS_READY => State::Plain,
-        FS_NEW => State::Interrupted,
-        _ => State::Blank,
-    })
+    if head[EXT4_MAGIC_AT..EXT4_MAGIC_AT + 2] == [0x53, 0xef] {
+        let raw = &head[EXT4_LABEL_AT..EXT4_LABEL_AT + 16];
+        let label = String::from_utf8_lossy(&raw[..raw.iter().position(|b| *b == 0).unwrap_or(16)]).into_owned();
+        return match label.as_str() {
+            FS_READY => Ok(State::Plain),
+            FS_NEW => Ok(State::Interrupted),
+            other => bail!("the data partition holds an ext4 file system labelled `{}` that this appliance did not make", excerpt(other)),
+        };
+    }
+    if head == crate::disk::layout::blank_data_marker() {
+        return Ok(State::Blank);
+    }
+    let shown = head.iter().take(16).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+    bail!("the data partition holds neither the blank marker the image wrote nor a volume this appliance made (it starts with {shown})")
+}
+
+/// At most 40 characters of a value read from a disk, for a message.
+fn excerpt(s: &str) -> String {
+    let mut e: String = s.chars().filter(|c| !c.is_control()).take(40).collect();
+    if s.chars().count() > 40 {
+        e.push('…');
+    }
+    e
 }
 
 /// `outpost data open`.
@@ -107,7 +163,12 @@ fn open_inner(root: &Path) -> Result<()> {
             }
         }
     }
-    let st = state(&dev)?;
+    let st = state(&dev).inspect_err(|e| {
+        console(&format!(
+            "the data partition {} is left closed and untouched, nothing was formatted: {e:#}. The applications stay stopped; see docs/encryption.md, \"Recovery\".",
+            dev.display()
+        ))
+    })?;
     match (st, unlock) {
         (State::Blank | State::Interrupted, _) => {
             if st == State::Interrupted {
@@ -507,6 +568,14 @@ mod tests {
             f.set_len(32 << 20).unwrap();
         };
         fresh(&dev);
+        // A never-written (all-zero) partition is not what the image wrote: not formatted.
+        assert!(state(&dev).is_err());
+        let blank = |dev: &Path| {
+            fresh(dev);
+            use std::io::Write;
+            std::fs::OpenOptions::new().write(true).open(dev).unwrap().write_all(&crate::disk::layout::blank_data_marker()).unwrap();
+        };
+        blank(&dev);
         assert_eq!(state(&dev).unwrap(), State::Blank);
         let format = |label: &str| {
             Tool::new("cryptsetup")
@@ -521,9 +590,54 @@ mod tests {
         Tool::new("cryptsetup").args(["config", "--label", LABEL_READY]).arg(&dev).run().unwrap();
         assert_eq!(state(&dev).unwrap(), State::Luks { tpm2: false });
         for (label, want) in [(FS_NEW, State::Interrupted), (FS_READY, State::Plain)] {
-            fresh(&dev);
+            blank(&dev);
             Tool::new("mkfs.ext4").args(["-q", "-F", "-L", label]).arg(&dev).run().unwrap();
             assert_eq!(state(&dev).unwrap(), want, "ext4 labelled {label}");
         }
+    }
+
+    /// A probe that fails never reads as "blank": a LUKS2 volume whose headers cryptsetup cannot
+    /// read, a partition that cannot be read at all, another system's data, an ext4 file system
+    /// this appliance did not make. Each is an error, and the partition keeps its bytes.
+    #[test]
+    fn a_failed_probe_keeps_the_partition_closed() {
+        crate::tool::preflight(&["cryptsetup", "mkfs.ext4"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("data.img");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "0123456789abcdef").unwrap();
+        std::fs::File::create(&dev).unwrap().set_len(32 << 20).unwrap();
+        Tool::new("cryptsetup")
+            .args(["luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768", "--label", LABEL_READY, "--key-file"])
+            .arg(&key)
+            .arg(&dev)
+            .run()
+            .unwrap();
+        assert_eq!(state(&dev).unwrap(), State::Luks { tpm2: false });
+        // Both binary headers' checksums broken: cryptsetup no longer reads it as LUKS at all
+        // (the old probe then said "blank" and the first-boot path would have formatted it).
+        let mut bytes = std::fs::read(&dev).unwrap();
+        let hdr_size = u64::from_be_bytes(bytes[8..16].try_into().unwrap()) as usize;
+        for at in [0, hdr_size] {
+            bytes[at + 0x1c0] ^= 0xff;
+        }
+        std::fs::write(&dev, &bytes).unwrap();
+        assert!(Tool::new("cryptsetup").args(["isLuks"]).arg(&dev).run().is_err(), "the test header must be unreadable");
+        let err = state(&dev).unwrap_err();
+        assert!(format!("{err:#}").contains("LUKS header that cannot be read"), "{err:#}");
+        assert_eq!(std::fs::read(&dev).unwrap(), bytes, "probing changed the partition");
+        // Unreadable: a directory where the partition should be, or no device at all.
+        assert!(state(dir.path()).is_err());
+        assert!(state(&dir.path().join("missing")).is_err());
+        // Another system's data (random bytes), and an ext4 file system of someone else's.
+        let mut other = vec![0u8; 32 << 20];
+        for (i, b) in other.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+        std::fs::write(&dev, &other).unwrap();
+        assert!(format!("{:#}", state(&dev).unwrap_err()).contains("neither the blank marker"));
+        std::fs::File::create(&dev).unwrap().set_len(32 << 20).unwrap();
+        Tool::new("mkfs.ext4").args(["-q", "-F", "-L", "home-backup"]).arg(&dev).run().unwrap();
+        assert!(format!("{:#}", state(&dev).unwrap_err()).contains("labelled `home-backup`"));
     }
 }

@@ -26,6 +26,16 @@ pub const SEED_SIZE: u64 = 16 << 20;
 /// Its GPT partition name, which the first-boot agent looks for.
 pub const SEED_LABEL: &str = "seed";
 
+/// What the image writes at the start of its data partition: the only content the appliance's
+/// first boot formats (anything else it leaves closed and untouched). One 4 KiB block.
+pub const BLANK_DATA_MARKER_SIZE: usize = 4096;
+
+pub fn blank_data_marker() -> Vec<u8> {
+    let mut b = b"OUTPOST-BLANK-DATA-PARTITION\nversion 1\nThe appliance encrypts this partition at its first boot.\n".to_vec();
+    b.resize(BLANK_DATA_MARKER_SIZE, 0);
+    b
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {

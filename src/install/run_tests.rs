@@ -64,6 +64,7 @@ fn the_data_partition_grows_to_the_disk_end() {
 #[test]
 fn installs_a_real_iso_onto_a_disk_file() {
     crate::tool::preflight(crate::install::iso::TOOLS).unwrap();
+    crate::tool::preflight(&["sgdisk"]).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let layout = crate::disk::plan(64 << 20, 8 << 20, 1 << 20, 32 << 20, "install-test");

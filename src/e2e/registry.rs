@@ -1,0 +1,94 @@
+//! An image outpost built, pushed to a registry on loopback (Debian's docker-registry), pulled
+//! back by digest into the PACS appliance, which then serves through it with the registry gone;
+//! and references a build must refuse, in seconds, naming the layer and container.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{self, build, names, outpost_fails, run};
+
+/// A registry on loopback, stopped when dropped.
+struct Registry(Child, u16);
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        support::ensure_tool("docker-registry", "docker-registry");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();
+        let config = dir.join("registry.yml");
+        std::fs::write(&config, format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("registry").display())).expect("writing the registry's configuration");
+        let child = Command::new("docker-registry").arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting docker-registry");
+        let up = support::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        assert!(up.is_some(), "docker-registry did not listen on port {port}");
+        Registry(child, port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn pacs_pulled_by_digest() {
+    let a = support::shared("pacs-clinic");
+    let manifest = a.manifest();
+    let nginx_digest = manifest["containers"].as_array().expect("containers").iter().find(|c| c["name"] == "pacs-nginx").expect("pacs-nginx")["digest"]
+        .as_str()
+        .expect("a digest")
+        .to_string();
+    let t = support::run_dir().join("registry");
+    std::fs::create_dir_all(&t).expect("creating the registry's directory");
+    let registry = Registry::start(&t);
+    let layout = support::shared_cache().join("oci/images").join(nginx_digest.replace(':', "-"));
+    let repo = format!("127.0.0.1:{}/outpost/pacs-nginx", registry.1);
+    run("skopeo", &["copy".as_ref(), "--quiet".as_ref(), "--preserve-digests".as_ref(), "--dest-tls-verify=false".as_ref(), format!("oci:{}:image", layout.display()).as_ref(), format!("docker://{repo}:built").as_ref()]);
+
+    let proj = support::project_copy("pulled");
+    let image = proj.join("images/pacs-clinic.toml");
+    let layer_toml = proj.join("layers/orthanc-pacs/layer.toml");
+    let original = std::fs::read_to_string(&layer_toml).expect("reading the layer");
+    let nginx_block = &original[original.find("[containers.pacs-nginx]").expect("the nginx container")..];
+    let with_ref = |r: &str| original.replace(nginx_block, &format!("[containers.pacs-nginx]\nref = \"{r}\"\ntls-verify = false\n"));
+
+    // Bad references fail in seconds, naming the layer and container.
+    std::fs::write(&layer_toml, with_ref(&format!("{repo}:built"))).expect("writing the layer");
+    let err = outpost_fails(&["plan".as_ref(), image.as_os_str()]);
+    assert!(err.contains("containers.pacs-nginx.ref") && err.contains("names a tag"), "{err}");
+    let unknown = format!("{repo}@sha256:{}", "0".repeat(64));
+    let bad = t.join("out-bad");
+    for (reference, why) in [(unknown.as_str(), "unknown digest"), (&format!("127.0.0.1:1/outpost/pacs-nginx@{nginx_digest}"), "unreachable registry")] {
+        std::fs::write(&layer_toml, with_ref(reference)).expect("writing the layer");
+        let _slot = support::build_slot();
+        let started = Instant::now();
+        let err = outpost_fails(&["build".as_ref(), image.as_os_str(), "--out".as_ref(), bad.as_os_str(), "--cache".as_ref(), support::shared_cache().as_os_str()]);
+        assert!(err.contains("container `pacs-nginx` of layer `orthanc-pacs`"), "{why}: {err}");
+        assert!(started.elapsed().as_secs() < 60, "{why}: the build failed only after {:?}", started.elapsed());
+        assert!(!bad.join("pacs-clinic.raw").exists(), "{why}: a failed build left an output");
+    }
+
+    // Pinned by digest: the appliance holds the same image, recorded as pulled.
+    std::fs::write(&layer_toml, with_ref(&format!("{repo}@{nginx_digest}"))).expect("writing the layer");
+    let out = t.join("out-pulled");
+    let pulled = build(&support::shared_cache(), &image, &out);
+    assert_eq!(names(&pulled["built_layers"]), ["orthanc-pacs"]);
+    let manifest = support::read_json(&out.join("manifest.json"));
+    let nginx = manifest["containers"].as_array().expect("containers").iter().find(|c| c["name"] == "pacs-nginx").expect("pacs-nginx").clone();
+    assert_eq!(nginx["digest"], nginx_digest.as_str());
+    assert_eq!(nginx["source"], format!("registry {repo}@{nginx_digest}"));
+    assert!(nginx["packages"].as_array().expect("packages").iter().any(|p| p[0] == "nginx"), "the pulled image's packages are read from its dpkg status");
+    // It runs: the appliance serves Orthanc through the pulled nginx, with the registry gone.
+    drop(registry);
+    let scenario = proj.join("qemu-tests/pacs-pulled.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "version = 1\nimage = \"../images/pacs-clinic.toml\"\ntimeout = 900\nmemory = 1536\nverdict = \"OUTPOST-VERDICT: running\"\n\
+             [[command]]\nrun = \"podman inspect --format '{{{{.ImageDigest}}}}' orthanc-pacs-nginx\"\nexpect = \"{nginx_digest}\"\n\
+             [[http]]\nport = 80\npath = \"/system\"\ncontains = \"outpost PACS\"\n"
+        ),
+    )
+    .expect("writing the scenario");
+    support::boot(&scenario, &out.join("pacs-clinic.raw"), &t.join("vm"));
+}
