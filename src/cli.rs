@@ -47,14 +47,17 @@ pub enum Command {
         /// Image definition, e.g. images/demo.toml
         image: PathBuf,
     },
-    /// Boot an image under QEMU and check a scenario's assertions
+    /// Boot images under QEMU and check scenarios' assertions (each image is built once, through
+    /// the cache, for all the scenarios that boot it)
     Test {
-        /// Scenario, e.g. qemu-tests/debian-base.toml
-        scenario: PathBuf,
-        /// Boot this disk instead of building the scenario's image
+        /// Scenarios, e.g. qemu-tests/debian-base.toml qemu-tests/encryption.toml
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Boot this disk instead of building the scenarios' image
         #[arg(long, value_name = "PATH")]
         image: Option<PathBuf>,
-        /// Where the console log, overlay and (if built) image go [default: a new directory under /var/tmp]
+        /// Where the console logs, overlays and (if built) images go, one directory per scenario
+        /// below it when there are several [default: a new directory under /var/tmp]
         #[arg(long, value_name = "DIR")]
         work: Option<PathBuf>,
     },

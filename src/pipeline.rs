@@ -2,14 +2,14 @@
 //! step's result.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use sha2::Digest;
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::disk::{self, Role};
+use crate::disk;
+use crate::format::layout::{self, Role};
 use crate::output::{self, Manifest};
 use crate::plan::{self, BuildPlan};
 use crate::progress::Progress;
@@ -36,14 +36,6 @@ pub struct BuildReport {
     pub warnings: Vec<String>,
 }
 
-/// SOURCE_DATE_EPOCH, or now when it is not set (the build is then not reproducible).
-pub fn source_date_epoch() -> Result<i64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds since 1970")),
-        Err(_) => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64),
-    }
-}
-
 /// Host tools a build needs.
 pub fn build_tools(plan: &BuildPlan) -> Vec<&'static str> {
     let mut t = vec!["mmdebstrap", "unshare", "chroot", "mkfs.erofs", "veritysetup", "mkfs.fat", "mcopy", "qemu-img"];
@@ -57,7 +49,7 @@ pub fn build_tools(plan: &BuildPlan) -> Vec<&'static str> {
         t.push("skopeo");
     }
     if plan.spec.outputs.contains(&OutputFormat::Iso) {
-        t.extend(crate::install::iso::TOOLS);
+        t.extend(crate::output::iso::TOOLS);
     }
     t
 }
@@ -76,7 +68,7 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
          which need root (a CI job's root, or a container's, is enough; no mounts or loop devices are used)"
     );
     if let Some(key) = &ctx.encrypt_key {
-        crate::crypt::image::check_key_file(key)?;
+        crate::output::encrypt::check_key_file(key)?;
     }
     tool::preflight(&build_tools(&plan))?;
     check_keyring(&plan)?;
@@ -84,13 +76,12 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     let name = &plan.image;
     let raw = out_dir.join(format!("{name}.raw"));
     let qcow2 = out_dir.join(format!("{name}.qcow2"));
-    let mut finals = vec![raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks")), output::bmap::path_for(&raw)];
+    let mut finals = vec![raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks")), crate::format::bmap::path_for(&raw)];
     finals.extend(["vmdk", "vhd", "ec2-import.json", "iso"].map(|ext| out_dir.join(format!("{name}.{ext}"))));
-    let result = build_into(ctx, &plan, out_dir, &raw, &qcow2);
-    if result.is_err() {
-        output::remove_partials(&finals);
-    }
-    result
+    let partials = crate::files::Partials::new(finals);
+    let report = build_into(ctx, &plan, out_dir, &raw, &qcow2)?;
+    partials.keep();
+    Ok(report)
 }
 
 fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &Path) -> Result<BuildReport> {
@@ -100,16 +91,17 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
     if plan.layers.iter().any(|l| !l.layer.containers.is_empty()) {
         p.stage("containers", || crate::container::resolve_all(plan, &ctx.cache, |m| p.message(m)))?;
     }
-    let layers = p.stage("layers", || rootfs::build_layers(plan, &ctx.cache, &tree, |m| p.message(m)))?;
+    let containers = |layer: &plan::PlannedLayer, root: &Path| crate::container::install(plan, layer, &ctx.cache, root);
+    let layers = p.stage("layers", || rootfs::build_layers(plan, &ctx.cache, &tree, &containers, |m| p.message(m)))?;
     p.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &tree, layers.tree_complete, ctx.epoch))?;
 
     let seed = format!("{}:{}", plan.image, plan.top_key());
     let root_img = work.path().join("root.erofs");
     let verity_img = work.path().join("root.verity");
     let root_hash = p.stage("writing the root filesystem", || {
-        disk::make_erofs(&tree, &root_img, &disk::derive_uuid(&seed, "root filesystem"), ctx.epoch)?;
+        disk::make_erofs(&tree, &root_img, &layout::derive_uuid(&seed, "root filesystem"), ctx.epoch)?;
         let salt = hex::encode(sha2::Sha256::digest(format!("{seed}\0verity salt")));
-        disk::make_verity(&root_img, &verity_img, &salt, &disk::derive_uuid(&seed, "root verity"))
+        disk::make_verity(&root_img, &verity_img, &salt, &layout::derive_uuid(&seed, "root verity"))
     })?;
     let root_len = std::fs::metadata(&root_img)?.len();
     let root_size = match plan.spec.partitions.root {
@@ -122,12 +114,12 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         None => root_len,
     };
     let verity_size = std::fs::metadata(&verity_img)?.len();
-    let layout = disk::plan(plan.spec.partitions.esp.0, root_size, verity_size, plan.spec.partitions.data.0, &seed);
+    let layout = layout::plan(plan.spec.partitions.esp.0, root_size, verity_size, plan.spec.partitions.data.0, &seed);
     let cmdline = kernel_cmdline(plan, &layout, &root_hash);
 
     let esp_dir = work.path().join("esp");
     let esp_img = work.path().join("esp.img");
-    let disk_file = output::partial(raw);
+    let disk_file = crate::files::partial(raw);
     p.stage("writing the disk", || {
         disk::create(&layout, &disk_file)?;
         disk::copy_into(&layout, Role::Root, &root_img, &disk_file)?;
@@ -140,18 +132,18 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         // `outpost personalize`, or someone with a laptop, puts a site.toml there.
         let seed = layout.get(Role::Seed);
         let seed_serial = u32::from_be_bytes(seed.guid.as_bytes()[..4].try_into().expect("4 bytes"));
-        let seed_img = crate::site::seed::image(seed.size(), seed_serial, ctx.epoch, None)?;
+        let seed_img = crate::format::seed::image(seed.size(), seed_serial, ctx.epoch, None)?;
         std::fs::write(work.path().join("seed.img"), seed_img)?;
         disk::copy_into(&layout, Role::Seed, &work.path().join("seed.img"), &disk_file)?;
         // The data partition's blank marker: what the first boot may format, and nothing else.
         let marker = work.path().join("data-marker.img");
-        std::fs::write(&marker, disk::layout::blank_data_marker()).with_context(|| format!("writing {}", marker.display()))?;
+        std::fs::write(&marker, layout::blank_data_marker()).with_context(|| format!("writing {}", marker.display()))?;
         disk::copy_into(&layout, Role::Data, &marker, &disk_file)
     })?;
     let iso = out_dir.join(format!("{}.iso", plan.image));
     if plan.spec.outputs.contains(&OutputFormat::Iso) {
         p.stage("writing the installer ISO", || {
-            let src = crate::install::iso::Source {
+            let src = crate::output::iso::Source {
                 image: &plan.image,
                 description: &plan.spec.description,
                 hostname: &plan.spec.hostname,
@@ -162,7 +154,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             };
             let stage = work.path().join("iso/stage");
             std::fs::create_dir_all(&stage)?;
-            crate::install::iso::build(&src, &stage, &output::partial(&iso), ctx.epoch)
+            crate::output::iso::build(&src, &stage, &crate::files::partial(&iso), ctx.epoch)
         })?;
     }
     let packages = rootfs::installed_packages(&tree)?;
@@ -174,9 +166,9 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
     p.stage("writing qcow2 and checksums", || {
         // Hash the raw disk on the second core while qemu-img compresses it.
         let raw_sum = std::thread::scope(|s| {
-            let sum = s.spawn(|| output::sha256_file(&output::partial(raw)));
+            let sum = s.spawn(|| crate::files::sha256_file(&crate::files::partial(raw)));
             if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
-                output::qcow2(&output::partial(raw), &output::partial(qcow2))?;
+                output::qcow2(&crate::files::partial(raw), &crate::files::partial(qcow2))?;
             }
             cloud_outputs(plan, ctx.epoch, &layout, raw, out_dir, &mut finals, &mut outputs)?;
             sum.join().map_err(|_| anyhow::anyhow!("hashing {} panicked", raw.display()))?
@@ -185,27 +177,27 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             let encrypted = out_dir.join(format!("{}.raw.luks", plan.image));
             // Not reproducible by design (a fresh volume key and salt); the manifest's raw
             // checksum is what the decrypted disk must match.
-            crate::crypt::image::encrypt(&output::partial(raw), key, &encrypted)?;
-            outputs.push(output_file(&encrypted, output::sha256_file(&output::partial(&encrypted))?)?);
+            crate::output::encrypt::encrypt(&crate::files::partial(raw), key, &encrypted)?;
+            outputs.push(output_file(&encrypted, crate::files::sha256_file(&crate::files::partial(&encrypted))?)?);
             finals.push(encrypted);
         }
         if plan.spec.outputs.contains(&OutputFormat::Raw) {
             outputs.insert(0, output_file(raw, raw_sum)?);
             finals.push(raw.to_path_buf());
             // The block map beside it, for `outpost flash` and bmaptool.
-            let bmap = output::bmap::path_for(raw);
-            output::bmap::write(&output::partial(raw), &output::partial(&bmap))?;
-            outputs.insert(1, output_file(&bmap, output::sha256_file(&output::partial(&bmap))?)?);
+            let bmap = crate::format::bmap::path_for(raw);
+            crate::format::bmap::write(&crate::files::partial(raw), &crate::files::partial(&bmap))?;
+            outputs.insert(1, output_file(&bmap, crate::files::sha256_file(&crate::files::partial(&bmap))?)?);
             finals.push(bmap);
         } else {
-            std::fs::remove_file(output::partial(raw))?;
+            std::fs::remove_file(crate::files::partial(raw))?;
         }
         if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
-            outputs.push(output_file(qcow2, output::sha256_file(&output::partial(qcow2))?)?);
+            outputs.push(output_file(qcow2, crate::files::sha256_file(&crate::files::partial(qcow2))?)?);
             finals.push(qcow2.to_path_buf());
         }
         if plan.spec.outputs.contains(&OutputFormat::Iso) {
-            outputs.push(output_file(&iso, output::sha256_file(&output::partial(&iso))?)?);
+            outputs.push(output_file(&iso, crate::files::sha256_file(&crate::files::partial(&iso))?)?);
             finals.push(iso.clone());
         }
         anyhow::Ok(())
@@ -281,13 +273,13 @@ fn warnings(plan: &BuildPlan, usb_storage: bool) -> Vec<String> {
 fn cloud_outputs(
     plan: &BuildPlan,
     epoch: i64,
-    layout: &disk::Layout,
+    layout: &layout::Layout,
     raw: &Path,
     out_dir: &Path,
     finals: &mut Vec<PathBuf>,
     outputs: &mut Vec<output::OutputFile>,
 ) -> Result<()> {
-    let id = disk::derive_uuid(&layout.disk_guid.to_string(), "cloud image");
+    let id = layout::derive_uuid(&layout.disk_guid.to_string(), "cloud image");
     let mut import = None;
     for (format, ext) in [(OutputFormat::Vmdk, "vmdk"), (OutputFormat::Vhd, "vhd")] {
         if !plan.spec.outputs.contains(&format) {
@@ -296,18 +288,18 @@ fn cloud_outputs(
         let name = format!("{}.{ext}", plan.image);
         let file = out_dir.join(&name);
         if format == OutputFormat::Vmdk {
-            output::cloud::vmdk(&output::partial(raw), &output::partial(&file), &name, &id)?;
+            output::cloud::vmdk(&crate::files::partial(raw), &crate::files::partial(&file), &name, &id)?;
         } else {
-            output::cloud::vhd(&output::partial(raw), &output::partial(&file), &id, epoch)?;
+            output::cloud::vhd(&crate::files::partial(raw), &crate::files::partial(&file), &id, epoch)?;
         }
-        outputs.push(output_file(&file, output::sha256_file(&output::partial(&file))?)?);
+        outputs.push(output_file(&file, crate::files::sha256_file(&crate::files::partial(&file))?)?);
         finals.push(file);
         import.get_or_insert((name, ext));
     }
     if let Some((disk_file, ext)) = import {
         let json = out_dir.join(format!("{}.ec2-import.json", plan.image));
         let text = output::cloud::ec2_import(&plan.image, &plan.spec.description, &disk_file, ext);
-        std::fs::write(output::partial(&json), &text).with_context(|| format!("writing {}", json.display()))?;
+        std::fs::write(crate::files::partial(&json), &text).with_context(|| format!("writing {}", json.display()))?;
         outputs.push(output_file(&json, hex::encode(sha2::Sha256::digest(text.as_bytes())))?);
         finals.push(json);
     }
@@ -317,7 +309,7 @@ fn cloud_outputs(
 fn output_file(f: &Path, sha256: String) -> Result<output::OutputFile> {
     Ok(output::OutputFile {
         file: f.file_name().unwrap_or_default().to_string_lossy().into_owned(),
-        size: std::fs::metadata(output::partial(f))?.len(),
+        size: std::fs::metadata(crate::files::partial(f))?.len(),
         sha256,
     })
 }
@@ -325,10 +317,10 @@ fn output_file(f: &Path, sha256: String) -> Result<output::OutputFile> {
 /// The kernel command line: the read-only root through dm-verity (the initramfs opens it from
 /// `outpost.verity=DATA-PARTUUID,HASH-PARTUUID,ROOT-HASH`), the serial console last so that
 /// /dev/console (and the verdict line) goes to it, then the image's own options.
-fn kernel_cmdline(plan: &BuildPlan, layout: &disk::Layout, root_hash: &str) -> String {
+fn kernel_cmdline(plan: &BuildPlan, layout: &layout::Layout, root_hash: &str) -> String {
     let mut c = format!(
         "root=/dev/mapper/{} rootfstype=erofs ro outpost.verity={},{},{root_hash} console=tty0 console=ttyS0,115200 panic=10 systemd.gpt_auto=0",
-        crate::rootfs::VERITY_MAPPING,
+        crate::format::VERITY_MAPPING,
         layout.get(Role::Root).guid,
         layout.get(Role::RootVerity).guid,
     );
@@ -357,53 +349,4 @@ fn check_keyring(plan: &BuildPlan) -> Result<()> {
         k.fingerprint
     );
     Ok(())
-}
-
-/// `outpost test`: builds the scenario's image through the cache (unless `image` is given),
-/// boots it and checks every assertion.
-pub async fn test(ctx: &Ctx, scenario_path: &Path, image: Option<&Path>, work: &Path) -> Result<crate::vmtest::Report> {
-    let scenario = crate::spec::Scenario::load(scenario_path)?;
-    tool::preflight(&["qemu-system-x86_64", "qemu-img", "/usr/share/OVMF/OVMF_CODE_4M.fd"])?;
-    let image_path = match image {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let out = work.join("image");
-            let report = build(ctx, &scenario.image, &out)?;
-            let file = if scenario.install.is_some() {
-                report.outputs.iter().find(|o| o.file.ends_with(".iso")).context("the scenario installs from the ISO, but the image has no `iso` output")?
-            } else {
-                report
-                    .outputs
-                    .iter()
-                    .find(|o| o.file.ends_with(".qcow2") || o.file.ends_with(".raw"))
-                    .context("the image has no raw or qcow2 output to boot")?
-            };
-            out.join(&file.file)
-        }
-    };
-    if scenario.uses_ssh() {
-        tool::preflight(&["ssh"])?;
-    }
-    if scenario.tpm {
-        tool::preflight(&["swtpm"])?;
-    }
-    if scenario.boots.iter().any(|b| !b.disk.is_empty()) {
-        tool::preflight(&["cryptsetup"])?;
-    }
-    if scenario.boots.iter().any(|b| b.corrupt_root) {
-        tool::preflight(&["qemu-io"])?;
-    }
-    let image_path = match &scenario.site {
-        Some(site) => {
-            let out = work.join(if scenario.install.is_some() { "personalized.iso" } else { "personalized.raw" });
-            std::fs::create_dir_all(work)?;
-            ctx.progress.stage("personalizing", || crate::site::personalize(&image_path, site, &out, ctx.epoch))?;
-            out
-        }
-        None => image_path,
-    };
-    let started = Instant::now();
-    let report = ctx.progress.stage_async("booting and checking", crate::vmtest::run(&scenario, &image_path, &work.join("vm"))).await?;
-    crate::tool::debug(&format!("test took {:?}", started.elapsed()));
-    Ok(report)
 }

@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+use crate::files::atomic_write;
 use serde::{Deserialize, Serialize};
 
 pub struct Cache {
@@ -152,26 +154,6 @@ impl Cache {
         report.removed.sort();
         Ok(report)
     }
-}
-
-/// Writes `path` through `path.partial`, fsyncs and renames: readers see the old file or the
-/// whole new one, never a part.
-pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-    let partial = crate::output::partial(path);
-    let result = (|| {
-        let mut f = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
-        write(&mut f)?;
-        f.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
-        fs::rename(&partial, path).with_context(|| format!("renaming {} into place", partial.display()))?;
-        if let Some(dir) = path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
-    }
-    result
 }
 
 #[cfg(test)]

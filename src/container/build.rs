@@ -51,7 +51,7 @@ pub fn build(
         }
     }
     let installed = rootfs::installed_packages(&root)?;
-    rootfs::clamp_times(&root, epoch)?;
+    crate::files::clamp_times(&root, epoch)?;
     let layer = work.join("layer.tar.zst");
     let mut f = fs::File::create(&layer).with_context(|| format!("creating {}", layer.display()))?;
     rootfs::write_delta(&root, None, &mut f)?;

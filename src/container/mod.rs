@@ -14,16 +14,15 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::{Cache, atomic_write};
+use crate::cache::Cache;
+use crate::files::atomic_write;
 use crate::plan::key::{hash_entry, hash_field};
 use crate::plan::{BuildPlan, PlannedLayer};
 use crate::spec::container::{Container, Source, pinned_digest};
 use crate::tool::Tool;
 use oci::Layout;
 
-/// Bumped whenever the way outpost builds or stores a container image changes; part of the
-/// cache key of every source and of every layer with containers.
-pub const FORMAT: &str = "outpost-container-3";
+pub use crate::plan::key::CONTAINER_FORMAT as FORMAT;
 
 /// The read-only image store in the root, which podman reads as an additional image store.
 pub const STORE: &str = "usr/lib/containers/storage";
@@ -224,7 +223,7 @@ pub fn install(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, root: &Pat
     if l.containers.is_empty() && l.stack.is_none() {
         return Ok(());
     }
-    let epoch = crate::pipeline::source_date_epoch()?;
+    let epoch = crate::files::source_date_epoch()?;
     let records_dir = root.join(RECORDS);
     fs::create_dir_all(&records_dir)?;
     for c in &l.containers {
@@ -255,24 +254,6 @@ pub fn records(root: &Path) -> Result<Vec<Record>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Inside the appliance: waits until `podman healthcheck run NAME` passes, so that units
-/// ordered after this one start once it serves (compose's `service_healthy`).
-pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
-    let started = std::time::Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < timeout {
-        match Tool::new("podman").describe(format!("checking the health of container {name}")).args(["healthcheck", "run", name]).output() {
-            Ok(_) => {
-                eprintln!("container {name} is healthy after {:.1} s", started.elapsed().as_secs_f64());
-                return Ok(());
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    }
-    anyhow::bail!("container {name} was not healthy within {} s; last check: {last}", timeout.as_secs())
 }
 
 /// A container as `outpost plan` shows it: before the build, the digest is known for a pinned
@@ -308,7 +289,7 @@ pub fn planned(plan: &BuildPlan, cache: &Cache) -> Vec<Planned> {
 /// Resolves the containers of every layer the cache does not hold yet, before any layer is
 /// built: an unreachable registry or a wrong digest fails the build in its first seconds.
 pub fn resolve_all(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&str)) -> Result<()> {
-    let epoch = crate::pipeline::source_date_epoch()?;
+    let epoch = crate::files::source_date_epoch()?;
     for l in plan.layers.iter().filter(|l| !cache.has(&l.key)) {
         for c in &l.layer.containers {
             progress(&format!("container {} (layer {})", c.name, l.name));

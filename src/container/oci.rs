@@ -22,7 +22,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn sha256_reader(mut r: impl Read) -> Result<String> {
-    Ok(crate::output::hash_copy(&mut r, &mut std::io::sink())?.0)
+    Ok(crate::files::hash_copy(&mut r, &mut std::io::sink())?.0)
 }
 
 /// An OCI image layout with one image: `oci-layout`, `index.json`, `blobs/sha256/*`.
@@ -140,7 +140,7 @@ pub fn write_index(dir: &Path, manifest_digest: &str, manifest_size: u64) -> Res
 
 /// Seconds since 1970 as RFC 3339 UTC, as OCI's `created` wants it.
 pub fn rfc3339(epoch: i64) -> String {
-    let (y, m, d, hh, mm, ss) = crate::disk::civil_time(epoch);
+    let (y, m, d, hh, mm, ss) = crate::files::civil_time(epoch);
     format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::plan::BuildPlan;
-use crate::rootfs::AGENT_PATH;
+use crate::format::AGENT_PATH;
 use crate::spec::compose::{Mount, Restart, Service, Stack};
 use crate::spec::container::Container;
 

@@ -2,15 +2,13 @@
 //! a plain file (`mkfs.* -d`, mtools: no mounts, no loop devices), then write the GPT and copy
 //! the partitions into the raw image.
 
-pub mod layout;
-
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-pub use layout::{Layout, Role, derive_uuid, plan};
+use crate::format::layout::{self, Layout, Role};
 
 use crate::tool::Tool;
 
@@ -43,7 +41,7 @@ pub fn stage_esp(root: &Path, esp: &Path, cmdline: &str, title: &str) -> Result<
 /// Formats `img` as FAT (FAT32 from 64 MiB, as the ESP; smaller ones as mkfs.fat sees fit) and
 /// copies `src` into it with mtools.
 pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> Result<()> {
-    crate::rootfs::clamp_times(src, epoch)?;
+    crate::files::clamp_times(src, epoch)?;
     File::create(img)?.set_len(size)?;
     Tool::new("mkfs.fat")
         .describe("formatting the EFI system partition")
@@ -101,23 +99,6 @@ pub fn make_verity(data: &Path, hash: &Path, salt: &str, uuid: &uuid::Uuid) -> R
     Ok(root_hash)
 }
 
-/// UTC calendar date and time of a Unix time: (year, month, day, hour, minute, second).
-pub fn civil_time(epoch: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let days = epoch.div_euclid(86400);
-    let secs = epoch.rem_euclid(86400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
-}
-
 /// Creates the raw disk: protective MBR, primary and backup GPT; partitions are written into
 /// it afterwards, in place.
 pub fn create(layout: &Layout, out: &Path) -> Result<()> {
@@ -129,7 +110,7 @@ pub fn create(layout: &Layout, out: &Path) -> Result<()> {
         .open(out)
         .with_context(|| format!("creating {}", out.display()))?;
     f.set_len(layout.size)?;
-    write_table(layout, f).with_context(|| format!("writing the partition table of {}", out.display()))
+    layout::write_table(layout, f).with_context(|| format!("writing the partition table of {}", out.display()))
 }
 
 /// Copies a file system image into its partition (zero blocks skipped: the disk stays sparse).
@@ -172,45 +153,15 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Writes the protective MBR and both GPTs of `layout` to `f` (a disk file or a whole disk, of
-/// `layout.size` bytes).
-pub fn write_table(layout: &Layout, mut f: File) -> Result<()> {
-    let total_lba = layout.size / layout::SECTOR;
-    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX));
-    mbr.overwrite_lba0(&mut f)?;
-    let mut disk = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .create_from_device(f, Some(layout.disk_guid))?;
-    let mut parts = std::collections::BTreeMap::new();
-    for (i, p) in layout.partitions.iter().enumerate() {
-        parts.insert(
-            i as u32 + 1,
-            gpt::partition::Partition {
-                part_type_guid: gpt::partition_types::Type { guid: p.type_guid, os: gpt::partition_types::OperatingSystem::None },
-                part_guid: p.guid,
-                first_lba: p.first_lba,
-                last_lba: p.last_lba,
-                flags: 0,
-                name: p.label.clone(),
-            },
-        );
-    }
-    disk.update_partitions(parts)?;
-    let f = disk.write()?;
-    f.sync_all()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn civil_time_of_known_dates() {
-        assert_eq!(civil_time(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(civil_time(1_700_000_000), (2023, 11, 14, 22, 13, 20));
-        assert_eq!(civil_time(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(crate::files::civil_time(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(crate::files::civil_time(1_700_000_000), (2023, 11, 14, 22, 13, 20));
+        assert_eq!(crate::files::civil_time(951_782_400), (2000, 2, 29, 0, 0, 0));
     }
 
     /// Real mkfs.erofs and veritysetup on plain files: the same tree gives the same bytes and
@@ -223,7 +174,7 @@ mod tests {
         fs::create_dir_all(tree.join("etc")).unwrap();
         fs::write(tree.join("etc/os-release"), "ID=test\n".repeat(2000)).unwrap();
         fs::write(tree.join("big"), (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-        let uuid = derive_uuid("t", "root");
+        let uuid = layout::derive_uuid("t", "root");
         let mut hashes = Vec::new();
         for n in 0..2 {
             let (img, hash) = (tmp.path().join(format!("root{n}.erofs")), tmp.path().join(format!("root{n}.verity")));
@@ -247,7 +198,7 @@ mod tests {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let layout = plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
+        let layout = layout::plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
         let blob = tmp.path().join("p.img");
         fs::write(&blob, vec![7u8; 4096]).unwrap();
         let out = tmp.path().join("disk.raw");
@@ -264,14 +215,3 @@ mod tests {
     }
 }
 
-/// A partition of a disk file found by its GPT name: (byte offset, byte size, partition GUID).
-pub fn find_partition(raw: &Path, name: &str) -> Result<(u64, u64, uuid::Uuid)> {
-    let disk = gpt::GptConfig::new().writable(false).open(raw).with_context(|| format!("reading the partition table of {}", raw.display()))?;
-    let lb = u64::from(*disk.logical_block_size());
-    let part = disk
-        .partitions()
-        .values()
-        .find(|p| p.name == name)
-        .with_context(|| format!("{} has no partition named `{name}`", raw.display()))?;
-    Ok((part.first_lba * lb, (part.last_lba + 1 - part.first_lba) * lb, part.part_guid))
-}

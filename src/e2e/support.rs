@@ -222,7 +222,7 @@ pub fn run(cmd: &str, args: &[&std::ffi::OsStr]) -> String {
 /// Installs a Debian package for a test-only tool when it is missing.
 pub fn ensure_tool(program: &str, package: &str) {
     if Command::new(program).arg("--version").output().is_err() {
-        let out = Command::new("apt-get").args(["install", "-y", "-q", package]).output().expect("running apt-get");
+        let out = Command::new("apt-get").args(["install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", package]).output().expect("running apt-get");
         assert!(out.status.success(), "installing {package}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }

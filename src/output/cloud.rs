@@ -22,7 +22,7 @@ const VHD_FOOTER: u64 = 512;
 /// Writes `out` (a `.partial` name) as the vmdk that will be named `name`: its descriptor
 /// names its own file, so qemu-img writes it under that name in a directory of its own.
 pub fn vmdk(raw: &Path, out: &Path, name: &str, id: &uuid::Uuid) -> Result<()> {
-    let dir = super::partial(&out.with_extension("dir"));
+    let dir = crate::files::partial(&out.with_extension("dir"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let named = dir.join(name);
     let converted = Tool::new("qemu-img")
@@ -113,7 +113,7 @@ mod tests {
         let mut data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
         data.resize(16 << 20, 0);
         std::fs::write(&raw, &data).unwrap();
-        let id = crate::disk::derive_uuid("t", "cloud");
+        let id = crate::format::layout::derive_uuid("t", "cloud");
         let mut runs = Vec::new();
         for n in 0..2 {
             let (m, h) = (tmp.path().join(format!("d{n}.vmdk")), tmp.path().join(format!("d{n}.vhd")));

@@ -2,23 +2,22 @@
 //! `NAME.partial` and renamed only once all outputs are complete.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub mod bmap;
 pub mod cloud;
+pub mod cpio;
+pub mod encrypt;
+pub mod flash;
+pub mod iso;
+pub mod personalize;
 
+use crate::files::partial;
 use crate::tool::Tool;
-
-pub fn partial(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_os_string();
-    s.push(".partial");
-    PathBuf::from(s)
-}
 
 pub fn qcow2(raw: &Path, out: &Path) -> Result<()> {
     // zstd-compressed clusters: several times faster to write than zlib at a similar size,
@@ -30,28 +29,6 @@ pub fn qcow2(raw: &Path, out: &Path) -> Result<()> {
         .arg(out)
         .run()?;
     Ok(())
-}
-
-pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    Ok(hash_copy(&mut f, &mut std::io::sink()).with_context(|| format!("reading {}", p.display()))?.0)
-}
-
-/// Copies `r` to its end into `w` (`io::sink()` to hash only); returns the sha256 of the
-/// bytes and how many there were.
-pub fn hash_copy(r: &mut dyn Read, w: &mut dyn Write) -> std::io::Result<(String, u64)> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok((hex::encode(h.finalize()), total));
-        }
-        h.update(&buf[..n]);
-        w.write_all(&buf[..n])?;
-        total += n as u64;
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -87,7 +64,7 @@ pub struct Manifest {
     /// it reads against.
     pub root_hash: String,
     pub layers: Vec<LayerRecord>,
-    pub partitions: Vec<crate::disk::layout::Partition>,
+    pub partitions: Vec<crate::format::layout::Partition>,
     pub disk_guid: String,
     pub packages: Vec<Package>,
     /// Every container image in the image: source, digest and its own packages.
@@ -127,47 +104,4 @@ fn write_partial(p: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Removes what a failed build left at `.partial` names.
-pub fn remove_partials(finals: &[PathBuf]) {
-    for f in finals {
-        let _ = fs::remove_file(partial(f));
-    }
-}
 
-/// Whether `needle` occurs anywhere in the file (read in chunks that overlap by its length).
-pub fn file_contains(path: &Path, needle: &[u8]) -> Result<bool> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut buf = vec![0u8; 8 << 20];
-    let keep = needle.len().saturating_sub(1);
-    let mut have = 0;
-    loop {
-        let n = std::io::Read::read(&mut f, &mut buf[have..])?;
-        if n == 0 {
-            return Ok(false);
-        }
-        have += n;
-        if buf[..have].windows(needle.len()).any(|w| w == needle) {
-            return Ok(true);
-        }
-        let from = have.saturating_sub(keep);
-        buf.copy_within(from..have, 0);
-        have -= from;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_a_needle_across_chunk_boundaries() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        let mut data = vec![0u8; (8 << 20) + 100];
-        let at = (8 << 20) - 3;
-        data[at..at + 6].copy_from_slice(b"MARKER");
-        std::fs::write(&p, &data).unwrap();
-        assert!(file_contains(&p, b"MARKER").unwrap());
-        assert!(!file_contains(&p, b"MARKEX").unwrap());
-    }
-}

@@ -9,6 +9,10 @@ use sha2::{Digest, Sha256};
 use super::Base;
 use crate::spec::Layer;
 
+/// Bumped whenever the way outpost builds or stores a container image changes; part of the
+/// cache key of every source and of every layer with containers.
+pub const CONTAINER_FORMAT: &str = "outpost-container-3";
+
 /// Bumped whenever the way outpost applies or stores a layer changes.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -40,7 +44,7 @@ pub fn layer_key(parent: &str, layer: &Layer, vars: &BTreeMap<String, String>) -
     field(&mut h, "name", layer.name.as_bytes());
     field(&mut h, "definition", layer.text.as_bytes());
     if !layer.containers.is_empty() {
-        field(&mut h, "containers", crate::container::FORMAT.as_bytes());
+        field(&mut h, "containers", CONTAINER_FORMAT.as_bytes());
     }
     for (k, v) in vars {
         field(&mut h, "variable", k.as_bytes());

@@ -14,7 +14,7 @@ use crate::cache::{Cache, EntryMeta};
 use crate::plan::{Base, BuildPlan, PlannedLayer, render};
 use crate::tool::Tool;
 
-pub use tarball::{clamp_times, extract, snapshot, write_delta};
+pub use tarball::{extract, snapshot, write_delta};
 
 /// dpkg paths left out of every image: documentation and translations nobody reads on an
 /// appliance console (copyright files stay, as licences require).
@@ -95,9 +95,13 @@ pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What a layer adds beyond packages, files and scripts (its containers and stack units), run
+/// before its units are enabled; the pipeline hands it over so that this room needs no other.
+pub type Extra<'a> = &'a dyn Fn(&PlannedLayer, &Path) -> Result<()>;
+
 /// Applies one layer on top of the tree: packages (unless `bootstrapped`), files, scripts,
-/// containers and units.
-pub fn apply(plan: &BuildPlan, cache: &Cache, layer: &PlannedLayer, root: &Path, bootstrapped: bool) -> Result<()> {
+/// `extra` (containers) and units.
+pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: bool, extra: Extra<'_>) -> Result<()> {
     let l = &layer.layer;
     // Services must not start inside the build chroot (Debian policy-rc.d protocol).
     let policy = root.join("usr/sbin/policy-rc.d");
@@ -132,7 +136,7 @@ pub fn apply(plan: &BuildPlan, cache: &Cache, layer: &PlannedLayer, root: &Path,
         let body = fs::read_to_string(s).with_context(|| format!("reading {}", s.display()))?;
         t.args(["sh", "-euc", &body, &inside]).run()?;
     }
-    crate::container::install(plan, layer, cache, root)?;
+    extra(layer, root)?;
     if !l.units.is_empty() {
         chroot(root, &format!("enabling the units of layer `{}`", layer.name))
             .args(["systemctl", "enable"])
@@ -198,7 +202,7 @@ pub struct LayersReport {
 ///
 /// `tree` is a scratch directory; when the top layer was built, it is left holding the whole
 /// root filesystem (`tree_complete`), which spares the assembly extracting it all again.
-pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, mut progress: impl FnMut(&str)) -> Result<LayersReport> {
+pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'_>, mut progress: impl FnMut(&str)) -> Result<LayersReport> {
     let mut report = LayersReport { built: Vec::new(), reused: Vec::new(), tree_complete: false };
     // Index of the last layer the tree holds, when it holds any.
     let mut tree_at: Option<usize> = None;
@@ -220,7 +224,7 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, mut progress: 
         } else {
             Some(snapshot(tree)?)
         };
-        apply(plan, cache, layer, tree, i == 0)?;
+        apply(plan, layer, tree, i == 0, extra)?;
         let meta = EntryMeta {
             layer: layer.name.clone(),
             image: plan.image.clone(),
@@ -254,25 +258,21 @@ pub fn assemble(plan: &BuildPlan, cache: &Cache, root: &Path, tree_complete: boo
         extract_all(cache, &plan.layers, root)?;
     }
     finalize(plan, root)?;
-    clamp_times(root, epoch)
+    crate::files::clamp_times(root, epoch)
 }
 
-/// Where outpost puts itself in every image, as the first-boot agent (`outpost seed apply`).
-pub const AGENT_PATH: &str = "usr/lib/outpost/outpost";
-/// Device-mapper name of the verified root, which the kernel command line's `root=` names.
-pub const VERITY_MAPPING: &str = "outpost-root";
 
 fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
-    let agent = root.join(AGENT_PATH);
+    let agent = root.join(crate::format::AGENT_PATH);
     fs::create_dir_all(agent.parent().expect("has a parent"))?;
     let me = std::env::current_exe().context("finding the outpost binary to install as the first-boot agent")?;
     fs::copy(&me, &agent).with_context(|| format!("installing {} as {}", me.display(), agent.display()))?;
     fs::set_permissions(&agent, fs::Permissions::from_mode(0o755))?;
     let policy = serde_json::to_string_pretty(&plan.spec.data)?;
-    write(root, crate::crypt::data::POLICY_PATH, &format!("{policy}\n"))?;
+    write(root, crate::format::DATA_POLICY_PATH, &format!("{policy}\n"))?;
     let power = serde_json::to_string_pretty(&plan.spec.power)?;
-    write(root, crate::power::firmware::POLICY_PATH, &format!("{power}\n"))?;
-    crate::power::firmware::install_profiles(&plan.spec.project.join("firmware"), &root.join(crate::power::firmware::PROFILES_PATH))?;
+    write(root, crate::format::firmware::POLICY_PATH, &format!("{power}\n"))?;
+    crate::format::firmware::install_profiles(&plan.spec.project.join("firmware"), &root.join(crate::format::firmware::PROFILES_PATH))?;
     let host = &plan.spec.hostname;
     write(root, "etc/hostname", &format!("{host}\n"))?;
     write(root, "etc/hosts", &format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"))?;

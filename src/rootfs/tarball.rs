@@ -217,26 +217,6 @@ fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
-/// Sets every mtime later than `epoch` to `epoch`, and every atime to its mtime, so that the
-/// file system written from the tree does not depend on when it was built.
-pub fn clamp_times(root: &Path, epoch: i64) -> Result<()> {
-    let mut dirs = Vec::new();
-    for e in walk(root).chain(std::iter::once(Ok(walkdir::WalkDir::new(root).max_depth(0).into_iter().next().context("reading the root")??))) {
-        let e = e?;
-        let m = e.metadata()?;
-        let t = filetime::FileTime::from_unix_time(m.mtime().min(epoch), 0);
-        if e.file_type().is_dir() {
-            dirs.push((e.path().to_path_buf(), t));
-        } else {
-            filetime::set_symlink_file_times(e.path(), t, t).with_context(|| format!("setting times of {}", e.path().display()))?;
-        }
-    }
-    for (p, t) in dirs.into_iter().rev() {
-        filetime::set_symlink_file_times(&p, t, t).with_context(|| format!("setting times of {}", p.display()))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +283,7 @@ mod tests {
             for f in files {
                 fs::write(root.join(f), f).unwrap();
             }
-            clamp_times(&root, 1_700_000_000).unwrap();
+            crate::files::clamp_times(&root, 1_700_000_000).unwrap();
             let out = tmp.path().join(format!("{name}.tar.zst"));
             write_delta(&root, None, &mut File::create(&out).unwrap()).unwrap();
             outs.push(fs::read(out).unwrap());

@@ -214,7 +214,7 @@ pub struct Image {
     pub outputs: Vec<OutputFormat>,
     pub data: DataPolicy,
     pub power: PowerPolicy,
-    pub install: crate::install::Rules,
+    pub install: InstallRules,
 }
 
 impl Image {
@@ -287,11 +287,23 @@ impl Image {
             outputs,
             data,
             power: t.power,
-            install: crate::install::Rules { min_disk_size: t.install.min_disk_size.map(|s| s.0), disk_model: t.install.disk_model },
+            install: InstallRules { min_disk_size: t.install.min_disk_size.map(|s| s.0), disk_model: t.install.disk_model },
         })
     }
 
     pub fn layers_dir(&self) -> PathBuf {
         self.project.join("layers")
     }
+}
+
+/// The image's `[install]` rules for choosing the target disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InstallRules {
+    /// Disks smaller than this are not candidates (the image's size always applies).
+    #[serde(default)]
+    pub min_disk_size: Option<u64>,
+    /// Only disks whose model contains this text (case-insensitive), e.g. `Samsung`.
+    #[serde(default)]
+    pub disk_model: Option<String>,
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub mod compose;
 pub mod container;
 
-pub use image::{DataPolicy, Image, NoTpm, OutputFormat, PowerPolicy, Size};
+pub use image::{DataPolicy, Image, InstallRules, NoTpm, OutputFormat, PowerPolicy, Size};
 pub use layer::{Keyring, Layer, list_tree};
 pub use scenario::{Boot, DiskCheck, Firmware, Http, Install, PowerCuts, Scenario, Ssh, TpmState};
 pub use site::{Cidr, RecoveryKey, Site, Unlock};

@@ -19,12 +19,12 @@ pub fn check(dir: &Path, overlay: &Path, d: &DiskCheck, saved: &BTreeMap<String,
     let result = (|| {
         let mut seen = Vec::new();
         if let Some(needle) = &d.absent {
-            if crate::output::file_contains(&raw, needle.as_bytes())? {
+            if crate::files::file_contains(&raw, needle.as_bytes())? {
                 bail!("`{needle}` is readable in the disk file");
             }
             seen.push(format!("`{needle}` appears nowhere in the disk"));
         }
-        let (offset, size, _) = crate::disk::find_partition(&raw, &d.partition)?;
+        let (offset, size, _) = crate::format::layout::find_partition(&raw, &d.partition)?;
         let part = dir.join("disk-check-partition.img");
         copy_range(&raw, offset, size, &part)?;
         let r = (|| {

@@ -3,28 +3,21 @@
 //! blocks, every block read back and checked. The writer and the read-back are shared with the
 //! installer (`crate::install`), which writes the same ranges from the ISO's payload.
 
-pub mod target;
-
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::progress::human;
 
-use crate::output::bmap::BlockMap;
+use crate::format::bmap::{BlockMap, RangeReader, verify_ranges, write_ranges};
 
 /// Disks larger than this are refused without `--force`: USB sticks are smaller, internal disks
 /// usually larger.
 #[cfg(test)]
 pub const DEFAULT_MAX_SIZE: u64 = 128 << 30; // the CLI default of --max-size
-const CHUNK: usize = 4 << 20;
 
 pub struct Options {
     pub bmap: Option<PathBuf>,
@@ -56,7 +49,7 @@ pub fn flash(image: &Path, device: &Path, opts: &Options, progress: bool) -> Res
     let image_size = std::fs::metadata(image).with_context(|| format!("reading the image {}", image.display()))?.len();
     let bmap_path = match (&opts.bmap, opts.no_bmap) {
         (Some(p), _) => Some(p.clone()),
-        (None, false) if crate::output::bmap::path_for(image).is_file() => Some(crate::output::bmap::path_for(image)),
+        (None, false) if crate::format::bmap::path_for(image).is_file() => Some(crate::format::bmap::path_for(image)),
         _ => None,
     };
     let map = match &bmap_path {
@@ -77,7 +70,7 @@ pub fn flash(image: &Path, device: &Path, opts: &Options, progress: bool) -> Res
     // Without a block map the whole image's checksum is known when SHA256SUMS lists it.
     let expected_whole = if bmap_path.is_none() { listed_checksum(image)? } else { None };
 
-    let target = target::inspect(device)?;
+    let target = crate::blockdev::inspect(device)?;
     target.check(image_size, opts.max_size, opts.force)?;
     eprintln!("outpost: writing {} ({}) to {}", image.display(), human(map.mapped_bytes()), target.describe());
 
@@ -134,124 +127,6 @@ fn listed_checksum(image: &Path) -> Result<Option<String>> {
     Ok(text.lines().find_map(|l| l.split_once("  ").filter(|(_, f)| *f == name).map(|(s, _)| s.to_string())))
 }
 
-/// Reads the image's mapped ranges one after the other, as one stream.
-pub struct RangeReader<'a> {
-    file: File,
-    map: &'a BlockMap,
-    next: usize,
-    left: u64,
-}
-
-impl<'a> RangeReader<'a> {
-    pub fn new(file: File, map: &'a BlockMap) -> RangeReader<'a> {
-        RangeReader { file, map, next: 0, left: 0 }
-    }
-}
-
-impl Read for RangeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.left == 0 {
-            let Some(r) = self.map.ranges.get(self.next) else { return Ok(0) };
-            self.file.seek(SeekFrom::Start(r.offset()))?;
-            self.left = r.len(self.map.image_size);
-            self.next += 1;
-        }
-        let n = buf.len().min(self.left as usize);
-        let n = self.file.read(&mut buf[..n])?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the image ends before its block map does"));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// Writes each range of `map`, its bytes taken in order from `src`, at its place in `dst`.
-/// Returns each range's sha256 as written; a range whose bytes do not match the map's checksum
-/// stops the write (the source is damaged).
-pub fn write_ranges(src: &mut dyn Read, map: &BlockMap, dst: &mut File, mut progress: impl FnMut(u64)) -> Result<Vec<String>> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut sums = Vec::with_capacity(map.ranges.len());
-    for (i, r) in map.ranges.iter().enumerate() {
-        dst.seek(SeekFrom::Start(r.offset()))?;
-        let mut h = Sha256::new();
-        let mut left = r.len(map.image_size);
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            src.read_exact(&mut buf[..n]).with_context(|| format!("reading the image's block range {} of {}", i + 1, map.ranges.len()))?;
-            h.update(&buf[..n]);
-            dst.write_all(&buf[..n]).with_context(|| format!("writing at byte {}", r.offset() + r.len(map.image_size) - left))?;
-            left -= n as u64;
-            progress(n as u64);
-        }
-        let got = hex::encode(h.finalize());
-        if let Some(want) = &r.sha256 {
-            anyhow::ensure!(
-                *want == got,
-                "blocks {}-{} of the image do not match the block map's checksum: the image (or the installation medium) is damaged",
-                r.first,
-                r.last
-            );
-        }
-        sums.push(got);
-    }
-    Ok(sums)
-}
-
-/// Reads every range back from the device, past its page cache, and compares it with what was
-/// written.
-pub fn verify_ranges(dst: &mut File, map: &BlockMap, sums: &[String]) -> Result<()> {
-    drop_cache(dst)?;
-    let mut buf = vec![0u8; CHUNK];
-    for (r, want) in map.ranges.iter().zip(sums) {
-        dst.seek(SeekFrom::Start(r.offset()))?;
-        let mut h = Sha256::new();
-        let mut left = r.len(map.image_size);
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            dst.read_exact(&mut buf[..n])?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-        let got = hex::encode(h.finalize());
-        anyhow::ensure!(
-            got == *want,
-            "blocks {}-{} read back differ from what was written (sha256 {got}, wrote {want}): the device is failing or was removed; do not use it",
-            r.first,
-            r.last
-        );
-    }
-    Ok(())
-}
-
-/// Makes the next reads come from the device: sync, then drop the file's (or the block
-/// device's) cached pages.
-pub fn drop_cache(f: &File) -> Result<()> {
-    f.sync_all()?;
-    let fd = f.as_raw_fd();
-    if f.metadata()?.file_type().is_block_device() {
-        // BLKFLSBUF: flush and invalidate the block device's buffer cache.
-        // SAFETY: a valid open fd and an ioctl without an argument.
-        if unsafe { libc::ioctl(fd, 0x1261) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("dropping the device's cache (BLKFLSBUF)");
-        }
-    }
-    // SAFETY: a valid open fd; advice only.
-    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
-    Ok(())
-}
-
-/// Opens a block device for writing, exclusively: the kernel refuses (EBUSY) while anything has
-/// it or a partition of it mounted or held.
-pub fn open_exclusive(dev: &Path) -> Result<File> {
-    let is_block = std::fs::metadata(dev).map(|m| m.file_type().is_block_device()).unwrap_or(false);
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true).write(true);
-    if is_block {
-        o.custom_flags(libc::O_EXCL);
-    }
-    o.open(dev).with_context(|| format!("opening {} for writing", dev.display()))
-}
-
 #[cfg(test)]
+#[path = "flash_tests.rs"]
 mod tests;

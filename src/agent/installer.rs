@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::iso9660::Iso;
-use super::{INDEX_FILE, Index, PAYLOAD_DIR, VOLUME_ID};
-use crate::disk::{Layout, Role};
-use crate::flash::target::{Disk, read_disk};
-use crate::output::bmap::{BLOCK, BlockMap, Range};
+use crate::format::install::{INDEX_FILE, Index, PAYLOAD_DIR, VOLUME_ID};
+use crate::format::iso9660::Iso;
+use crate::format::layout::{Layout, Role};
+use crate::blockdev::{Disk, read_disk};
+use crate::format::bmap::{BLOCK, BlockMap, Range};
 
 /// How long USB sticks and discs get to appear after udev settled.
 const MEDIUM_WAIT: Duration = Duration::from_secs(60);
@@ -119,7 +119,7 @@ fn install(con: &mut Console) -> Result<Option<String>> {
         }
     }
     let started = Instant::now();
-    let mut disk = crate::flash::open_exclusive(&dev)?;
+    let mut disk = crate::blockdev::open_exclusive(&dev)?;
     write_image(con, &mut iso, &index, &mut disk).with_context(|| format!("installing onto {what}; the disk has no partition table now and does not boot: start the installer again"))?;
     Ok(Some(format!("{} on {what}, every piece read back and its sha256 checked, in {:.0} s", index.image, started.elapsed().as_secs_f64())))
 }
@@ -215,7 +215,7 @@ fn has_data_partition(disk: File) -> bool {
     gpt::GptConfig::new()
         .writable(false)
         .open_from_device(disk)
-        .is_ok_and(|d| d.partitions().values().any(|p| p.name == "data" && p.part_type_guid.guid.to_string() == crate::disk::layout::types::VAR))
+        .is_ok_and(|d| d.partitions().values().any(|p| p.name == "data" && p.part_type_guid.guid.to_string() == crate::format::layout::types::VAR))
 }
 
 /// Erases the partition tables, writes every piece, reads them back, then writes the partition
@@ -245,18 +245,18 @@ pub fn write_image(con: &mut Console, iso: &mut Iso, index: &Index, disk: &mut F
                 con.say(&format!("outpost installer: writing {shown}%"));
             }
         };
-        let got = crate::flash::write_ranges(&mut dec, &one, disk, progress)
+        let got = crate::format::bmap::write_ranges(&mut dec, &one, disk, progress)
             .with_context(|| format!("writing the {} piece from the installer medium (was the USB stick pulled out, or is it damaged?)", p.what))?
             .remove(0);
         anyhow::ensure!(got == p.sha256, "the installer medium's {} piece is damaged (sha256 {got}, install.json says {}): write the stick again", p.what, p.sha256);
     }
     con.say("outpost installer: reading back what was written");
     let sums: Vec<String> = index.pieces.iter().map(|p| p.sha256.clone()).collect();
-    crate::flash::verify_ranges(disk, &map, &sums)?;
+    crate::format::bmap::verify_ranges(disk, &map, &sums)?;
     // The commit point: with the partition table the disk boots.
     let layout = grown_layout(index, size);
-    crate::disk::write_table(&layout, disk.try_clone()?).context("writing the partition table")?;
-    crate::flash::drop_cache(disk)?;
+    crate::format::layout::write_table(&layout, disk.try_clone()?).context("writing the partition table")?;
+    crate::blockdev::drop_cache(disk)?;
     anyhow::ensure!(has_data_partition(disk.try_clone()?), "the partition table does not read back");
     Ok(())
 }
@@ -276,8 +276,8 @@ fn piece_map(index: &Index) -> Result<BlockMap> {
 /// MiB before the backup GPT.
 pub fn grown_layout(index: &Index, size: u64) -> Layout {
     let mut partitions = index.partitions.clone();
-    let sector = crate::disk::layout::SECTOR;
-    let align = crate::disk::layout::ALIGN / sector;
+    let sector = crate::format::layout::SECTOR;
+    let align = crate::format::layout::ALIGN / sector;
     let last_usable = size / sector - 34;
     if let Some(data) = partitions.iter_mut().find(|p| p.role == Role::Data) {
         let end = (last_usable + 1) / align * align;
@@ -287,5 +287,5 @@ pub fn grown_layout(index: &Index, size: u64) -> Layout {
 }
 
 #[cfg(test)]
-#[path = "run_tests.rs"]
+#[path = "installer_tests.rs"]
 mod tests;

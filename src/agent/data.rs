@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::spec::{DataPolicy, NoTpm, RecoveryKey, Site, Unlock};
-use crate::site::{console, wait_for};
+use super::{say as console, wait_for};
 use crate::tool::Tool;
 
-/// The image's policy, written by `outpost build`.
-pub const POLICY_PATH: &str = "usr/lib/outpost/data.json";
 /// Device-mapper name of the opened partition.
 const MAPPING: &str = "outpost-data";
 /// What var.mount mounts: a link to the mapping, or to the partition itself with `unlock = none`.
@@ -71,7 +69,7 @@ const EXT4_LABEL_AT: usize = 1024 + 120;
 fn state(dev: &Path) -> Result<State> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = fs::File::open(dev).with_context(|| format!("opening the data partition {}", dev.display()))?;
-    let mut head = vec![0u8; crate::disk::layout::BLANK_DATA_MARKER_SIZE];
+    let mut head = vec![0u8; crate::format::layout::BLANK_DATA_MARKER_SIZE];
     f.read_exact(&mut head).with_context(|| format!("reading the start of the data partition {}", dev.display()))?;
     let mut luks = head.starts_with(LUKS_MAGIC);
     for at in LUKS_SECONDARY_OFFSETS {
@@ -111,7 +109,7 @@ fn state(dev: &Path) -> Result<State> {
             other => bail!("the data partition holds an ext4 file system labelled `{}` that this appliance did not make", excerpt(other)),
         };
     }
-    if head == crate::disk::layout::blank_data_marker() {
+    if head == crate::format::layout::blank_data_marker() {
         return Ok(State::Blank);
     }
     let shown = head.iter().take(16).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
@@ -142,7 +140,7 @@ pub fn open(root: &Path) -> Result<()> {
 }
 
 fn open_inner(root: &Path) -> Result<()> {
-    let policy_file = root.join(POLICY_PATH);
+    let policy_file = root.join(crate::format::DATA_POLICY_PATH);
     let text = fs::read_to_string(&policy_file).with_context(|| format!("reading the image's data policy {}", policy_file.display()))?;
     let policy: DataPolicy = serde_json::from_str(&text).with_context(|| format!("parsing {}", policy_file.display()))?;
     let site = seed_site();
@@ -218,7 +216,7 @@ fn unlock_name(u: Unlock) -> &'static str {
 /// The site in the seed partition, if any and valid (`outpost seed apply` reports problems).
 fn seed_site() -> Option<Site> {
     let dev = wait_for(Path::new("/dev/disk/by-partlabel/seed"), Duration::from_secs(10))?;
-    let text = crate::site::seed::read_site(&dev).ok()??;
+    let text = crate::format::seed::read_site(&dev).ok()??;
     Site::parse(Path::new("seed:/site.toml"), &text).ok()
 }
 
@@ -573,7 +571,7 @@ mod tests {
         let blank = |dev: &Path| {
             fresh(dev);
             use std::io::Write;
-            std::fs::OpenOptions::new().write(true).open(dev).unwrap().write_all(&crate::disk::layout::blank_data_marker()).unwrap();
+            std::fs::OpenOptions::new().write(true).open(dev).unwrap().write_all(&crate::format::layout::blank_data_marker()).unwrap();
         };
         blank(&dev);
         assert_eq!(state(&dev).unwrap(), State::Blank);

@@ -1,8 +1,5 @@
-//! What keeps an appliance serving through power cuts, on the device: the check of the
-//! read-only root against its dm-verity hash (`outpost root verify`) and the firmware's power-on
-//! after AC loss (`outpost power ac-loss`, profiles in `firmware/`).
-
-pub mod firmware;
+//! `outpost root verify`, on the device: the check of the read-only root against its dm-verity
+//! hash, once per boot.
 
 use std::fs::File;
 use std::io::Read;
@@ -10,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::site::console;
+use super::say as console;
 
 /// `outpost root verify`: reads every block of the verified root once. dm-verity checks each
 /// against the hash tree and answers EIO for one that does not match: the root on this disk

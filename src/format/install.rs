@@ -1,3 +1,6 @@
+//! The installer ISO's index (`outpost/install.json`): what the ISO builder (`output::iso`)
+//! writes and the installer (`agent::installer`) reads.
+//!
 //! The USB installer: `NAME.iso`, a hybrid ISO that boots a USB stick or an optical disc on
 //! UEFI and legacy BIOS machines (GRUB), starts the image's own kernel with a small initrd
 //! appended (`outpost installer run` as the first process), and writes the appliance onto the
@@ -10,11 +13,6 @@
 //! back against their sha256, and writes the partition table last, its data partition grown to
 //! the end of the disk: until then the disk has no partition table, and no firmware takes a half
 //! installed disk for a bootable one.
-
-pub mod cpio;
-pub mod iso;
-pub mod iso9660;
-pub mod run;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +31,9 @@ pub struct Index {
     /// The raw image's size: the smallest disk that holds the appliance.
     pub image_size: u64,
     pub disk_guid: uuid::Uuid,
-    pub partitions: Vec<crate::disk::layout::Partition>,
+    pub partitions: Vec<super::layout::Partition>,
     pub pieces: Vec<Piece>,
-    pub rules: Rules,
+    pub rules: crate::spec::InstallRules,
     /// From the site's `[install] unattended`: install without asking.
     pub unattended: bool,
     /// The site's hostname, shown before installing (the image's when no site is seeded).
@@ -54,14 +52,3 @@ pub struct Piece {
     pub file: String,
 }
 
-/// The image's `[install]` rules for choosing the target disk.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Rules {
-    /// Disks smaller than this are not candidates (the image's size always applies).
-    #[serde(default)]
-    pub min_disk_size: Option<u64>,
-    /// Only disks whose model contains this text (case-insensitive), e.g. `Samsung`.
-    #[serde(default)]
-    pub disk_model: Option<String>,
-}

@@ -40,7 +40,7 @@ pub fn encrypt(raw: &Path, key: &Path, out: &Path) -> Result<()> {
 
 fn encrypt_with(raw: &Path, key: &Path, out: &Path, iter_time_ms: u32) -> Result<()> {
     check_key_file(key)?;
-    let tmp = crate::output::partial(out);
+    let tmp = crate::files::partial(out);
     let _ = fs::remove_file(&tmp);
     let r = (|| {
         Tool::new("qemu-img")
@@ -64,7 +64,7 @@ fn encrypt_with(raw: &Path, key: &Path, out: &Path, iter_time_ms: u32) -> Result
 /// `outpost decrypt`: the raw disk back from `encrypted`, written whole or not at all.
 pub fn decrypt(encrypted: &Path, key: &Path, out: &Path) -> Result<()> {
     check_key_file(key)?;
-    let tmp = crate::output::partial(out);
+    let tmp = crate::files::partial(out);
     let _ = fs::remove_file(&tmp);
     let r = (|| {
         Tool::new("qemu-img")
@@ -105,8 +105,8 @@ mod tests {
         let enc = dir.path().join("disk.raw.luks");
         // A cheap key derivation: the test is about the data path, not the KDF's cost.
         encrypt_with(&raw, &key, &enc, 100).unwrap_or_else(|e| panic!("{e:#}"));
-        fs::rename(crate::output::partial(&enc), &enc).unwrap();
-        assert!(!crate::output::file_contains(&enc, b"SECRET-SEED-1").unwrap());
+        fs::rename(crate::files::partial(&enc), &enc).unwrap();
+        assert!(!crate::files::file_contains(&enc, b"SECRET-SEED-1").unwrap());
         Tool::new("cryptsetup").args(["open", "--test-passphrase", "--key-file"]).arg(&key).arg(&enc).run().unwrap();
         let back = dir.path().join("back.raw");
         decrypt(&enc, &key, &back).unwrap_or_else(|e| panic!("{e:#}"));
@@ -115,7 +115,7 @@ mod tests {
         fs::write(&key, "wrong").unwrap();
         let err = format!("{:#}", decrypt(&enc, &key, &dir.path().join("no.raw")).unwrap_err());
         assert!(err.contains("decrypting"), "{err}");
-        assert!(!dir.path().join("no.raw").exists() && !crate::output::partial(&dir.path().join("no.raw")).exists());
+        assert!(!dir.path().join("no.raw").exists() && !crate::files::partial(&dir.path().join("no.raw")).exists());
         fs::write(&key, [0xffu8, 0xfe]).unwrap();
         let err = format!("{:#}", encrypt(&raw, &key, &enc).unwrap_err());
         assert!(err.contains("text passphrase"), "{err}");

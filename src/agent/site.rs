@@ -1,9 +1,6 @@
-//! Sites: one image, many clinics. `personalize` writes a site's settings into the seed
-//! partition of a copy of an image (never touching the root); in the guest, `outpost seed
-//! apply` renders them into system configuration at boot, and `outpost seed check-network`
-//! falls back to DHCP when they give no connectivity.
-
-pub mod seed;
+//! The site's settings on the device: `outpost seed apply` renders the seed's site.toml into
+//! system configuration at every boot, and `outpost seed check-network` falls back to DHCP
+//! when they give no connectivity. (`output::personalize` writes the seed on the build host.)
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::disk::layout::SEED_LABEL;
+use super::{say as console, wait_for};
+use crate::format::layout::SEED_LABEL;
+use crate::format::seed;
 use crate::spec::{Cidr, Site};
 use crate::tool::{Tool, shell_quote};
 
@@ -151,11 +150,6 @@ fn write_entries(root: &Path, entries: &BTreeMap<PathBuf, Entry>) -> Result<Vec<
     Ok(changed)
 }
 
-pub(crate) fn console(msg: &str) {
-    // The unit sends stdout to the journal and the console.
-    println!("outpost: {msg}");
-}
-
 /// `outpost seed apply`, in the guest at boot: the seed's site.toml, if any, becomes system
 /// configuration. Idempotent: the same seed twice changes nothing the second time.
 pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
@@ -243,18 +237,6 @@ fn host_keys(etc_ssh: &Path, store: &Path) -> Result<()> {
         console(&format!("the SSH host keys cannot be kept in {} ({e}); they change at the next boot", store.display()));
     }
     Ok(())
-}
-
-/// Waits up to `limit` for a path to appear (udev creating a device link).
-pub(crate) fn wait_for(p: &Path, limit: Duration) -> Option<PathBuf> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if p.exists() {
-            return Some(p.to_path_buf());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    None
 }
 
 fn set_hostname(name: &str) -> Result<()> {
@@ -425,90 +407,6 @@ fn report_addresses() {
     console(&format!("{} is at {} {}", host.trim(), addrs.join(" "), urls.join(" ")));
 }
 
-/// `outpost personalize`: a copy of `image` whose seed partition holds `site_file`. Only the
-/// seed is written; the root, ESP and data partitions are the image's bytes.
-pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Result<()> {
-    let site = Site::load(site_file)?;
-    let text = fs::read_to_string(site_file).with_context(|| format!("reading {}", site_file.display()))?;
-    let ext = |p: &Path| p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-    if ext(image) == "iso" || ext(out) == "iso" {
-        anyhow::ensure!(ext(image) == ext(out), "{} to {}: an installer ISO is personalized into another NAME.iso", image.display(), out.display());
-        return personalize_iso(image, &site, &text, out, epoch);
-    }
-    for (p, what) in [(image, "image"), (out, "--out")] {
-        anyhow::ensure!(matches!(ext(p).as_str(), "raw" | "qcow2"), "{what} {}: name it NAME.raw, NAME.qcow2 or NAME.iso", p.display());
-    }
-    anyhow::ensure!(image.is_file(), "{} does not exist", image.display());
-    let partial = crate::output::partial(out);
-    let raw = if ext(out) == "raw" { partial.clone() } else { out.with_extension("raw.work") };
-    let result = (|| {
-        if ext(image) == "raw" {
-            Tool::new("cp").describe("copying the image").args(["--sparse=auto", "--reflink=auto"]).arg(image).arg(&raw).run()?;
-        } else {
-            Tool::new("qemu-img").describe("reading the qcow2 image").args(["convert", "-q", "-O", "raw"]).arg(image).arg(&raw).run()?;
-        }
-        write_seed(&raw, &text, epoch).with_context(|| format!("writing the seed of {}", raw.display()))?;
-        if ext(out) == "qcow2" {
-            crate::output::qcow2(&raw, &partial)?;
-            fs::remove_file(&raw)?;
-        } else {
-            // Its own block map: the seed's range checksum changed.
-            let bmap = crate::output::bmap::path_for(out);
-            crate::output::bmap::write(&partial, &crate::output::partial(&bmap))?;
-            fs::rename(crate::output::partial(&bmap), &bmap).with_context(|| format!("renaming {} into place", bmap.display()))?;
-        }
-        fs::rename(&partial, out).with_context(|| format!("renaming {} into place", partial.display()))?;
-        anyhow::Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
-        let _ = fs::remove_file(out.with_extension("raw.work"));
-        let _ = fs::remove_file(crate::output::partial(&crate::output::bmap::path_for(out)));
-    }
-    result
-}
-
-/// A copy of the installer ISO whose seed carries the site (and whose installer asks nothing
-/// when the site says `[install] unattended`).
-fn personalize_iso(image: &Path, site: &Site, text: &str, out: &Path, epoch: i64) -> Result<()> {
-    anyhow::ensure!(image.is_file(), "{} does not exist", image.display());
-    crate::tool::preflight(crate::install::iso::TOOLS)?;
-    let partial = crate::output::partial(out);
-    let work = crate::output::partial(&out.with_extension("iso.d"));
-    let result = (|| {
-        let _ = fs::remove_dir_all(&work);
-        let stage = work.join("stage");
-        fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
-        crate::install::iso::extract(image, &stage)?;
-        let index: crate::install::Index = serde_json::from_slice(&fs::read(stage.join("outpost/install.json")).with_context(|| {
-            format!("{} is not an outpost installer ISO (it has no outpost/install.json)", image.display())
-        })?)?;
-        let part = index.partitions.iter().find(|p| p.label == SEED_LABEL).context("the ISO's image has no seed partition")?;
-        let serial = u32::from_be_bytes(part.guid.as_bytes()[..4].try_into().expect("4 bytes"));
-        let img = seed::image(part.size(), serial, epoch, Some(text))?;
-        crate::install::iso::set_seed(&stage, &img, site)?;
-        crate::install::iso::write_iso(&stage, &partial, &index.image, epoch)?;
-        fs::rename(&partial, out).with_context(|| format!("renaming {} into place", partial.display()))
-    })();
-    let _ = fs::remove_dir_all(&work);
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
-    }
-    result
-}
-
-/// Writes the seed FAT (with `site`) into the raw disk's seed partition.
-pub fn write_seed(raw: &Path, site: &str, epoch: i64) -> Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    let (offset, size, guid) = crate::disk::find_partition(raw, SEED_LABEL).context("rebuild the image with this outpost")?;
-    let serial = u32::from_be_bytes(guid.as_bytes()[..4].try_into().expect("4 bytes"));
-    let img = seed::image(size, serial, epoch, Some(site))?;
-    let mut f = fs::OpenOptions::new().write(true).open(raw)?;
-    f.seek(SeekFrom::Start(offset))?;
-    f.write_all(&img)?;
-    f.sync_all()?;
-    Ok(())
-}
-
 #[cfg(test)]
+#[path = "site_tests.rs"]
 mod tests;

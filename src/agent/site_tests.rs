@@ -81,34 +81,3 @@ fn an_invalid_seed_keeps_the_previous_settings() {
     apply(&root, Some(&dev)).unwrap();
     assert!(!root.join("etc/hostname").exists());
 }
-
-#[test]
-fn personalize_writes_only_the_seed_partition() {
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = crate::disk::plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
-    let raw = tmp.path().join("img.raw");
-    crate::disk::create(&layout, &raw).unwrap();
-    let blob = tmp.path().join("root.img");
-    fs::write(&blob, vec![7u8; 1 << 20]).unwrap();
-    crate::disk::copy_into(&layout, crate::disk::Role::Root, &blob, &raw).unwrap();
-    let before = fs::read(&raw).unwrap();
-    let site = tmp.path().join("s.toml");
-    fs::write(&site, "version = 1\nhostname = \"clinic-9\"\n").unwrap();
-    let out = tmp.path().join("clinic-9.raw");
-    personalize(&raw, &site, &out, 1_700_000_000).unwrap();
-    assert_eq!(fs::read(&raw).unwrap(), before, "the original image changed");
-    let after = fs::read(&out).unwrap();
-    let seed = layout.get(crate::disk::Role::Seed);
-    let (a, b) = (seed.offset() as usize, (seed.offset() + seed.size()) as usize);
-    assert_eq!(before[..a], after[..a]);
-    assert_eq!(before[b..], after[b..]);
-    let part = tmp.path().join("seed.img");
-    fs::write(&part, &after[a..b]).unwrap();
-    assert_eq!(seed::read_site(&part).unwrap().as_deref(), Some("version = 1\nhostname = \"clinic-9\"\n"));
-
-    let bad = tmp.path().join("bad.toml");
-    fs::write(&bad, "version = 1\nhostname = \"clinic 9\"\n").unwrap();
-    let err = personalize(&raw, &bad, &tmp.path().join("x.raw"), 0).unwrap_err();
-    assert!(format!("{err:#}").contains("bad.toml: key `hostname`"), "{err:#}");
-    assert!(!tmp.path().join("x.raw").exists() && !tmp.path().join("x.raw.partial").exists());
-}

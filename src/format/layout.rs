@@ -1,6 +1,10 @@
 //! Partition layout maths, pure: where each partition starts and ends, and its GUIDs, derived
 //! from the image's inputs so two builds of the same inputs lay out the same bytes.
 
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -123,6 +127,48 @@ pub fn plan(esp: u64, root: u64, verity: u64, data: u64, seed: &str) -> Layout {
     // cloud importers like that).
     let size = align_up(at + BACKUP_GPT);
     Layout { disk_guid: derive_uuid(seed, "disk"), size, partitions }
+}
+
+/// Writes the protective MBR and both GPTs of `layout` to `f` (a disk file or a whole disk, of
+/// `layout.size` bytes).
+pub fn write_table(layout: &Layout, mut f: File) -> Result<()> {
+    let total_lba = layout.size / SECTOR;
+    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(total_lba - 1).unwrap_or(u32::MAX));
+    mbr.overwrite_lba0(&mut f)?;
+    let mut disk = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .create_from_device(f, Some(layout.disk_guid))?;
+    let mut parts = std::collections::BTreeMap::new();
+    for (i, p) in layout.partitions.iter().enumerate() {
+        parts.insert(
+            i as u32 + 1,
+            gpt::partition::Partition {
+                part_type_guid: gpt::partition_types::Type { guid: p.type_guid, os: gpt::partition_types::OperatingSystem::None },
+                part_guid: p.guid,
+                first_lba: p.first_lba,
+                last_lba: p.last_lba,
+                flags: 0,
+                name: p.label.clone(),
+            },
+        );
+    }
+    disk.update_partitions(parts)?;
+    let f = disk.write()?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A partition of a disk file found by its GPT name: (byte offset, byte size, partition GUID).
+pub fn find_partition(raw: &Path, name: &str) -> Result<(u64, u64, uuid::Uuid)> {
+    let disk = gpt::GptConfig::new().writable(false).open(raw).with_context(|| format!("reading the partition table of {}", raw.display()))?;
+    let lb = u64::from(*disk.logical_block_size());
+    let part = disk
+        .partitions()
+        .values()
+        .find(|p| p.name == name)
+        .with_context(|| format!("{} has no partition named `{name}`", raw.display()))?;
+    Ok((part.first_lba * lb, (part.last_lba + 1 - part.first_lba) * lb, part.part_guid))
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 use super::*;
-use crate::install::Rules;
+use crate::spec::InstallRules as Rules;
 
 fn disk(name: &str, gib: u64, removable: bool, usb: bool) -> Disk {
     Disk { name: name.into(), size: gib << 30, model: format!("model {name}"), removable, usb, partition: false, in_use: Vec::new() }
 }
 
 fn index(image_size: u64, rules: Rules) -> Index {
-    let layout = crate::disk::plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
+    let layout = crate::format::layout::plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
     Index {
         image: "clinic".into(),
         description: String::new(),
@@ -63,11 +63,11 @@ fn the_data_partition_grows_to_the_disk_end() {
 /// table valid; a damaged piece on the medium fails before the table is written.
 #[test]
 fn installs_a_real_iso_onto_a_disk_file() {
-    crate::tool::preflight(crate::install::iso::TOOLS).unwrap();
+    crate::tool::preflight(crate::output::iso::TOOLS).unwrap();
     crate::tool::preflight(&["sgdisk"]).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let layout = crate::disk::plan(64 << 20, 8 << 20, 1 << 20, 32 << 20, "install-test");
+    let layout = crate::format::layout::plan(64 << 20, 8 << 20, 1 << 20, 32 << 20, "install-test");
     let raw = t.join("img.raw");
     crate::disk::create(&layout, &raw).unwrap();
     let root: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
@@ -77,11 +77,11 @@ fn installs_a_real_iso_onto_a_disk_file() {
     std::fs::create_dir_all(esp.join("outpost")).unwrap();
     std::fs::write(esp.join("outpost/vmlinuz"), b"kernel").unwrap();
     std::fs::write(esp.join("outpost/initrd.img"), b"initrd").unwrap();
-    let src = crate::install::iso::Source { image: "clinic", description: "d", hostname: "h", raw: &raw, layout: &layout, esp_dir: &esp, rules: Rules::default() };
+    let src = crate::output::iso::Source { image: "clinic", description: "d", hostname: "h", raw: &raw, layout: &layout, esp_dir: &esp, rules: Rules::default() };
     let iso_path = t.join("clinic.iso");
     let stage = t.join("work/stage");
     std::fs::create_dir_all(&stage).unwrap();
-    crate::install::iso::build(&src, &stage, &iso_path, 1_700_000_000).unwrap();
+    crate::output::iso::build(&src, &stage, &iso_path, 1_700_000_000).unwrap();
 
     let mut iso = Iso::open(&iso_path).unwrap().unwrap();
     let idx: Index = serde_json::from_slice(&iso.read("outpost/install.json").unwrap()).unwrap();

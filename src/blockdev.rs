@@ -1,9 +1,11 @@
-//! What a flash target is, read from sysfs and the mount table: removable or not, on USB or
+//! Block devices, for the host's `outpost flash` and the device's installer alike. What a flash
+//! target is, read from sysfs and the mount table: removable or not, on USB or
 //! not, its size and model, whether it or a partition of it is mounted, swapped on or held by
 //! device-mapper or md. Reading is apart from deciding, so both are tested on fake trees.
 
 use std::fs::File;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -156,7 +158,7 @@ impl Target {
     pub fn open(&self) -> Result<File> {
         match self {
             Target::File(p) => std::fs::OpenOptions::new().read(true).write(true).open(p).with_context(|| format!("opening {} for writing", p.display())),
-            Target::Disk(p, _) => super::open_exclusive(p).map_err(|e| {
+            Target::Disk(p, _) => open_exclusive(p).map_err(|e| {
                 if e.root_cause().to_string().contains("busy") {
                     anyhow::anyhow!("{} is busy: something has it or a partition of it open (a mount, an automounter, a volume); close it and try again", p.display())
                 } else {
@@ -166,3 +168,32 @@ impl Target {
         }
     }
 }
+/// Makes the next reads come from the device: sync, then drop the file's (or the block
+/// device's) cached pages.
+pub fn drop_cache(f: &File) -> Result<()> {
+    f.sync_all()?;
+    let fd = f.as_raw_fd();
+    if f.metadata()?.file_type().is_block_device() {
+        // BLKFLSBUF: flush and invalidate the block device's buffer cache.
+        // SAFETY: a valid open fd and an ioctl without an argument.
+        if unsafe { libc::ioctl(fd, 0x1261) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("dropping the device's cache (BLKFLSBUF)");
+        }
+    }
+    // SAFETY: a valid open fd; advice only.
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    Ok(())
+}
+
+/// Opens a block device for writing, exclusively: the kernel refuses (EBUSY) while anything has
+/// it or a partition of it mounted or held.
+pub fn open_exclusive(dev: &Path) -> Result<File> {
+    let is_block = std::fs::metadata(dev).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true);
+    if is_block {
+        o.custom_flags(libc::O_EXCL);
+    }
+    o.open(dev).with_context(|| format!("opening {} for writing", dev.display()))
+}
+

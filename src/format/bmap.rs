@@ -10,7 +10,7 @@
 //! which is what makes the map correct on a device with old contents.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -174,7 +174,7 @@ pub fn create(raw: &Path) -> Result<BlockMap> {
         let mut r = Range { first, last, sha256: None };
         f.seek(SeekFrom::Start(r.offset()))?;
         let len = r.len(image_size);
-        let (sha256, n) = crate::output::hash_copy(&mut (&mut f).take(len), &mut std::io::sink()).with_context(|| format!("reading {}", raw.display()))?;
+        let (sha256, n) = crate::files::hash_copy(&mut (&mut f).take(len), &mut std::io::sink()).with_context(|| format!("reading {}", raw.display()))?;
         anyhow::ensure!(n == len, "{} ends inside blocks {first}-{last}", raw.display());
         r.sha256 = Some(sha256);
         ranges.push(r);
@@ -195,13 +195,107 @@ pub fn path_for(raw: &Path) -> std::path::PathBuf {
     s.into()
 }
 
+/// How much is read or written at a time.
+const CHUNK: usize = 4 << 20;
+
+/// Reads the image's mapped ranges one after the other, as one stream.
+pub struct RangeReader<'a> {
+    file: File,
+    map: &'a BlockMap,
+    next: usize,
+    left: u64,
+}
+
+impl<'a> RangeReader<'a> {
+    pub fn new(file: File, map: &'a BlockMap) -> RangeReader<'a> {
+        RangeReader { file, map, next: 0, left: 0 }
+    }
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.left == 0 {
+            let Some(r) = self.map.ranges.get(self.next) else { return Ok(0) };
+            self.file.seek(SeekFrom::Start(r.offset()))?;
+            self.left = r.len(self.map.image_size);
+            self.next += 1;
+        }
+        let n = buf.len().min(self.left as usize);
+        let n = self.file.read(&mut buf[..n])?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the image ends before its block map does"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes each range of `map`, its bytes taken in order from `src`, at its place in `dst`.
+/// Returns each range's sha256 as written; a range whose bytes do not match the map's checksum
+/// stops the write (the source is damaged).
+pub fn write_ranges(src: &mut dyn Read, map: &BlockMap, dst: &mut File, mut progress: impl FnMut(u64)) -> Result<Vec<String>> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut sums = Vec::with_capacity(map.ranges.len());
+    for (i, r) in map.ranges.iter().enumerate() {
+        dst.seek(SeekFrom::Start(r.offset()))?;
+        let mut h = Sha256::new();
+        let mut left = r.len(map.image_size);
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            src.read_exact(&mut buf[..n]).with_context(|| format!("reading the image's block range {} of {}", i + 1, map.ranges.len()))?;
+            h.update(&buf[..n]);
+            dst.write_all(&buf[..n]).with_context(|| format!("writing at byte {}", r.offset() + r.len(map.image_size) - left))?;
+            left -= n as u64;
+            progress(n as u64);
+        }
+        let got = hex::encode(h.finalize());
+        if let Some(want) = &r.sha256 {
+            anyhow::ensure!(
+                *want == got,
+                "blocks {}-{} of the image do not match the block map's checksum: the image (or the installation medium) is damaged",
+                r.first,
+                r.last
+            );
+        }
+        sums.push(got);
+    }
+    Ok(sums)
+}
+
+/// Reads every range back from the device, past its page cache, and compares it with what was
+/// written.
+pub fn verify_ranges(dst: &mut File, map: &BlockMap, sums: &[String]) -> Result<()> {
+    crate::blockdev::drop_cache(dst)?;
+    let mut buf = vec![0u8; CHUNK];
+    for (r, want) in map.ranges.iter().zip(sums) {
+        dst.seek(SeekFrom::Start(r.offset()))?;
+        let mut h = Sha256::new();
+        let mut left = r.len(map.image_size);
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            dst.read_exact(&mut buf[..n])?;
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        let got = hex::encode(h.finalize());
+        anyhow::ensure!(
+            got == *want,
+            "blocks {}-{} read back differ from what was written (sha256 {got}, wrote {want}): the device is failing or was removed; do not use it",
+            r.first,
+            r.last
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::{self, Role};
+    use crate::disk;
+    use crate::format::layout::{self, Role};
 
-    fn sample_disk(dir: &Path) -> (std::path::PathBuf, disk::Layout) {
-        let layout = disk::plan(8 << 20, 8 << 20, 1 << 20, 64 << 20, "bmap");
+    fn sample_disk(dir: &Path) -> (std::path::PathBuf, layout::Layout) {
+        let layout = layout::plan(8 << 20, 8 << 20, 1 << 20, 64 << 20, "bmap");
         let raw = dir.join("d.raw");
         disk::create(&layout, &raw).unwrap();
         let blob = dir.join("b");

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{INDEX_FILE, Index, PAYLOAD_DIR, Piece, Rules, VOLUME_ID, cpio};
-use crate::disk::{Layout, Role};
+use super::cpio;
+use crate::format::install::{INDEX_FILE, Index, PAYLOAD_DIR, Piece, VOLUME_ID};
+use crate::format::layout::{Layout, Role};
+use crate::spec::InstallRules as Rules;
 use crate::tool::Tool;
 
 pub const TOOLS: &[&str] = &["xorriso", "grub-mkimage", "/usr/lib/grub/i386-pc/boot_hybrid.img", "/usr/lib/grub/x86_64-efi/linux.mod", "mkfs.fat", "mcopy"];
@@ -59,7 +61,7 @@ pub fn build(src: &Source<'_>, stage: &Path, out: &Path, epoch: i64) -> Result<(
             Role::RootVerity => ("verity", p.size()),
             Role::Seed => ("seed", p.size()),
             // Zeros, so that no stale header survives from the disk's past.
-            Role::Data => ("data", crate::output::bmap::DATA_WIPE.min(p.size())),
+            Role::Data => ("data", crate::format::bmap::DATA_WIPE.min(p.size())),
         };
         let file = format!("{what}.zst");
         raw.seek(SeekFrom::Start(p.offset()))?;
@@ -85,7 +87,7 @@ pub fn build(src: &Source<'_>, stage: &Path, out: &Path, epoch: i64) -> Result<(
 fn compress(r: &mut dyn Read, out: &Path) -> Result<String> {
     let f = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut enc = zstd::Encoder::new(f, 6)?;
-    let (sha256, _) = crate::output::hash_copy(r, &mut enc).with_context(|| format!("writing {}", out.display()))?;
+    let (sha256, _) = crate::files::hash_copy(r, &mut enc).with_context(|| format!("writing {}", out.display()))?;
     enc.finish()?.sync_all()?;
     Ok(sha256)
 }
@@ -111,7 +113,7 @@ pub fn set_seed(stage: &Path, seed: &[u8], site: &crate::spec::Site) -> Result<(
 pub fn write_iso(stage: &Path, out: &Path, image: &str, epoch: i64) -> Result<()> {
     let _ = fs::remove_file(out);
     // xorriso takes every file's and directory's time from the tree.
-    crate::rootfs::clamp_times(stage, epoch)?;
+    crate::files::clamp_times(stage, epoch)?;
     Tool::new("xorriso")
         .describe("writing the installer ISO")
         .env("SOURCE_DATE_EPOCH", epoch.to_string())

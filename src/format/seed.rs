@@ -34,7 +34,7 @@ impl fatfs::TimeProvider for FixedTime {
 
 fn time_provider(epoch: i64) -> &'static FixedTime {
     // FAT dates start in 1980.
-    let (y, m, d, hh, mm, ss) = crate::disk::civil_time(epoch.max(315_532_800));
+    let (y, m, d, hh, mm, ss) = crate::files::civil_time(epoch.max(315_532_800));
     let dt = fatfs::DateTime {
         date: fatfs::Date { year: y as u16, month: m as u16, day: d as u16 },
         time: fatfs::Time { hour: hh as u16, min: mm as u16, sec: ss as u16, millis: 0 },

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use super::target::{Disk, Target, read_disk};
+use crate::blockdev::{Disk, Target, read_disk};
 use super::*;
 
 /// A fake sysfs: `sdb` a USB stick with a partition, `nvme0n1` an internal disk.
@@ -79,14 +79,14 @@ fn a_mounted_or_held_disk_is_refused_even_with_force() {
 #[test]
 fn flash_writes_mapped_blocks_and_reads_them_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let layout = crate::disk::plan(8 << 20, 8 << 20, 1 << 20, 64 << 20, "flash");
+    let layout = crate::format::layout::plan(8 << 20, 8 << 20, 1 << 20, 64 << 20, "flash");
     let raw = tmp.path().join("a.raw");
     crate::disk::create(&layout, &raw).unwrap();
     let blob = tmp.path().join("blob");
     std::fs::write(&blob, vec![0x42u8; 3 << 20]).unwrap();
-    crate::disk::copy_into(&layout, crate::disk::Role::Root, &blob, &raw).unwrap();
-    let map = crate::output::bmap::create(&raw).unwrap();
-    std::fs::write(crate::output::bmap::path_for(&raw), map.to_xml()).unwrap();
+    crate::disk::copy_into(&layout, crate::format::layout::Role::Root, &blob, &raw).unwrap();
+    let map = crate::format::bmap::create(&raw).unwrap();
+    std::fs::write(crate::format::bmap::path_for(&raw), map.to_xml()).unwrap();
 
     let stick = tmp.path().join("stick");
     std::fs::write(&stick, vec![0xeeu8; layout.size as usize + (1 << 20)]).unwrap();
@@ -100,11 +100,11 @@ fn flash_writes_mapped_blocks_and_reads_them_back() {
         assert!(a[s..e] == b[s..e], "range {rg:?} differs");
     }
     // The data partition past its wiped start keeps the stick's old bytes (not written).
-    let data = layout.get(crate::disk::Role::Data);
-    assert_eq!(b[(data.offset() + crate::output::bmap::DATA_WIPE) as usize], 0xee);
+    let data = layout.get(crate::format::layout::Role::Data);
+    assert_eq!(b[(data.offset() + crate::format::bmap::DATA_WIPE) as usize], 0xee);
 
     // Without the map: every byte, checked against SHA256SUMS beside the image.
-    std::fs::write(tmp.path().join("SHA256SUMS"), format!("{}  a.raw\n", crate::output::sha256_file(&raw).unwrap())).unwrap();
+    std::fs::write(tmp.path().join("SHA256SUMS"), format!("{}  a.raw\n", crate::files::sha256_file(&raw).unwrap())).unwrap();
     let whole = Options { no_bmap: true, ..opts };
     let r = flash(&raw, &stick, &whole, false).unwrap();
     assert_eq!(r.written_bytes, layout.size);
@@ -112,7 +112,7 @@ fn flash_writes_mapped_blocks_and_reads_them_back() {
 
     // A flipped byte inside a mapped range: the block map catches it.
     let mut damaged = a.clone();
-    damaged[layout.get(crate::disk::Role::Root).offset() as usize + 100] ^= 1;
+    damaged[layout.get(crate::format::layout::Role::Root).offset() as usize + 100] ^= 1;
     std::fs::write(&raw, &damaged).unwrap();
     let e = format!("{:#}", flash(&raw, &stick, &Options { no_bmap: false, ..whole }, false).unwrap_err());
     assert!(e.contains("do not match the block map") && e.contains("damaged"), "{e}");

@@ -1,0 +1,55 @@
+//! The hidden verbs the appliance and its installer run (units, the installer's initrd): each
+//! hands over to `crate::agent`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::agent;
+use crate::cli::{DataCommand, InstallerCommand, PowerCommand, RootCommand, SeedCommand, StackCommand};
+
+pub fn seed(command: &SeedCommand) -> Result<i32> {
+    match command {
+        SeedCommand::Apply { device } => agent::site::apply(Path::new("/"), device.as_deref())?,
+        SeedCommand::CheckNetwork { timeout } => agent::site::check_network(Path::new("/"), Duration::from_secs(*timeout))?,
+    }
+    Ok(0)
+}
+
+pub fn data(command: &DataCommand) -> Result<i32> {
+    match command {
+        DataCommand::Open => agent::data::open(Path::new("/"))?,
+        DataCommand::ForgetRecoveryKey => agent::data::forget_recovery_key()?,
+    }
+    Ok(0)
+}
+
+pub fn root(command: &RootCommand) -> Result<i32> {
+    match command {
+        RootCommand::Verify { device } => agent::root::verify_root(device)?,
+    }
+    Ok(0)
+}
+
+pub fn power(command: &PowerCommand) -> Result<i32> {
+    match command {
+        PowerCommand::AcLoss { sysfs } => {
+            agent::power_on::run(Path::new("/"), sysfs)?;
+        }
+    }
+    Ok(0)
+}
+
+pub fn stack(command: &StackCommand) -> Result<i32> {
+    match command {
+        StackCommand::WaitHealthy { container, timeout } => agent::stack::wait_healthy(container, Duration::from_secs(*timeout))?,
+    }
+    Ok(0)
+}
+
+pub fn installer(command: &InstallerCommand) -> Result<i32> {
+    match command {
+        InstallerCommand::Run => agent::installer::run(),
+    }
+}

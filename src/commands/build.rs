@@ -1,0 +1,36 @@
+//! `outpost build IMAGE --out DIR`: the pipeline, then its summary (or `--json`).
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::print_json;
+use crate::cli::Cli;
+use crate::progress::human;
+
+pub fn run(cli: &Cli, image: &Path, out: &Path, encrypt_key_file: Option<&Path>) -> Result<i32> {
+    let mut ctx = super::ctx(cli)?;
+    ctx.encrypt_key = encrypt_key_file.map(Path::to_path_buf);
+    let report = crate::pipeline::build(&ctx, image, out)?;
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        print_build_summary(&report);
+    }
+    Ok(0)
+}
+
+fn print_build_summary(r: &crate::pipeline::BuildReport) {
+    println!("built {} into {}", r.image, r.out_dir.display());
+    println!("layers: {} built, {} reused from the cache", r.built_layers.len(), r.reused_layers.len());
+    for (stage, secs) in &r.stages {
+        println!("  {stage:<36} {secs:>7.1} s");
+    }
+    println!("  {:<36} {:>7.1} s", "total", r.stages.iter().map(|s| s.1).sum::<f64>());
+    for o in &r.outputs {
+        println!("  {:<36} {:>10}  sha256 {}", o.file, human(o.size), &o.sha256[..16]);
+    }
+    for w in &r.warnings {
+        println!("WARNING: {w}");
+    }
+}

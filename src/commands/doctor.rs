@@ -1,0 +1,21 @@
+//! `outpost doctor`: every host tool, whether it is installed, and the package that provides it.
+
+use anyhow::Result;
+
+pub fn run() -> Result<i32> {
+    let all: Vec<&str> = crate::tool::HOST_TOOLS.iter().map(|t| t.program).collect();
+    let missing = crate::tool::missing(&all);
+    for t in crate::tool::HOST_TOOLS {
+        let ok = !missing.contains(t);
+        println!("{} {:<34} {:<16} {}", if ok { "ok     " } else { "MISSING" }, t.program, t.package, t.why);
+    }
+    if missing.is_empty() {
+        println!("all host tools are installed");
+        Ok(0)
+    } else {
+        let mut pkgs: Vec<&str> = missing.iter().map(|t| t.package).collect();
+        pkgs.dedup();
+        println!("install them with: sudo apt-get install {}", pkgs.join(" "));
+        Ok(1)
+    }
+}

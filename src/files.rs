@@ -1,0 +1,177 @@
+//! Leaf helpers every room may use: partial files that clean up after themselves, atomic
+//! writes, hashing, reading a file for a needle, and the build's clock (SOURCE_DATE_EPOCH,
+//! clamped times, civil dates). Nothing here imports the rest of outpost.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+/// `NAME.partial`: where an output is written until it is complete.
+pub fn partial(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// A set of outputs being written: their `.partial` files are removed when this is dropped
+/// unless `keep` was called (a failed or interrupted build never leaves something that looks
+/// finished, nor a half-written partial).
+pub struct Partials(Vec<PathBuf>);
+
+impl Partials {
+    pub fn new(finals: Vec<PathBuf>) -> Partials {
+        Partials(finals)
+    }
+
+    /// The outputs were published: nothing to clean.
+    pub fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Partials {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            // Cleanup on a failure path: the partial may never have been made.
+            let _ = fs::remove_file(partial(f));
+        }
+    }
+}
+
+/// Writes `path` through `path.partial`, fsyncs and renames: readers see the old file or the
+/// whole new one, never a part.
+pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    let partial = partial(path);
+    let result = (|| {
+        let mut f = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        write(&mut f)?;
+        f.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
+        fs::rename(&partial, path).with_context(|| format!("renaming {} into place", partial.display()))?;
+        if let Some(dir) = path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    result
+}
+
+pub fn sha256_file(p: &Path) -> Result<String> {
+    let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    Ok(hash_copy(&mut f, &mut std::io::sink()).with_context(|| format!("reading {}", p.display()))?.0)
+}
+
+/// Copies `r` to its end into `w` (`io::sink()` to hash only); returns the sha256 of the
+/// bytes and how many there were.
+pub fn hash_copy(r: &mut dyn Read, w: &mut dyn Write) -> std::io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hex::encode(h.finalize()), total));
+        }
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// Whether `needle` occurs anywhere in the file (read in chunks that overlap by its length).
+pub fn file_contains(path: &Path, needle: &[u8]) -> Result<bool> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut buf = vec![0u8; 8 << 20];
+    let keep = needle.len().saturating_sub(1);
+    let mut have = 0;
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf[have..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        have += n;
+        if buf[..have].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        let from = have.saturating_sub(keep);
+        buf.copy_within(from..have, 0);
+        have -= from;
+    }
+}
+
+fn walk(root: &Path) -> impl Iterator<Item = Result<walkdir::DirEntry>> + '_ {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .same_file_system(true)
+        .sort_by_file_name()
+        .into_iter()
+        .map(move |e| e.with_context(|| format!("walking {}", root.display())))
+}
+
+/// Sets every mtime later than `epoch` to `epoch`, and every atime to its mtime, so that the
+/// file system written from the tree does not depend on when it was built.
+pub fn clamp_times(root: &Path, epoch: i64) -> Result<()> {
+    let mut dirs = Vec::new();
+    for e in walk(root).chain(std::iter::once(Ok(walkdir::WalkDir::new(root).max_depth(0).into_iter().next().context("reading the root")??))) {
+        let e = e?;
+        let m = e.metadata()?;
+        let t = filetime::FileTime::from_unix_time(m.mtime().min(epoch), 0);
+        if e.file_type().is_dir() {
+            dirs.push((e.path().to_path_buf(), t));
+        } else {
+            filetime::set_symlink_file_times(e.path(), t, t).with_context(|| format!("setting times of {}", e.path().display()))?;
+        }
+    }
+    for (p, t) in dirs.into_iter().rev() {
+        filetime::set_symlink_file_times(&p, t, t).with_context(|| format!("setting times of {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// SOURCE_DATE_EPOCH, or now when it is not set (the build is then not reproducible).
+pub fn source_date_epoch() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds since 1970")),
+        Err(_) => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64),
+    }
+}
+
+/// UTC calendar date and time of a Unix time: (year, month, day, hour, minute, second).
+pub fn civil_time(epoch: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let days = epoch.div_euclid(86400);
+    let secs = epoch.rem_euclid(86400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_needle_across_chunk_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mut data = vec![0u8; (8 << 20) + 100];
+        let at = (8 << 20) - 3;
+        data[at..at + 6].copy_from_slice(b"MARKER");
+        std::fs::write(&p, &data).unwrap();
+        assert!(file_contains(&p, b"MARKER").unwrap());
+        assert!(!file_contains(&p, b"MARKEX").unwrap());
+    }
+}

@@ -1,0 +1,18 @@
+//! What the build writes and the device reads: the one place the build host and the agent
+//! (`crate::agent`) share. The partition layout and its GPT, the seed partition, block maps,
+//! the installer ISO's index and its ISO 9660 reader, firmware profiles, and the paths of the
+//! policy files in the image.
+
+pub mod bmap;
+pub mod firmware;
+pub mod install;
+pub mod iso9660;
+pub mod layout;
+pub mod seed;
+
+/// The agent: the same outpost binary, in every image.
+pub const AGENT_PATH: &str = "usr/lib/outpost/outpost";
+/// The image's `[data]` policy, written by the build, read by `outpost data open`.
+pub const DATA_POLICY_PATH: &str = "usr/lib/outpost/data.json";
+/// Device-mapper name of the verified root, opened by the initramfs.
+pub const VERITY_MAPPING: &str = "outpost-root";
