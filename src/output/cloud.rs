@@ -122,7 +122,8 @@ mod tests {
             runs.push((std::fs::read(&m).unwrap(), std::fs::read(&h).unwrap()));
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
-        assert!(runs[0].0 == runs[1].0, "two vmdk conversions differ");
+        let first_difference = |a: &[u8], b: &[u8]| a.iter().zip(b).position(|(x, y)| x != y).map(|i| (i, String::from_utf8_lossy(&a[i.saturating_sub(40)..(i + 40).min(a.len())]).into_owned()));
+        assert!(runs[0].0 == runs[1].0, "two vmdk conversions differ ({} and {} bytes; first at {:?})", runs[0].0.len(), runs[1].0.len(), first_difference(&runs[0].0, &runs[1].0));
         assert!(runs[0].1 == runs[1].1, "two vhd conversions differ");
         for (file, fmt) in [("d0.vmdk", "vmdk"), ("d0.vhd", "vpc")] {
             let p = tmp.path().join(file);
