@@ -32,23 +32,23 @@ pub enum Target {
 }
 
 pub fn inspect(dev: &Path) -> Result<Target> {
-    let meta = std::fs::metadata(dev).with_context(|| format!("{} does not exist; give the USB stick's device, e.g. /dev/sdb (see `lsblk`)", dev.display()))?;
+    let meta = fs_err::metadata(dev).with_context(|| format!("{} does not exist; give the USB stick's device, e.g. /dev/sdb (see `lsblk`)", dev.display()))?;
     if meta.file_type().is_file() {
         return Ok(Target::File(dev.to_path_buf()));
     }
     anyhow::ensure!(meta.file_type().is_block_device(), "{} is neither a block device nor a file", dev.display());
-    let real = std::fs::canonicalize(dev).with_context(|| format!("resolving {}", dev.display()))?;
+    let real = fs_err::canonicalize(dev).with_context(|| format!("resolving {}", dev.display()))?;
     let name = real.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    let mounts = fs_err::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let swaps = fs_err::read_to_string("/proc/swaps").unwrap_or_default();
     Ok(Target::Disk(dev.to_path_buf(), read_disk(Path::new("/sys"), &name, &mounts, &swaps)?))
 }
 
 /// The disk `name` as sysfs under `sys` describes it.
 pub fn read_disk(sys: &Path, name: &str, mounts: &str, swaps: &str) -> Result<Disk> {
     let class = sys.join("class/block").join(name);
-    let dir = std::fs::canonicalize(&class).with_context(|| format!("{} is not a block device the kernel lists ({})", name, class.display()))?;
-    let read = |p: PathBuf| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let dir = fs_err::canonicalize(&class).with_context(|| format!("{} is not a block device the kernel lists ({})", name, class.display()))?;
+    let read = |p: PathBuf| fs_err::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
     let partition = dir.join("partition").exists();
     let size = read(dir.join("size")).parse::<u64>().unwrap_or(0) * 512;
     let vendor = read(dir.join("device/vendor"));
@@ -56,7 +56,7 @@ pub fn read_disk(sys: &Path, name: &str, mounts: &str, swaps: &str) -> Result<Di
     // The disk and each of its partitions (subdirectories named after it).
     let mut names = vec![name.to_string()];
     let mut dirs = vec![dir.clone()];
-    if let Ok(rd) = std::fs::read_dir(&dir) {
+    if let Ok(rd) = fs_err::read_dir(&dir) {
         let mut parts: Vec<_> = rd.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(name) && e.path().join("partition").exists()).collect();
         parts.sort_by_key(|e| e.file_name());
         for p in parts {
@@ -78,7 +78,7 @@ pub fn read_disk(sys: &Path, name: &str, mounts: &str, swaps: &str) -> Result<Di
         }
     }
     for (n, d) in names.iter().zip(&dirs) {
-        if let Ok(rd) = std::fs::read_dir(d.join("holders")) {
+        if let Ok(rd) = fs_err::read_dir(d.join("holders")) {
             let mut holders: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
             holders.sort();
             for h in holders {
@@ -102,7 +102,7 @@ fn dev_name(src: &str) -> Option<String> {
     if !src.starts_with("/dev/") {
         return None;
     }
-    let p = std::fs::canonicalize(src).unwrap_or_else(|_| PathBuf::from(src));
+    let p = fs_err::canonicalize(src).unwrap_or_else(|_| PathBuf::from(src));
     Some(p.file_name()?.to_string_lossy().into_owned())
 }
 
@@ -188,7 +188,7 @@ pub fn drop_cache(f: &File) -> Result<()> {
 /// Opens a block device for writing, exclusively: the kernel refuses (EBUSY) while anything has
 /// it or a partition of it mounted or held.
 pub fn open_exclusive(dev: &Path) -> Result<File> {
-    let is_block = std::fs::metadata(dev).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+    let is_block = fs_err::metadata(dev).map(|m| m.file_type().is_block_device()).unwrap_or(false);
     let mut o = std::fs::OpenOptions::new();
     o.read(true).write(true);
     if is_block {

@@ -2,7 +2,7 @@
 //! writes, hashing, reading a file for a needle, and the build's clock (SOURCE_DATE_EPOCH,
 //! clamped times, civil dates). Nothing here imports the rest of outpost.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,48 @@ pub fn partial(p: &Path) -> PathBuf {
     let mut s = p.as_os_str().to_os_string();
     s.push(".partial");
     PathBuf::from(s)
+}
+
+/// Removes a file, or a directory with everything in it, if it is there. Anything but "not
+/// there" is an error naming the path.
+pub fn remove_if_exists(p: &Path) -> Result<()> {
+    let r = match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", p.display())),
+        _ => Ok(()),
+    }
+}
+
+/// A scratch file or directory, removed when dropped unless `keep` was called: what a step
+/// leaves behind when it fails, or a work area it no longer needs.
+pub struct Scratch(Option<PathBuf>);
+
+impl Scratch {
+    pub fn new(p: impl Into<PathBuf>) -> Scratch {
+        Scratch(Some(p.into()))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().expect("a scratch path until kept")
+    }
+
+    /// It became the output: leave it.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            // Cleanup on the way out of a failed or finished step; it may never have been made.
+            let _ = remove_if_exists(p);
+        }
+    }
 }
 
 /// A set of outputs being written: their `.partial` files are removed when this is dropped
@@ -37,7 +79,7 @@ impl Drop for Partials {
     fn drop(&mut self) {
         for f in &self.0 {
             // Cleanup on a failure path: the partial may never have been made.
-            let _ = fs::remove_file(partial(f));
+            let _ = fs_err::remove_file(partial(f));
         }
     }
 }
@@ -46,20 +88,18 @@ impl Drop for Partials {
 /// whole new one, never a part.
 pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
     let partial = partial(path);
-    let result = (|| {
+    let guard = Scratch::new(&partial);
+    {
         let mut f = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
         write(&mut f)?;
         f.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
-        fs::rename(&partial, path).with_context(|| format!("renaming {} into place", partial.display()))?;
+        fs_err::rename(&partial, path).with_context(|| format!("renaming {} into place", partial.display()))?;
         if let Some(dir) = path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
         }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
     }
-    result
+    guard.keep();
+    Ok(())
 }
 
 pub fn sha256_file(p: &Path) -> Result<String> {
@@ -170,7 +210,7 @@ mod tests {
         let mut data = vec![0u8; (8 << 20) + 100];
         let at = (8 << 20) - 3;
         data[at..at + 6].copy_from_slice(b"MARKER");
-        std::fs::write(&p, &data).unwrap();
+        fs_err::write(&p, &data).unwrap();
         assert!(file_contains(&p, b"MARKER").unwrap());
         assert!(!file_contains(&p, b"MARKEX").unwrap());
     }

@@ -72,7 +72,7 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     }
     tool::preflight(&build_tools(&plan))?;
     check_keyring(&plan)?;
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating the output directory {}", out_dir.display()))?;
+    fs_err::create_dir_all(out_dir).with_context(|| format!("creating the output directory {}", out_dir.display()))?;
     let name = &plan.image;
     let raw = out_dir.join(format!("{name}.raw"));
     let qcow2 = out_dir.join(format!("{name}.qcow2"));
@@ -103,7 +103,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         let salt = hex::encode(sha2::Sha256::digest(format!("{seed}\0verity salt")));
         disk::make_verity(&root_img, &verity_img, &salt, &layout::derive_uuid(&seed, "root verity"))
     })?;
-    let root_len = std::fs::metadata(&root_img)?.len();
+    let root_len = fs_err::metadata(&root_img)?.len();
     let root_size = match plan.spec.partitions.root {
         Some(s) if s.0 < root_len => anyhow::bail!(
             "{}: `[partitions] root` is {} bytes, but the root file system takes {root_len} bytes; raise it or remove the key (the default fits the root exactly)",
@@ -113,7 +113,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         Some(s) => s.0,
         None => root_len,
     };
-    let verity_size = std::fs::metadata(&verity_img)?.len();
+    let verity_size = fs_err::metadata(&verity_img)?.len();
     let layout = layout::plan(plan.spec.partitions.esp.0, root_size, verity_size, plan.spec.partitions.data.0, &seed);
     let cmdline = kernel_cmdline(plan, &layout, &root_hash);
 
@@ -133,11 +133,11 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
         let seed = layout.get(Role::Seed);
         let seed_serial = u32::from_be_bytes(seed.guid.as_bytes()[..4].try_into().expect("4 bytes"));
         let seed_img = crate::format::seed::image(seed.size(), seed_serial, ctx.epoch, None)?;
-        std::fs::write(work.path().join("seed.img"), seed_img)?;
+        fs_err::write(work.path().join("seed.img"), seed_img)?;
         disk::copy_into(&layout, Role::Seed, &work.path().join("seed.img"), &disk_file)?;
         // The data partition's blank marker: what the first boot may format, and nothing else.
         let marker = work.path().join("data-marker.img");
-        std::fs::write(&marker, layout::blank_data_marker()).with_context(|| format!("writing {}", marker.display()))?;
+        fs_err::write(&marker, layout::blank_data_marker()).with_context(|| format!("writing {}", marker.display()))?;
         disk::copy_into(&layout, Role::Data, &marker, &disk_file)
     })?;
     let iso = out_dir.join(format!("{}.iso", plan.image));
@@ -153,7 +153,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
                 rules: plan.spec.install.clone(),
             };
             let stage = work.path().join("iso/stage");
-            std::fs::create_dir_all(&stage)?;
+            fs_err::create_dir_all(&stage)?;
             crate::output::iso::build(&src, &stage, &crate::files::partial(&iso), ctx.epoch)
         })?;
     }
@@ -190,7 +190,7 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             outputs.insert(1, output_file(&bmap, crate::files::sha256_file(&crate::files::partial(&bmap))?)?);
             finals.push(bmap);
         } else {
-            std::fs::remove_file(crate::files::partial(raw))?;
+            fs_err::remove_file(crate::files::partial(raw))?;
         }
         if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
             outputs.push(output_file(qcow2, crate::files::sha256_file(&crate::files::partial(qcow2))?)?);
@@ -241,10 +241,10 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
 /// Whether the image's kernel was built with `option` (built in or as a module).
 fn kernel_has(tree: &Path, option: &str) -> Result<bool> {
     let boot = tree.join("boot");
-    for e in std::fs::read_dir(&boot).with_context(|| format!("reading {}", boot.display()))? {
+    for e in fs_err::read_dir(&boot).with_context(|| format!("reading {}", boot.display()))? {
         let p = e?.path();
         if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("config-")) {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let text = fs_err::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             return Ok(text.lines().any(|l| l == format!("{option}=y") || l == format!("{option}=m")));
         }
     }
@@ -299,7 +299,7 @@ fn cloud_outputs(
     if let Some((disk_file, ext)) = import {
         let json = out_dir.join(format!("{}.ec2-import.json", plan.image));
         let text = output::cloud::ec2_import(&plan.image, &plan.spec.description, &disk_file, ext);
-        std::fs::write(crate::files::partial(&json), &text).with_context(|| format!("writing {}", json.display()))?;
+        fs_err::write(crate::files::partial(&json), &text).with_context(|| format!("writing {}", json.display()))?;
         outputs.push(output_file(&json, hex::encode(sha2::Sha256::digest(text.as_bytes())))?);
         finals.push(json);
     }
@@ -309,7 +309,7 @@ fn cloud_outputs(
 fn output_file(f: &Path, sha256: String) -> Result<output::OutputFile> {
     Ok(output::OutputFile {
         file: f.file_name().unwrap_or_default().to_string_lossy().into_owned(),
-        size: std::fs::metadata(crate::files::partial(f))?.len(),
+        size: fs_err::metadata(crate::files::partial(f))?.len(),
         sha256,
     })
 }

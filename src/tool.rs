@@ -179,14 +179,44 @@ impl Tool {
     /// Runs to completion and returns stdout.
     pub fn output(&self) -> Result<String, ToolError> {
         debug(&format!("+ {}", self.cmdline()));
-        let out = self.command()?.stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| {
-            ToolError::Exit { why: self.why.clone(), cmdline: self.cmdline(), code: -1, tail: format!(": {e}") }
-        })?;
+        let out = self.command()?.stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| self.start_error(&e))?;
         // Tools such as mmdebstrap report on stdout what went wrong; keep both for the error.
         let mut both = out.stdout.clone();
         both.extend_from_slice(&out.stderr);
         self.check(out.status, &both)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Tool {
+    /// Runs to completion; returns the exit code and stdout with stderr, for tools whose
+    /// non-zero codes carry meaning (e2fsck: 1 means "repaired"). Not installed and killed by a
+    /// signal are still errors.
+    pub fn output_with_status(&self) -> Result<(i32, String), ToolError> {
+        use std::os::unix::process::ExitStatusExt;
+        debug(&format!("+ {}", self.cmdline()));
+        let out = self.command()?.stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| self.start_error(&e))?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        match (out.status.code(), out.status.signal()) {
+            (Some(code), _) => Ok((code, text)),
+            _ => self.check(out.status, text.as_bytes()).map(|_| (-1, text)),
+        }
+    }
+
+    /// Starts a long-lived process (QEMU, swtpm) the way every tool runs: cleared environment,
+    /// stdin from /dev/null, stdout discarded; stderr piped when `keep_stderr` (read when the
+    /// process ends early), else discarded. The process is killed when the child is dropped.
+    pub fn spawn(&self, keep_stderr: bool) -> Result<tokio::process::Child, ToolError> {
+        debug(&format!("+ {} &", self.cmdline()));
+        let mut cmd = tokio::process::Command::from(self.command()?);
+        cmd.stdout(Stdio::null()).stderr(if keep_stderr { Stdio::piped() } else { Stdio::null() }).kill_on_drop(true);
+        cmd.spawn().map_err(|e| self.start_error(&e))
+    }
+
+    fn start_error(&self, e: &std::io::Error) -> ToolError {
+        let why = if self.why.is_empty() { format!("running {}", self.program) } else { self.why.clone() };
+        ToolError::Exit { why, cmdline: self.cmdline(), code: -1, tail: format!(": it could not be started: {e}") }
     }
 }
 

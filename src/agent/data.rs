@@ -127,21 +127,21 @@ fn excerpt(s: &str) -> String {
 
 /// `outpost data open`.
 pub fn open(root: &Path) -> Result<()> {
-    if let Ok(why) = fs::read_to_string(CLOSED) {
+    if let Ok(why) = fs_err::read_to_string(CLOSED) {
         bail!("the data partition stays closed until the next boot: {}", why.trim());
     }
     let r = open_inner(root);
     if let Err(e) = &r {
-        fs::create_dir_all(WORK)?;
+        fs_err::create_dir_all(WORK)?;
         let first_line = e.to_string().lines().next().unwrap_or_default().chars().take(300).collect::<String>();
-        fs::write(CLOSED, format!("{first_line}\n"))?;
+        fs_err::write(CLOSED, format!("{first_line}\n"))?;
     }
     r
 }
 
 fn open_inner(root: &Path) -> Result<()> {
     let policy_file = root.join(crate::format::DATA_POLICY_PATH);
-    let text = fs::read_to_string(&policy_file).with_context(|| format!("reading the image's data policy {}", policy_file.display()))?;
+    let text = fs_err::read_to_string(&policy_file).with_context(|| format!("reading the image's data policy {}", policy_file.display()))?;
     let policy: DataPolicy = serde_json::from_str(&text).with_context(|| format!("parsing {}", policy_file.display()))?;
     let site = seed_site();
     let (mut unlock, recovery) = match &site {
@@ -198,8 +198,8 @@ fn open_inner(root: &Path) -> Result<()> {
         console(&format!("data partition unlocked ({}) in {:.1} s", unlock_name(unlock), started.elapsed().as_secs_f64()));
     }
     check_filesystem(&volume)?;
-    fs::create_dir_all(WORK)?;
-    let _ = fs::remove_file(VOLUME_LINK);
+    fs_err::create_dir_all(WORK)?;
+    crate::files::remove_if_exists(Path::new(VOLUME_LINK))?;
     std::os::unix::fs::symlink(&volume, VOLUME_LINK).with_context(|| format!("linking {VOLUME_LINK}"))?;
     Ok(())
 }
@@ -224,19 +224,19 @@ fn seed_site() -> Option<Site> {
 /// disk, such as a USB stick or the disk of another appliance plugged in for rescue.
 fn data_partition(limit: Duration) -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let root_dev = fs::metadata("/").context("reading /")?.dev();
+    let root_dev = fs_err::metadata("/").context("reading /")?.dev();
     let (major, minor) = (libc::major(root_dev), libc::minor(root_dev));
-    let mut sys = fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).context("finding the root file system's disk in /sys")?;
+    let mut sys = fs_err::canonicalize(format!("/sys/dev/block/{major}:{minor}")).context("finding the root file system's disk in /sys")?;
     // The root is a dm-verity mapping: its disk is the one under the mapping's data partition.
-    if let Some(under) = fs::read_dir(sys.join("slaves")).ok().and_then(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).min()) {
-        sys = fs::canonicalize(Path::new("/sys/class/block").join(under)).context("finding the disk under the root's dm-verity mapping")?;
+    if let Some(under) = fs_err::read_dir(sys.join("slaves")).ok().and_then(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).min()) {
+        sys = fs_err::canonicalize(Path::new("/sys/class/block").join(under)).context("finding the disk under the root's dm-verity mapping")?;
     }
     let disk = sys.parent().context("the root file system is not on a partition")?.to_path_buf();
     let start = Instant::now();
     loop {
-        for e in fs::read_dir(&disk).with_context(|| format!("reading {}", disk.display()))? {
+        for e in fs_err::read_dir(&disk).with_context(|| format!("reading {}", disk.display()))? {
             let p = e?.path();
-            let Ok(uevent) = fs::read_to_string(p.join("uevent")) else { continue };
+            let Ok(uevent) = fs_err::read_to_string(p.join("uevent")) else { continue };
             if uevent.lines().any(|l| l == "PARTNAME=data") {
                 let name = p.file_name().expect("has a name").to_string_lossy().into_owned();
                 let dev = Path::new("/dev").join(name);
@@ -255,7 +255,7 @@ fn data_partition(limit: Duration) -> Result<PathBuf> {
 fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     use std::io::Read;
-    fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    fs_err::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(hex::encode(buf))
 }
 
@@ -273,12 +273,12 @@ use std::os::unix::fs::OpenOptionsExt;
 /// an ext4 file system inside holding a copy of the image's /var; the label is set to
 /// `outpost-data` last, so only a finished partition is ever taken as ready.
 fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> Result<()> {
-    fs::create_dir_all(WORK)?;
+    fs_err::create_dir_all(WORK)?;
     let newvar = Path::new(WORK).join("newvar");
-    fs::create_dir_all(&newvar)?;
+    fs_err::create_dir_all(&newvar)?;
     // The partition's UUID is this boot's machine ID, which the initramfs gives the system at
     // every later boot (/etc is rebuilt in memory at each boot).
-    let uuid = machine_uuid(&fs::read_to_string("/etc/machine-id").unwrap_or_default())?;
+    let uuid = machine_uuid(&fs_err::read_to_string("/etc/machine-id").unwrap_or_default())?;
     if unlock == Unlock::None {
         console("WARNING: the data partition is NOT encrypted (the policy is `unlock = \"none\"`): anyone holding this disk can read the patient data");
         Tool::new("mkfs.ext4").describe("formatting the data partition").args(["-q", "-F", "-L", FS_NEW, "-U", &uuid]).arg(dev).run()?;
@@ -320,7 +320,7 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
             let new = Path::new(WORK).join("new-passphrase");
             write_secret(&new, &pass)?;
             let r = Tool::new("cryptsetup").describe("adding the passphrase").args(["luksAddKey", "--batch-mode", "--pbkdf", "argon2id", "--key-file"]).arg(&tmp).arg(dev).arg(&new).run();
-            fs::remove_file(&new)?;
+            fs_err::remove_file(&new)?;
             r?;
         }
         Unlock::None => unreachable!("handled above"),
@@ -331,7 +331,7 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).run()?;
     fill(&mapped, &newvar, (recovery == RecoveryKey::File).then_some(recovery_key.as_str()))?;
     Tool::new("cryptsetup").describe("removing the first-boot key slot").args(["luksKillSlot", "--batch-mode"]).arg(dev).arg("0").run()?;
-    fs::remove_file(&tmp)?;
+    fs_err::remove_file(&tmp)?;
     let where_ = match recovery {
         RecoveryKey::Console => "nowhere else: write it down now".to_string(),
         RecoveryKey::File => format!("in {RECOVERY_FILE} until an administrator fetches it and runs `outpost data forget-recovery-key`"),
@@ -357,9 +357,8 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
 /// questions). The console and the journal get e2fsck's own words whenever it changed anything.
 fn check_filesystem(dev: &Path) -> Result<()> {
     let e2fsck = |mode: &str| -> Result<(i32, String)> {
-        let out = std::process::Command::new("e2fsck").arg(mode).arg(dev).output().context("running e2fsck (package e2fsprogs)")?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        Ok((out.status.code().unwrap_or(8), text.trim().replace('\n', "; ")))
+        let (code, text) = Tool::new("e2fsck").describe("checking the data file system").arg(mode).arg(dev).output_with_status()?;
+        Ok((code, text.trim().replace('\n', "; ")))
     };
     let (code, text) = e2fsck("-p")?;
     match code {
@@ -395,8 +394,8 @@ fn fill(dev: &Path, mnt: &Path, recovery_key: Option<&str>) -> Result<()> {
     let key = match (copied.is_ok(), recovery_key) {
         (true, Some(k)) => {
             let f = mnt.join(RECOVERY_FILE.trim_start_matches("/var/"));
-            fs::create_dir_all(f.parent().expect("has a parent"))?;
-            fs::set_permissions(f.parent().expect("has a parent"), fs::Permissions::from_mode(0o700))?;
+            fs_err::create_dir_all(f.parent().expect("has a parent"))?;
+            fs_err::set_permissions(f.parent().expect("has a parent"), fs::Permissions::from_mode(0o700))?;
             write_secret(&f, &format!("{k}\n"))
         }
         _ => Ok(()),
@@ -420,7 +419,7 @@ fn with_usb_stick<T>(limit: Duration, writable: bool, f: impl FnOnce(&Path) -> R
         bail!("no USB stick labelled {USB_LABEL} is plugged in");
     }
     let mnt = Path::new(WORK).join("usb");
-    fs::create_dir_all(&mnt)?;
+    fs_err::create_dir_all(&mnt)?;
     Tool::new("mount").describe("mounting the key USB stick").args(["-o", if writable { "rw,sync" } else { "ro" }]).arg(&dev).arg(&mnt).run()?;
     let r = f(&mnt);
     Tool::new("umount").describe("unmounting the key USB stick").arg(&mnt).run()?;
@@ -451,7 +450,7 @@ fn enroll_usb_key(dev: &Path, tmp: &Path) -> Result<()> {
         .arg(dev)
         .arg(&local)
         .run();
-    fs::remove_file(&local)?;
+    fs_err::remove_file(&local)?;
     r?;
     console(&format!("the data partition's key is on the USB stick as {name}; keep the stick with the machine"));
     Ok(())
@@ -535,7 +534,7 @@ fn attach(dev: &Path, unlock: Unlock) -> Result<PathBuf> {
 
 /// `outpost data forget-recovery-key`: the administrator has the key; remove the copy.
 pub fn forget_recovery_key() -> Result<()> {
-    match fs::remove_file(RECOVERY_FILE) {
+    match fs_err::remove_file(RECOVERY_FILE) {
         Ok(()) => {
             console(&format!("removed {RECOVERY_FILE}"));
             Ok(())
@@ -560,7 +559,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("data.img");
         let key = dir.path().join("key");
-        std::fs::write(&key, "0123456789abcdef").unwrap();
+        fs_err::write(&key, "0123456789abcdef").unwrap();
         let fresh = |dev: &Path| {
             let f = std::fs::File::create(dev).unwrap();
             f.set_len(32 << 20).unwrap();
@@ -603,7 +602,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("data.img");
         let key = dir.path().join("key");
-        std::fs::write(&key, "0123456789abcdef").unwrap();
+        fs_err::write(&key, "0123456789abcdef").unwrap();
         std::fs::File::create(&dev).unwrap().set_len(32 << 20).unwrap();
         Tool::new("cryptsetup")
             .args(["luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768", "--label", LABEL_READY, "--key-file"])
@@ -614,16 +613,16 @@ mod tests {
         assert_eq!(state(&dev).unwrap(), State::Luks { tpm2: false });
         // Both binary headers' checksums broken: cryptsetup no longer reads it as LUKS at all
         // (the old probe then said "blank" and the first-boot path would have formatted it).
-        let mut bytes = std::fs::read(&dev).unwrap();
+        let mut bytes = fs_err::read(&dev).unwrap();
         let hdr_size = u64::from_be_bytes(bytes[8..16].try_into().unwrap()) as usize;
         for at in [0, hdr_size] {
             bytes[at + 0x1c0] ^= 0xff;
         }
-        std::fs::write(&dev, &bytes).unwrap();
+        fs_err::write(&dev, &bytes).unwrap();
         assert!(Tool::new("cryptsetup").args(["isLuks"]).arg(&dev).run().is_err(), "the test header must be unreadable");
         let err = state(&dev).unwrap_err();
         assert!(format!("{err:#}").contains("LUKS header that cannot be read"), "{err:#}");
-        assert_eq!(std::fs::read(&dev).unwrap(), bytes, "probing changed the partition");
+        assert_eq!(fs_err::read(&dev).unwrap(), bytes, "probing changed the partition");
         // Unreadable: a directory where the partition should be, or no device at all.
         assert!(state(dir.path()).is_err());
         assert!(state(&dir.path().join("missing")).is_err());
@@ -632,7 +631,7 @@ mod tests {
         for (i, b) in other.iter_mut().enumerate() {
             *b = (i * 7 + 3) as u8;
         }
-        std::fs::write(&dev, &other).unwrap();
+        fs_err::write(&dev, &other).unwrap();
         assert!(format!("{:#}", state(&dev).unwrap_err()).contains("neither the blank marker"));
         std::fs::File::create(&dev).unwrap().set_len(32 << 20).unwrap();
         Tool::new("mkfs.ext4").args(["-q", "-F", "-L", "home-backup"]).arg(&dev).run().unwrap();

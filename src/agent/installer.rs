@@ -26,7 +26,7 @@ pub struct Console(Option<File>);
 
 impl Console {
     fn open() -> Console {
-        let serial = std::fs::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a.starts_with("console=ttyS0"));
+        let serial = fs_err::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a.starts_with("console=ttyS0"));
         Console(if serial { std::fs::OpenOptions::new().write(true).open("/dev/ttyS0").ok() } else { None })
     }
 
@@ -92,7 +92,7 @@ fn install(con: &mut Console) -> Result<Option<String>> {
          (sometimes \"UEFI only\" or \"CSM off\") and start from the USB stick again. Nothing was written.",
         index.image
     );
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounts = fs_err::read_to_string("/proc/self/mounts").unwrap_or_default();
     let disks = list_disks(Path::new("/sys"), &mounts)?;
     let target = choose_disk(&disks, &medium, &index)?;
     let dev = PathBuf::from(format!("/dev/{}", target.name));
@@ -128,7 +128,7 @@ fn install(con: &mut Console) -> Result<Option<String>> {
 fn find_medium() -> Result<(String, Iso)> {
     let deadline = Instant::now() + MEDIUM_WAIT;
     loop {
-        let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        let mut names: Vec<String> = fs_err::read_dir("/sys/block")
             .context("reading /sys/block")?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -157,7 +157,7 @@ fn ignored(name: &str) -> bool {
 
 fn list_disks(sys: &Path, mounts: &str) -> Result<Vec<Disk>> {
     let mut disks = Vec::new();
-    for e in std::fs::read_dir(sys.join("block")).with_context(|| format!("reading {}", sys.join("block").display()))? {
+    for e in fs_err::read_dir(sys.join("block")).with_context(|| format!("reading {}", sys.join("block").display()))? {
         let name = e?.file_name().to_string_lossy().into_owned();
         if !ignored(&name) {
             disks.push(read_disk(sys, &name, mounts, "")?);

@@ -71,16 +71,16 @@ fn installs_a_real_iso_onto_a_disk_file() {
     let raw = t.join("img.raw");
     crate::disk::create(&layout, &raw).unwrap();
     let root: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
-    std::fs::write(t.join("root.img"), &root).unwrap();
+    fs_err::write(t.join("root.img"), &root).unwrap();
     crate::disk::copy_into(&layout, Role::Root, &t.join("root.img"), &raw).unwrap();
     let esp = t.join("esp");
-    std::fs::create_dir_all(esp.join("outpost")).unwrap();
-    std::fs::write(esp.join("outpost/vmlinuz"), b"kernel").unwrap();
-    std::fs::write(esp.join("outpost/initrd.img"), b"initrd").unwrap();
+    fs_err::create_dir_all(esp.join("outpost")).unwrap();
+    fs_err::write(esp.join("outpost/vmlinuz"), b"kernel").unwrap();
+    fs_err::write(esp.join("outpost/initrd.img"), b"initrd").unwrap();
     let src = crate::output::iso::Source { image: "clinic", description: "d", hostname: "h", raw: &raw, layout: &layout, esp_dir: &esp, rules: Rules::default() };
     let iso_path = t.join("clinic.iso");
     let stage = t.join("work/stage");
-    std::fs::create_dir_all(&stage).unwrap();
+    fs_err::create_dir_all(&stage).unwrap();
     crate::output::iso::build(&src, &stage, &iso_path, 1_700_000_000).unwrap();
 
     let mut iso = Iso::open(&iso_path).unwrap().unwrap();
@@ -91,7 +91,7 @@ fn installs_a_real_iso_onto_a_disk_file() {
     f.set_len(1 << 30).unwrap();
     let mut f = f;
     write_image(&mut Console(None), &mut iso, &idx, &mut f).unwrap();
-    let bytes = std::fs::read(&target).unwrap();
+    let bytes = fs_err::read(&target).unwrap();
     let r = layout.get(Role::Root);
     assert!(bytes[r.offset() as usize..(r.offset() as usize + root.len())] == root[..]);
     let v = crate::tool::Tool::new("sgdisk").arg("-v").arg(&target).output().unwrap();

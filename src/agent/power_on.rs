@@ -46,7 +46,7 @@ impl Outcome {
 }
 
 fn read_trim(p: &Path) -> Option<String> {
-    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    fs_err::read_to_string(p).ok().map(|s| s.trim().to_string())
 }
 
 /// Tries the profiles in order against the machine under `sysfs` (`/sys` on the device) and
@@ -82,7 +82,7 @@ fn apply_attribute(sysfs: &Path, name: &str, a: &AttributeProfile) -> Option<Out
         let reason = format!("the firmware offers none of {:?} (it offers {:?})", a.values, possible);
         return Some(Outcome::Failed { profile, setting, reason });
     };
-    match fs::write(dir.join("current_value"), format!("{to}\n")) {
+    match fs_err::write(dir.join("current_value"), format!("{to}\n")) {
         Ok(()) => Some(Outcome::Set { profile, setting, from: current, to: to.clone() }),
         Err(e) => Some(Outcome::Failed { profile, setting, reason: format!("writing it failed ({e}; a BIOS administrator password blocks changes)") }),
     }
@@ -122,7 +122,7 @@ fn apply_pch(sysfs: &Path, name: &str, p: &PchProfile) -> Option<Outcome> {
 /// setting): apply, say it on the console, keep it in the status file.
 pub fn run(root: &Path, sysfs: &Path) -> Result<Outcome> {
     let policy_file = root.join(POLICY_PATH);
-    let policy: PowerPolicy = match fs::read_to_string(&policy_file) {
+    let policy: PowerPolicy = match fs_err::read_to_string(&policy_file) {
         Ok(t) => serde_json::from_str(&t).with_context(|| format!("parsing {}", policy_file.display()))?,
         Err(_) => PowerPolicy::default(),
     };
@@ -131,9 +131,9 @@ pub fn run(root: &Path, sysfs: &Path) -> Result<Outcome> {
     super::say(&outcome.message());
     let status = Path::new(STATUS_PATH);
     if let Some(dir) = status.parent() {
-        fs::create_dir_all(dir)?;
+        fs_err::create_dir_all(dir)?;
     }
-    fs::write(status, serde_json::to_string_pretty(&outcome)? + "\n").with_context(|| format!("writing {}", status.display()))?;
+    fs_err::write(status, serde_json::to_string_pretty(&outcome)? + "\n").with_context(|| format!("writing {}", status.display()))?;
     Ok(outcome)
 }
 
@@ -147,8 +147,8 @@ mod tests {
 
     fn write(root: &Path, rel: &str, text: &str) {
         let p = root.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(p, text).unwrap();
     }
 
     fn dell(sysfs: &Path, current: &str) {
@@ -172,7 +172,7 @@ mod tests {
         dell(t.path(), "Off");
         let o = apply(t.path(), &profiles(), &PowerPolicy::default());
         assert_eq!(o, Outcome::Set { profile: "dell (Dell)".into(), setting: "AcPwrRcvry".into(), from: "Off".into(), to: "On".into() });
-        let v = fs::read_to_string(t.path().join("class/firmware-attributes/dell-wmi-sysman/attributes/AcPwrRcvry/current_value")).unwrap();
+        let v = fs_err::read_to_string(t.path().join("class/firmware-attributes/dell-wmi-sysman/attributes/AcPwrRcvry/current_value")).unwrap();
         assert_eq!(v.trim(), "On");
         // The next boot finds it on and writes nothing.
         assert!(matches!(apply(t.path(), &profiles(), &PowerPolicy::default()), Outcome::AlreadySet { .. }));
@@ -187,7 +187,7 @@ mod tests {
         write(t.path(), &format!("{a}/possible_values"), "Power On;Power Off;Last State\n");
         let o = apply(t.path(), &profiles(), &PowerPolicy::default());
         assert!(matches!(o, Outcome::Set { .. }), "{o:?}");
-        assert_eq!(fs::read_to_string(t.path().join(a).join("current_value")).unwrap().trim(), "Power On");
+        assert_eq!(fs_err::read_to_string(t.path().join(a).join("current_value")).unwrap().trim(), "Power On");
     }
 
     #[test]
@@ -199,7 +199,7 @@ mod tests {
         write(t.path(), &format!("{a}/possible_values"), "Power Off;Previous State\n");
         let o = apply(t.path(), &profiles(), &PowerPolicy::default());
         assert!(matches!(&o, Outcome::Failed { reason, .. } if reason.contains("Previous State")), "{o:?}");
-        assert_eq!(fs::read_to_string(t.path().join(a).join("current_value")).unwrap().trim(), "Power Off");
+        assert_eq!(fs_err::read_to_string(t.path().join(a).join("current_value")).unwrap().trim(), "Power Off");
         assert!(o.message().contains("BIOS setup"));
     }
 
@@ -211,7 +211,7 @@ mod tests {
         write(sysfs, "bus/pci/devices/0000:00:1f.0/device", &format!("0x{device}\n"));
         let mut config = vec![0u8; 256];
         config[0xa4] = 0x41;
-        fs::write(dev.join("config"), config).unwrap();
+        fs_err::write(dev.join("config"), config).unwrap();
         dev.join("config")
     }
 
@@ -221,11 +221,11 @@ mod tests {
         let config = ich9(t.path(), "2918");
         let o = apply(t.path(), &profiles(), &PowerPolicy::default());
         assert!(matches!(&o, Outcome::NoProfile { machine } if machine == "QEMU"), "{o:?}");
-        assert_eq!(fs::read(&config).unwrap()[0xa4], 0x41);
+        assert_eq!(fs_err::read(&config).unwrap()[0xa4], 0x41);
         let opt_in = PowerPolicy { intel_pch_after_g3: true };
         let o = apply(t.path(), &profiles(), &opt_in);
         assert!(matches!(o, Outcome::Set { .. }), "{o:?}");
-        let bytes = fs::read(&config).unwrap();
+        let bytes = fs_err::read(&config).unwrap();
         assert_eq!(bytes[0xa4], 0x40, "only bit 0 cleared");
         assert_eq!(bytes.iter().filter(|b| **b != 0).count(), 1, "nothing else written");
         assert!(matches!(apply(t.path(), &profiles(), &opt_in), Outcome::AlreadySet { .. }));
@@ -233,7 +233,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let config = ich9(t.path(), "a382");
         assert!(matches!(apply(t.path(), &profiles(), &opt_in), Outcome::NoProfile { .. }));
-        assert_eq!(fs::read(&config).unwrap()[0xa4], 0x41, "an unlisted chipset is never written");
+        assert_eq!(fs_err::read(&config).unwrap()[0xa4], 0x41, "an unlisted chipset is never written");
     }
 
     #[test]

@@ -107,28 +107,28 @@ fn write_entries(root: &Path, entries: &BTreeMap<PathBuf, Entry>) -> Result<Vec<
     for (rel, e) in entries {
         let p = root.join(rel);
         if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         match e {
             Entry::File { mode, text } => {
                 let same = !p.is_symlink()
-                    && fs::read(&p).is_ok_and(|b| b == text.as_bytes())
-                    && fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode);
+                    && fs_err::read(&p).is_ok_and(|b| b == text.as_bytes())
+                    && fs_err::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode);
                 if same {
                     continue;
                 }
                 if p.is_symlink() {
-                    fs::remove_file(&p)?;
+                    fs_err::remove_file(&p)?;
                 }
-                fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-                fs::set_permissions(&p, fs::Permissions::from_mode(*mode))?;
+                fs_err::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                fs_err::set_permissions(&p, fs::Permissions::from_mode(*mode))?;
             }
             Entry::Symlink(target) => {
-                if fs::read_link(&p).is_ok_and(|t| &t == target) {
+                if fs_err::read_link(&p).is_ok_and(|t| &t == target) {
                     continue;
                 }
                 if p.exists() || p.is_symlink() {
-                    fs::remove_file(&p)?;
+                    fs_err::remove_file(&p)?;
                 }
                 std::os::unix::fs::symlink(target, &p).with_context(|| format!("linking {}", p.display()))?;
             }
@@ -137,12 +137,12 @@ fn write_entries(root: &Path, entries: &BTreeMap<PathBuf, Entry>) -> Result<Vec<
     }
     // Interfaces a previous seed configured and this one does not.
     let net = root.join("etc/systemd/network");
-    if let Ok(rd) = fs::read_dir(&net) {
+    if let Ok(rd) = fs_err::read_dir(&net) {
         for e in rd {
             let e = e?;
             let rel = PathBuf::from("etc/systemd/network").join(e.file_name());
             if e.file_name().to_string_lossy().starts_with(NETWORK_PREFIX) && !entries.contains_key(&rel) {
-                fs::remove_file(e.path())?;
+                fs_err::remove_file(e.path())?;
                 changed.push(rel);
             }
         }
@@ -184,9 +184,9 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
         }
     }
     let applied = root.join(APPLIED);
-    fs::create_dir_all(applied.parent().expect("has a parent"))?;
-    if fs::read_to_string(&applied).ok().as_deref() != Some(&text) {
-        fs::write(&applied, &text)?;
+    fs_err::create_dir_all(applied.parent().expect("has a parent"))?;
+    if fs_err::read_to_string(&applied).ok().as_deref() != Some(&text) {
+        fs_err::write(&applied, &text)?;
     }
     if root == Path::new("/") {
         set_hostname(&site.hostname)?;
@@ -212,23 +212,23 @@ const HOST_KEYS: &str = "/var/lib/outpost/ssh";
 /// any missing (the first boot: all), and new ones are kept. With the data partition closed the
 /// keys last for this boot only, and the console says so.
 fn host_keys(etc_ssh: &Path, store: &Path) -> Result<()> {
-    let is_key = |e: &fs::DirEntry| e.file_name().to_string_lossy().starts_with("ssh_host_");
-    if let Ok(rd) = fs::read_dir(store) {
+    let is_key = |e: &fs_err::DirEntry| e.file_name().to_string_lossy().starts_with("ssh_host_");
+    if let Ok(rd) = fs_err::read_dir(store) {
         for e in rd.filter_map(Result::ok).filter(is_key) {
-            fs::copy(e.path(), etc_ssh.join(e.file_name())).with_context(|| format!("restoring {}", e.path().display()))?;
+            fs_err::copy(e.path(), etc_ssh.join(e.file_name())).with_context(|| format!("restoring {}", e.path().display()))?;
         }
     }
     Tool::new("ssh-keygen").describe("creating this machine's SSH host keys").arg("-A").run()?;
-    let kept = fs::create_dir_all(store).and_then(|()| {
-        fs::set_permissions(store, fs::Permissions::from_mode(0o700))?;
-        for e in fs::read_dir(etc_ssh)?.filter_map(Result::ok).filter(is_key) {
+    let kept = fs_err::create_dir_all(store).and_then(|()| {
+        fs_err::set_permissions(store, fs::Permissions::from_mode(0o700))?;
+        for e in fs_err::read_dir(etc_ssh)?.filter_map(Result::ok).filter(is_key) {
             let kept = store.join(e.file_name());
             if !kept.exists() {
                 // Whole or not at all, whenever the power goes.
                 let tmp = store.join(".new");
-                fs::copy(e.path(), &tmp)?;
-                fs::File::open(&tmp)?.sync_all()?;
-                fs::rename(&tmp, &kept)?;
+                fs_err::copy(e.path(), &tmp)?;
+                fs_err::File::open(&tmp)?.sync_all()?;
+                fs_err::rename(&tmp, &kept)?;
             }
         }
         Ok(())
@@ -249,11 +249,11 @@ fn set_hostname(name: &str) -> Result<()> {
 /// Creates an administrator with a locked password (SSH keys only), in the sudo group when
 /// there is one. Returns whether it did anything.
 fn ensure_user(root: &Path, name: &str) -> Result<bool> {
-    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    let passwd = fs_err::read_to_string(root.join("etc/passwd")).unwrap_or_default();
     let exists = passwd.lines().any(|l| l.split(':').next() == Some(name));
     let home = root.join("home").join(name);
     if !exists {
-        let group = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+        let group = fs_err::read_to_string(root.join("etc/group")).unwrap_or_default();
         let mut t = Tool::new("useradd").describe(format!("creating the administrator {name}"));
         if root != Path::new("/") {
             t = t.arg("--root").arg(root);
@@ -265,7 +265,7 @@ fn ensure_user(root: &Path, name: &str) -> Result<bool> {
         t.arg(name).run()?;
     }
     // authorized_keys was written as root before the user existed: hand the tree over.
-    let ids = fs::read_to_string(root.join("etc/passwd"))?
+    let ids = fs_err::read_to_string(root.join("etc/passwd"))?
         .lines()
         .find(|l| l.split(':').next() == Some(name))
         .and_then(|l| {
@@ -279,14 +279,14 @@ fn ensure_user(root: &Path, name: &str) -> Result<bool> {
             }
         }
         if home.join(".ssh").exists() {
-            fs::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700))?;
+            fs_err::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700))?;
         }
     }
     Ok(!exists)
 }
 
 fn wireless_interfaces() -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir("/sys/class/net")
+    let mut out: Vec<String> = fs_err::read_dir("/sys/class/net")
         .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.path().join("wireless").exists()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     out.sort();
@@ -310,7 +310,7 @@ fn enable_wifi(ifc: &str) -> Result<()> {
 /// applied site must come up and its gateway answer; otherwise the site's network files go and
 /// DHCP takes over, and the console says why.
 pub fn check_network(root: &Path, limit: Duration) -> Result<()> {
-    let Ok(text) = fs::read_to_string(root.join(APPLIED)) else { return Ok(()) };
+    let Ok(text) = fs_err::read_to_string(root.join(APPLIED)) else { return Ok(()) };
     let site = Site::parse(&root.join(APPLIED), &text)?;
     let mut wanted: Vec<(String, Cidr, Option<String>)> = Vec::new();
     for ifc in &site.interfaces {
@@ -350,16 +350,16 @@ pub fn check_network(root: &Path, limit: Duration) -> Result<()> {
     } else {
         console(&format!("site network settings give no connectivity ({problem}); falling back to DHCP"));
         let net = root.join("etc/systemd/network");
-        for e in fs::read_dir(&net)? {
+        for e in fs_err::read_dir(&net)? {
             let e = e?;
             if e.file_name().to_string_lossy().starts_with(NETWORK_PREFIX) {
-                fs::remove_file(e.path())?;
+                fs_err::remove_file(e.path())?;
             }
         }
-        fs::create_dir_all(root.join("run/outpost"))?;
-        fs::write(root.join("run/outpost/network-fallback"), format!("{problem}\n"))?;
+        fs_err::create_dir_all(root.join("run/outpost"))?;
+        fs_err::write(root.join("run/outpost/network-fallback"), format!("{problem}\n"))?;
         Tool::new("networkctl").arg("reload").run()?;
-        let links = fs::read_dir("/sys/class/net")?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "lo");
+        let links = fs_err::read_dir("/sys/class/net")?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "lo");
         for l in links {
             Tool::new("networkctl").args(["reconfigure", &l]).run()?;
         }
@@ -402,7 +402,7 @@ fn addresses_up() -> Result<Vec<String>> {
 
 fn report_addresses() {
     let addrs = addresses_up().unwrap_or_default();
-    let host = fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = fs_err::read_to_string("/etc/hostname").unwrap_or_default();
     let urls: Vec<String> = addrs.iter().filter(|a| !a.contains(':')).map(|a| format!("http://{a}/")).collect();
     console(&format!("{} is at {} {}", host.trim(), addrs.join(" "), urls.join(" ")));
 }

@@ -53,15 +53,15 @@ fn render_gives_networkd_hostname_users_and_login_screen() {
 fn applying_the_same_seed_twice_changes_nothing_and_a_new_seed_drops_old_interfaces() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
-    fs::create_dir_all(root.join("etc/systemd/network")).unwrap();
+    fs_err::create_dir_all(root.join("etc/systemd/network")).unwrap();
     let dev = tmp.path().join("seed.img");
     let no_admin = SITE.split("[[admin]]").next().unwrap().to_string() + "[[interface]]\nname = \"eth1\"\ndhcp = true\n";
-    fs::write(&dev, seed::image(16 << 20, 1, 1_700_000_000, Some(&no_admin)).unwrap()).unwrap();
+    fs_err::write(&dev, seed::image(16 << 20, 1, 1_700_000_000, Some(&no_admin)).unwrap()).unwrap();
     let entries = render(&Site::parse(Path::new("x"), &no_admin).unwrap());
     assert!(!write_entries(&root, &entries).unwrap().is_empty());
     assert!(write_entries(&root, &entries).unwrap().is_empty(), "second apply changed files");
     apply(&root, Some(&dev)).unwrap();
-    assert_eq!(fs::read_to_string(root.join(APPLIED)).unwrap(), no_admin);
+    assert_eq!(fs_err::read_to_string(root.join(APPLIED)).unwrap(), no_admin);
     assert!(root.join("etc/systemd/network/10-outpost-site-1.network").exists());
 
     let one_iface = SITE.split("[[admin]]").next().unwrap();
@@ -75,9 +75,9 @@ fn applying_the_same_seed_twice_changes_nothing_and_a_new_seed_drops_old_interfa
 fn an_invalid_seed_keeps_the_previous_settings() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
-    fs::create_dir_all(&root).unwrap();
+    fs_err::create_dir_all(&root).unwrap();
     let dev = tmp.path().join("seed.img");
-    fs::write(&dev, seed::image(16 << 20, 1, 1_700_000_000, Some("version = 1\nhostname = \"bad name\"\n")).unwrap()).unwrap();
+    fs_err::write(&dev, seed::image(16 << 20, 1, 1_700_000_000, Some("version = 1\nhostname = \"bad name\"\n")).unwrap()).unwrap();
     apply(&root, Some(&dev)).unwrap();
     assert!(!root.join("etc/hostname").exists());
 }

@@ -3,7 +3,7 @@
 //! leaves at most `*.partial` files, which the next build ignores and `cache gc` removes.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -52,7 +52,7 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         if std::env::var_os("OUTPOST_KEEP_WORK").is_none() {
-            let _ = fs::remove_dir_all(&self.0);
+            let _ = fs_err::remove_dir_all(&self.0);
         }
     }
 }
@@ -72,7 +72,7 @@ impl Cache {
 
     pub fn open(dir: &Path) -> Result<Cache> {
         for sub in ["layers", "work"] {
-            fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating the cache directory {}", dir.join(sub).display()))?;
+            fs_err::create_dir_all(dir.join(sub)).with_context(|| format!("creating the cache directory {}", dir.join(sub).display()))?;
         }
         Ok(Cache { root: dir.to_path_buf() })
     }
@@ -96,7 +96,7 @@ impl Cache {
     pub fn work_dir(&self, what: &str) -> Result<WorkDir> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let dir = self.root.join("work").join(format!("{what}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs_err::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(WorkDir(dir))
     }
 
@@ -110,11 +110,11 @@ impl Cache {
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let dir = self.root.join("layers");
         let mut out = Vec::new();
-        for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for e in fs_err::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(key) = name.strip_suffix(".tar.zst") else { continue };
-            let meta = fs::read(self.meta_path(key)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let meta = fs_err::read(self.meta_path(key)).ok().and_then(|b| serde_json::from_slice(&b).ok());
             out.push(Entry { key: key.to_string(), meta, size: e.metadata()?.len() });
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -126,14 +126,14 @@ impl Cache {
     pub fn gc(&self, keep: &BTreeSet<String>) -> Result<GcReport> {
         let mut report = GcReport::default();
         let dir = self.root.join("layers");
-        for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for e in fs_err::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             let key = name.split('.').next().unwrap_or("").to_string();
             let partial = name.contains(".partial");
             if partial || !keep.contains(&key) {
                 report.freed += e.metadata()?.len();
-                fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                fs_err::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
                 if name.ends_with(".tar.zst") {
                     report.removed.push(key);
                 }
@@ -142,13 +142,13 @@ impl Cache {
             }
         }
         let work = self.root.join("work");
-        for e in fs::read_dir(&work).with_context(|| format!("reading {}", work.display()))? {
+        for e in fs_err::read_dir(&work).with_context(|| format!("reading {}", work.display()))? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
             // WHAT-PID-NANOS, where WHAT may hold dashes itself.
             let pid: Option<u32> = name.rsplit('-').nth(1).and_then(|p| p.parse().ok());
             if pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-                fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                fs_err::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
             }
         }
         report.removed.sort();
@@ -172,7 +172,7 @@ mod tests {
         assert!(err.is_err());
         assert!(!cache.has("abc"));
         assert!(cache.entries().unwrap().is_empty());
-        let leftovers: Vec<_> = fs::read_dir(tmp.path().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let leftovers: Vec<_> = fs_err::read_dir(tmp.path().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(leftovers.iter().all(|n| !n.to_string_lossy().contains("partial")), "{leftovers:?}");
     }
 
@@ -185,7 +185,7 @@ mod tests {
             cache.publish(k, &meta, |f| Ok(f.write_all(b"data")?)).unwrap();
         }
         // What a build killed mid-write leaves behind.
-        fs::write(tmp.path().join("layers/ccc.tar.zst.partial"), b"x").unwrap();
+        fs_err::write(tmp.path().join("layers/ccc.tar.zst.partial"), b"x").unwrap();
         let report = cache.gc(&BTreeSet::from(["aaa".to_string()])).unwrap();
         assert_eq!(report.removed, vec!["bbb".to_string()]);
         assert_eq!(report.kept, 1);

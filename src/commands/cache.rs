@@ -50,7 +50,7 @@ pub fn run(cli: &Cli, command: &CacheCommand) -> Result<i32> {
 
 fn default_images() -> Result<Vec<PathBuf>> {
     let dir = Path::new("images");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut out: Vec<PathBuf> = fs_err::read_dir(dir)
         .with_context(|| format!("reading {} (name the images whose layers to keep)", dir.display()))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;

@@ -47,7 +47,7 @@ pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Pat
         let disk = match &scenario.site {
             Some(site) => {
                 let out = dir.join(if scenario.install.is_some() { "personalized.iso" } else { "personalized.raw" });
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                fs_err::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 ctx.progress.stage("personalizing", || crate::output::personalize::personalize(&disk, site, &out, ctx.epoch))?;
                 out
             }
@@ -137,9 +137,9 @@ fn print_report(report: &crate::vmtest::Report) {
 
 fn remove(p: &Path) -> Result<()> {
     if p.is_dir() {
-        std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))
+        fs_err::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))
     } else if p.exists() {
-        std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))
+        fs_err::remove_file(p).with_context(|| format!("removing {}", p.display()))
     } else {
         Ok(())
     }

@@ -37,9 +37,9 @@ pub fn build(
     for r in remove {
         for p in expand(&root, r)? {
             if p.is_dir() && !p.is_symlink() {
-                fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                fs_err::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
             } else {
-                fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                fs_err::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }
     }
@@ -47,7 +47,7 @@ pub fn build(
     for f in ["etc/machine-id", "var/lib/dbus/machine-id", "var/cache/ldconfig/aux-cache"] {
         let p = root.join(f);
         if p.exists() {
-            fs::remove_file(&p)?;
+            fs_err::remove_file(&p)?;
         }
     }
     let installed = rootfs::installed_packages(&root)?;
@@ -56,7 +56,7 @@ pub fn build(
     let mut f = fs::File::create(&layer).with_context(|| format!("creating {}", layer.display()))?;
     rootfs::write_delta(&root, None, &mut f)?;
     drop(f);
-    fs::remove_dir_all(&root)?;
+    fs_err::remove_dir_all(&root)?;
     let history = format!("outpost: {} {} packages {}", plan.base.distro, plan.base.suite, packages.join(" "));
     oci::write_image(layout, &layer, config, &plan.base.architecture, epoch, &history)?;
     Ok(installed)
@@ -76,7 +76,7 @@ fn expand(root: &Path, pattern: &str) -> Result<Vec<std::path::PathBuf>> {
                 }
                 continue;
             }
-            let Ok(rd) = fs::read_dir(dir) else { continue };
+            let Ok(rd) = fs_err::read_dir(dir) else { continue };
             for e in rd {
                 let e = e?;
                 if wildcard(part, &e.file_name().to_string_lossy()) {
@@ -106,21 +106,21 @@ fn copy_tree(from: &Path, root: &Path) -> Result<()> {
     for rel in crate::spec::list_tree(from) {
         let src = from.join(&rel);
         let dst = root.join(&rel);
-        let m = fs::symlink_metadata(&src)?;
+        let m = fs_err::symlink_metadata(&src)?;
         if m.is_dir() {
-            fs::create_dir_all(&dst)?;
+            fs_err::create_dir_all(&dst)?;
         } else if m.file_type().is_symlink() {
             if dst.exists() || dst.is_symlink() {
-                fs::remove_file(&dst)?;
+                fs_err::remove_file(&dst)?;
             }
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+            std::os::unix::fs::symlink(fs_err::read_link(&src)?, &dst)?;
         } else {
             if dst.is_symlink() {
-                fs::remove_file(&dst)?;
+                fs_err::remove_file(&dst)?;
             }
-            fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            fs_err::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
             let mode = if m.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
-            fs::set_permissions(&dst, fs::Permissions::from_mode(mode))?;
+            fs_err::set_permissions(&dst, fs::Permissions::from_mode(mode))?;
             std::os::unix::fs::lchown(&dst, Some(0), Some(0))?;
         }
     }
@@ -139,8 +139,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let r = tmp.path();
         for f in ["usr/lib/x86_64-linux-gnu/libLLVM-14.so.1", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/postgresql/15/lib/llvmjit.so"] {
-            fs::create_dir_all(r.join(f).parent().unwrap()).unwrap();
-            fs::write(r.join(f), b"").unwrap();
+            fs_err::create_dir_all(r.join(f).parent().unwrap()).unwrap();
+            fs_err::write(r.join(f), b"").unwrap();
         }
         assert_eq!(expand(r, "/usr/lib/*/libLLVM-*").unwrap(), [r.join("usr/lib/x86_64-linux-gnu/libLLVM-14.so.1")]);
         assert_eq!(expand(r, "/usr/lib/postgresql/*/lib/llvmjit*").unwrap(), [r.join("usr/lib/postgresql/15/lib/llvmjit.so")]);

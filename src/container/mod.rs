@@ -90,7 +90,7 @@ pub fn resolve(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, c: &Contai
     let key = source_key(plan, c)?;
     let record_path = sources_dir(cache).join(format!("{key}.json"));
     // A missing or unreadable record is a cache miss: the source is resolved again.
-    let resolved: Resolved = match fs::read(&record_path).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok()) {
+    let resolved: Resolved = match fs_err::read(&record_path).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok()) {
         Some(r) if layout_dir(cache, &r.digest).join("index.json").is_file() => r,
         _ => {
             let work = cache.work_dir(&format!("container-{}", c.name))?;
@@ -110,15 +110,15 @@ pub fn resolve(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, c: &Contai
             }
             let dest = layout_dir(cache, &digest);
             if !dest.join("index.json").is_file() {
-                fs::create_dir_all(dest.parent().expect("images dir"))?;
+                fs_err::create_dir_all(dest.parent().expect("images dir"))?;
                 if dest.exists() {
-                    fs::remove_dir_all(&dest)?;
+                    fs_err::remove_dir_all(&dest)?;
                 }
                 // A directory rename is atomic: the layout is whole or absent.
-                fs::rename(&layout, &dest).with_context(|| format!("storing {} in the cache", c.name))?;
+                fs_err::rename(&layout, &dest).with_context(|| format!("storing {} in the cache", c.name))?;
             }
             let r = Resolved { digest, packages };
-            fs::create_dir_all(sources_dir(cache))?;
+            fs_err::create_dir_all(sources_dir(cache))?;
             atomic_write(&record_path, |f| Ok(serde_json::to_writer_pretty(f, &r)?))?;
             r
         }
@@ -196,8 +196,8 @@ fn packages_in(layout: &Path) -> Result<Vec<(String, String)>> {
     for d in layers {
         let blob = l.blob(&d);
         let mut magic = [0u8; 4];
-        let n = std::io::Read::read(&mut fs::File::open(&blob)?, &mut magic).with_context(|| format!("reading {}", blob.display()))?;
-        let f = fs::File::open(&blob)?;
+        let n = std::io::Read::read(&mut fs_err::File::open(&blob)?, &mut magic).with_context(|| format!("reading {}", blob.display()))?;
+        let f = fs_err::File::open(&blob)?;
         let reader: Box<dyn std::io::Read> = match &magic[..n] {
             [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(f)),
             [0x28, 0xb5, 0x2f, 0xfd] => Box::new(zstd::Decoder::new(f)?),
@@ -225,12 +225,12 @@ pub fn install(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, root: &Pat
     }
     let epoch = crate::files::source_date_epoch()?;
     let records_dir = root.join(RECORDS);
-    fs::create_dir_all(&records_dir)?;
+    fs_err::create_dir_all(&records_dir)?;
     for c in &l.containers {
         let (layout, record) = resolve(plan, layer, cache, c, epoch)?;
         store::add(&layout, &root.join(STORE), &record.store_name, &format!("container `{}` of layer `{}`", c.name, layer.name))?;
         let p = records_dir.join(format!("{}.json", c.name));
-        fs::write(&p, serde_json::to_vec_pretty(&record)?).with_context(|| format!("writing {}", p.display()))?;
+        fs_err::write(&p, serde_json::to_vec_pretty(&record)?).with_context(|| format!("writing {}", p.display()))?;
     }
     if !l.containers.is_empty() {
         store::normalize(&root.join(STORE), epoch)?;
@@ -245,10 +245,10 @@ pub fn install(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, root: &Pat
 pub fn records(root: &Path) -> Result<Vec<Record>> {
     let dir = root.join(RECORDS);
     let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(&dir) {
+    if let Ok(rd) = fs_err::read_dir(&dir) {
         for e in rd {
             let p = e?.path();
-            let r: Record = serde_json::from_slice(&fs::read(&p)?).with_context(|| format!("parsing {}", p.display()))?;
+            let r: Record = serde_json::from_slice(&fs_err::read(&p)?).with_context(|| format!("parsing {}", p.display()))?;
             out.push(r);
         }
     }
@@ -272,7 +272,7 @@ pub fn planned(plan: &BuildPlan, cache: &Cache) -> Vec<Planned> {
         for c in &l.layer.containers {
             let cached = source_key(plan, c)
                 .ok()
-                .and_then(|k| fs::read(sources_dir(cache).join(format!("{k}.json"))).ok())
+                .and_then(|k| fs_err::read(sources_dir(cache).join(format!("{k}.json"))).ok())
                 .and_then(|b| serde_json::from_slice::<Resolved>(&b).ok())
                 .map(|r| r.digest);
             let (source, digest) = match &c.source {
@@ -309,27 +309,27 @@ pub fn source_keys(plan: &BuildPlan) -> Result<Vec<String>> {
 pub fn gc(cache: &Cache, keep: &std::collections::BTreeSet<String>) -> Result<(usize, u64)> {
     let sources = sources_dir(cache);
     let mut digests = std::collections::BTreeSet::new();
-    if let Ok(rd) = fs::read_dir(&sources) {
+    if let Ok(rd) = fs_err::read_dir(&sources) {
         for e in rd {
             let p = e?.path();
             let key = p.file_name().unwrap_or_default().to_string_lossy().split('.').next().unwrap_or("").to_string();
-            let resolved = fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok());
+            let resolved = fs_err::read(&p).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok());
             match resolved {
                 Some(r) if keep.contains(&key) && !p.to_string_lossy().ends_with(".partial") => {
                     digests.insert(r.digest.replace(':', "-"));
                 }
-                _ => fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?,
+                _ => fs_err::remove_file(&p).with_context(|| format!("removing {}", p.display()))?,
             }
         }
     }
     let (mut removed, mut freed) = (0, 0);
     let images = cache.root().join("oci").join("images");
-    if let Ok(rd) = fs::read_dir(&images) {
+    if let Ok(rd) = fs_err::read_dir(&images) {
         for e in rd {
             let p = e?.path();
             if !digests.contains(&*p.file_name().unwrap_or_default().to_string_lossy()) {
                 freed += walkdir::WalkDir::new(&p).into_iter().filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum::<u64>();
-                fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                fs_err::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
                 removed += 1;
             }
         }
@@ -344,7 +344,7 @@ mod tests {
     /// An OCI layout whose layers are these (file name, contents) tars, gzip-compressed.
     fn gzip_layout(dir: &Path, layers: &[&[(&str, &str)]]) {
         use std::io::Write;
-        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs_err::create_dir_all(dir.join("blobs/sha256")).unwrap();
         let mut descriptors = Vec::new();
         for files in layers {
             let mut tar = tar::Builder::new(Vec::new());
@@ -358,15 +358,15 @@ mod tests {
             gz.write_all(&tar.into_inner().unwrap()).unwrap();
             let blob = gz.finish().unwrap();
             let digest = format!("sha256:{}", oci::sha256_hex(&blob));
-            fs::write(dir.join("blobs").join(digest.replace(':', "/")), &blob).unwrap();
+            fs_err::write(dir.join("blobs").join(digest.replace(':', "/")), &blob).unwrap();
             descriptors.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": blob.len()}));
         }
         let config = br#"{"architecture":"amd64","os":"linux"}"#;
         let config_digest = format!("sha256:{}", oci::sha256_hex(config));
-        fs::write(dir.join("blobs").join(config_digest.replace(':', "/")), config).unwrap();
+        fs_err::write(dir.join("blobs").join(config_digest.replace(':', "/")), config).unwrap();
         let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "config": {"digest": config_digest, "size": config.len()}, "layers": descriptors})).unwrap();
         let digest = format!("sha256:{}", oci::sha256_hex(&manifest));
-        fs::write(dir.join("blobs").join(digest.replace(':', "/")), &manifest).unwrap();
+        fs_err::write(dir.join("blobs").join(digest.replace(':', "/")), &manifest).unwrap();
         oci::write_index(dir, &digest, manifest.len() as u64).unwrap();
     }
 
@@ -388,12 +388,12 @@ mod tests {
     fn gc_keeps_the_images_of_kept_sources_only() {
         let tmp = tempfile::tempdir().unwrap();
         let cache = Cache::open(tmp.path()).unwrap();
-        fs::create_dir_all(sources_dir(&cache)).unwrap();
+        fs_err::create_dir_all(sources_dir(&cache)).unwrap();
         for (key, digest) in [("kept", "sha256:aaaa"), ("stale", "sha256:bbbb"), ("also-kept", "sha256:aaaa")] {
             let r = Resolved { digest: digest.into(), packages: vec![] };
-            fs::write(sources_dir(&cache).join(format!("{key}.json")), serde_json::to_vec(&r).unwrap()).unwrap();
-            fs::create_dir_all(layout_dir(&cache, digest).join("blobs")).unwrap();
-            fs::write(layout_dir(&cache, digest).join("blobs/x"), vec![0u8; 100]).unwrap();
+            fs_err::write(sources_dir(&cache).join(format!("{key}.json")), serde_json::to_vec(&r).unwrap()).unwrap();
+            fs_err::create_dir_all(layout_dir(&cache, digest).join("blobs")).unwrap();
+            fs_err::write(layout_dir(&cache, digest).join("blobs/x"), vec![0u8; 100]).unwrap();
         }
         let keep = ["kept".to_string(), "also-kept".to_string()].into_iter().collect();
         assert_eq!(gc(&cache, &keep).unwrap(), (1, 100));

@@ -36,7 +36,7 @@ impl Layout {
     /// The digest of the image's manifest, from `index.json`.
     pub fn manifest_digest(&self) -> Result<String> {
         let p = self.0.join("index.json");
-        let index: serde_json::Value = serde_json::from_slice(&fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+        let index: serde_json::Value = serde_json::from_slice(&fs_err::read(&p).with_context(|| format!("reading {}", p.display()))?)
             .with_context(|| format!("parsing {}", p.display()))?;
         let m = index["manifests"].as_array().and_then(|m| m.first()).with_context(|| format!("{} lists no image", p.display()))?;
         m["digest"].as_str().map(str::to_string).with_context(|| format!("{} has no digest", p.display()))
@@ -45,9 +45,9 @@ impl Layout {
     /// The manifest's config: (config JSON, layer digests).
     pub fn read(&self) -> Result<(serde_json::Value, Vec<String>)> {
         let digest = self.manifest_digest()?;
-        let manifest: serde_json::Value = serde_json::from_slice(&fs::read(self.blob(&digest))?).context("parsing the image manifest")?;
+        let manifest: serde_json::Value = serde_json::from_slice(&fs_err::read(self.blob(&digest))?).context("parsing the image manifest")?;
         let config_digest = manifest["config"]["digest"].as_str().context("the manifest names no config")?;
-        let config: serde_json::Value = serde_json::from_slice(&fs::read(self.blob(config_digest))?).context("parsing the image config")?;
+        let config: serde_json::Value = serde_json::from_slice(&fs_err::read(self.blob(config_digest))?).context("parsing the image config")?;
         let layers = manifest["layers"].as_array().map(|l| l.iter().filter_map(|x| x["digest"].as_str().map(str::to_string)).collect()).unwrap_or_default();
         Ok((config, layers))
     }
@@ -55,8 +55,8 @@ impl Layout {
     fn write_blob(&self, bytes: &[u8]) -> Result<(String, u64)> {
         let digest = format!("sha256:{}", sha256_hex(bytes));
         let p = self.blob(&digest);
-        fs::create_dir_all(p.parent().expect("blobs/sha256"))?;
-        fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+        fs_err::create_dir_all(p.parent().expect("blobs/sha256"))?;
+        fs_err::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
         Ok((digest, bytes.len() as u64))
     }
 }
@@ -66,11 +66,11 @@ impl Layout {
 /// inputs: the JSON is written with sorted keys, `created` is `epoch`.
 pub fn write_image(dir: &Path, layer_zst: &Path, config: &ImageConfig, architecture: &str, epoch: i64, history: &str) -> Result<String> {
     let layout = Layout(dir.to_path_buf());
-    fs::create_dir_all(dir.join("blobs/sha256"))?;
-    let layer_digest = format!("sha256:{}", sha256_reader(fs::File::open(layer_zst)?)?);
-    let diff_id = format!("sha256:{}", sha256_reader(zstd::Decoder::new(fs::File::open(layer_zst)?)?)?);
-    let layer_size = fs::metadata(layer_zst)?.len();
-    fs::rename(layer_zst, layout.blob(&layer_digest)).with_context(|| format!("moving {} into {}", layer_zst.display(), dir.display()))?;
+    fs_err::create_dir_all(dir.join("blobs/sha256"))?;
+    let layer_digest = format!("sha256:{}", sha256_reader(fs_err::File::open(layer_zst)?)?);
+    let diff_id = format!("sha256:{}", sha256_reader(zstd::Decoder::new(fs_err::File::open(layer_zst)?)?)?);
+    let layer_size = fs_err::metadata(layer_zst)?.len();
+    fs_err::rename(layer_zst, layout.blob(&layer_digest)).with_context(|| format!("moving {} into {}", layer_zst.display(), dir.display()))?;
     let created = rfc3339(epoch);
     let mut env: Vec<String> = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
     env.extend(config.env.iter().filter(|(k, _)| k.as_str() != "PATH").map(|(k, v)| format!("{k}={v}")));
@@ -122,7 +122,7 @@ pub fn write_image(dir: &Path, layer_zst: &Path, config: &ImageConfig, architect
 
 /// `oci-layout` and an `index.json` naming one manifest as `image`.
 pub fn write_index(dir: &Path, manifest_digest: &str, manifest_size: u64) -> Result<()> {
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    fs_err::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let index = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",

@@ -3,7 +3,6 @@
 //! its inputs: containers/storage records creation times, random short link names for overlay
 //! layers and random tokens in its lock files.
 
-use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -13,14 +12,14 @@ use super::oci::{self, Layout};
 
 /// Copies the image of `layout` into the overlay store at `store` as `name`.
 pub fn add(layout: &Layout, store: &Path, name: &str, what: &str) -> Result<()> {
-    fs::create_dir_all(store)?;
+    fs_err::create_dir_all(store)?;
     let run = run_root()?;
     let result = super::skopeo(format!("copying {what} into the image's container store"))
         .args(["copy", "--quiet", "--preserve-digests"])
         .arg(format!("oci:{}:{}", layout.0.display(), oci::REF_NAME))
         .arg(format!("containers-storage:[overlay@{}+{}]{name}", store.display(), run.display()))
         .run();
-    fs::remove_dir_all(&run).with_context(|| format!("removing {}", run.display()))?;
+    fs_err::remove_dir_all(&run).with_context(|| format!("removing {}", run.display()))?;
     Ok(result?)
 }
 
@@ -28,7 +27,7 @@ pub fn add(layout: &Layout, store: &Path, name: &str, what: &str) -> Result<()> 
 fn run_root() -> Result<std::path::PathBuf> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let d = std::env::temp_dir().join(format!("outpost-runroot-{}-{nanos}", std::process::id()));
-    fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    fs_err::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }
 
@@ -43,38 +42,38 @@ pub fn normalize(store: &Path, epoch: i64) -> Result<()> {
     let overlay = store.join("overlay");
     let links = overlay.join("l");
     let mut renamed: Vec<(String, String)> = Vec::new();
-    for e in fs::read_dir(&overlay).with_context(|| format!("reading {}", overlay.display()))? {
+    for e in fs_err::read_dir(&overlay).with_context(|| format!("reading {}", overlay.display()))? {
         let dir = e?.path();
         let link_file = dir.join("link");
         if !link_file.is_file() {
             continue;
         }
         let id = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let old = fs::read_to_string(&link_file)?.trim().to_string();
+        let old = fs_err::read_to_string(&link_file)?.trim().to_string();
         let new = link_name(&id);
         if old != new {
             let old_link = links.join(&old);
             if old_link.is_symlink() {
-                fs::remove_file(&old_link)?;
+                fs_err::remove_file(&old_link)?;
             }
             let new_link = links.join(&new);
             if new_link.is_symlink() {
-                fs::remove_file(&new_link)?;
+                fs_err::remove_file(&new_link)?;
             }
             std::os::unix::fs::symlink(format!("../{id}/diff"), &new_link)?;
-            fs::write(&link_file, &new)?;
+            fs_err::write(&link_file, &new)?;
             renamed.push((old, new));
         }
     }
     // `lower` lists the parents' links: l/AAA:l/BBB.
-    for e in fs::read_dir(&overlay)? {
+    for e in fs_err::read_dir(&overlay)? {
         let lower = e?.path().join("lower");
         if lower.is_file() {
-            let mut text = fs::read_to_string(&lower)?;
+            let mut text = fs_err::read_to_string(&lower)?;
             for (old, new) in &renamed {
                 text = text.replace(&format!("l/{old}"), &format!("l/{new}"));
             }
-            fs::write(&lower, text)?;
+            fs_err::write(&lower, text)?;
         }
     }
     let created = oci::rfc3339(epoch);
@@ -83,7 +82,7 @@ pub fn normalize(store: &Path, epoch: i64) -> Result<()> {
         if !p.is_file() {
             continue;
         }
-        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&p)?).with_context(|| format!("parsing {}", p.display()))?;
+        let mut v: serde_json::Value = serde_json::from_slice(&fs_err::read(&p)?).with_context(|| format!("parsing {}", p.display()))?;
         if let Some(items) = v.as_array_mut() {
             for item in items {
                 if let Some(o) = item.as_object_mut()
@@ -93,21 +92,21 @@ pub fn normalize(store: &Path, epoch: i64) -> Result<()> {
                 }
             }
         }
-        fs::write(&p, serde_json::to_vec(&v)?).with_context(|| format!("writing {}", p.display()))?;
+        fs_err::write(&p, serde_json::to_vec(&v)?).with_context(|| format!("writing {}", p.display()))?;
     }
     // Lock files hold a token of the last writer; an empty one is "never written", which a
     // read-only store is.
     for e in walkdir::WalkDir::new(store).max_depth(2) {
         let e = e?;
         if e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".lock") {
-            fs::write(e.path(), b"")?;
+            fs_err::write(e.path(), b"")?;
         }
     }
     for d in ["tmp", "mounts"] {
         let p = store.join(d);
         if p.is_dir() {
-            fs::remove_dir_all(&p)?;
-            fs::create_dir(&p)?;
+            fs_err::remove_dir_all(&p)?;
+            fs_err::create_dir(&p)?;
         }
     }
     Ok(())

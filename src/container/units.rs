@@ -3,7 +3,6 @@
 //! check passes, restarted when it ends, its named volumes on the data partition.
 
 use std::fmt::Write as _;
-use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -141,35 +140,35 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
 /// Writes the stack's units, target and files into the tree, and enables the target.
 pub fn install(plan: &BuildPlan, stack: &Stack, root: &Path) -> Result<()> {
     let unit_dir = root.join(UNIT_DIR);
-    fs::create_dir_all(&unit_dir)?;
+    fs_err::create_dir_all(&unit_dir)?;
     let files = root.join(STACKS).join(&stack.name);
-    fs::create_dir_all(&files)?;
-    fs::copy(&stack.file, files.join("compose.yaml")).with_context(|| format!("copying {}", stack.file.display()))?;
+    fs_err::create_dir_all(&files)?;
+    fs_err::copy(&stack.file, files.join("compose.yaml")).with_context(|| format!("copying {}", stack.file.display()))?;
     let mut wants = Vec::new();
     for s in &stack.services {
         let c = find_image(plan, &s.image).with_context(|| format!("{}: services.{}.image: `{}` is no container of the image", stack.file.display(), s.name, s.image))?;
         let unit = service_unit(&stack.name, &s.name);
         let p = unit_dir.join(&unit);
-        fs::write(&p, render(stack, s, &c.store_name())).with_context(|| format!("writing {}", p.display()))?;
+        fs_err::write(&p, render(stack, s, &c.store_name())).with_context(|| format!("writing {}", p.display()))?;
         wants.push(unit);
         for m in &s.mounts {
             if let Mount::File { source, .. } = m {
                 let from = stack.dir.join(source);
                 let to = files.join(source);
                 if let Some(parent) = to.parent() {
-                    fs::create_dir_all(parent)?;
+                    fs_err::create_dir_all(parent)?;
                 }
                 if from.is_dir() {
                     for rel in crate::spec::list_tree(&from) {
                         let (f, t) = (from.join(&rel), to.join(&rel));
                         if f.is_dir() {
-                            fs::create_dir_all(&t)?;
+                            fs_err::create_dir_all(&t)?;
                         } else {
-                            fs::copy(&f, &t).with_context(|| format!("copying {}", f.display()))?;
+                            fs_err::copy(&f, &t).with_context(|| format!("copying {}", f.display()))?;
                         }
                     }
                 } else {
-                    fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+                    fs_err::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
                 }
             }
         }
@@ -180,9 +179,9 @@ pub fn install(plan: &BuildPlan, stack: &Stack, root: &Path) -> Result<()> {
         name = stack.name,
         wants = wants.join(" ")
     );
-    fs::write(unit_dir.join(&target), text)?;
+    fs_err::write(unit_dir.join(&target), text)?;
     let wants_dir = unit_dir.join("multi-user.target.wants");
-    fs::create_dir_all(&wants_dir)?;
+    fs_err::create_dir_all(&wants_dir)?;
     let link = wants_dir.join(&target);
     if !link.is_symlink() {
         std::os::unix::fs::symlink(format!("../{target}"), &link)?;
@@ -198,8 +197,8 @@ mod tests {
     fn a_service_becomes_an_ordered_restarting_unit() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        std::fs::write(d.join("compose.yaml"), "services:\n  db:\n    image: db\n    environment: {PGPASSWORD: \"a b%\"}\n    volumes: [\"data:/var/lib/db\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready -h 127.0.0.1\"]\n      interval: 5s\n    restart: always\n  web:\n    image: web\n    depends_on: {db: {condition: service_healthy}}\n    volumes: [\"./web.conf:/etc/web.conf:ro\"]\n    command: [serve, --port, \"8080\"]\n    restart: on-failure\nvolumes:\n  data:\n").unwrap();
-        std::fs::write(d.join("web.conf"), "").unwrap();
+        fs_err::write(d.join("compose.yaml"), "services:\n  db:\n    image: db\n    environment: {PGPASSWORD: \"a b%\"}\n    volumes: [\"data:/var/lib/db\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready -h 127.0.0.1\"]\n      interval: 5s\n    restart: always\n  web:\n    image: web\n    depends_on: {db: {condition: service_healthy}}\n    volumes: [\"./web.conf:/etc/web.conf:ro\"]\n    command: [serve, --port, \"8080\"]\n    restart: on-failure\nvolumes:\n  data:\n").unwrap();
+        fs_err::write(d.join("web.conf"), "").unwrap();
         let mut p = crate::spec::Problems::default();
         let stack = crate::spec::compose::load("pacs", &d.join("compose.yaml"), &mut p).unwrap();
         assert!(p.0.is_empty(), "{:?}", p.0);

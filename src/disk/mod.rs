@@ -23,15 +23,15 @@ pub fn stage_esp(root: &Path, esp: &Path, cmdline: &str, title: &str) -> Result<
         sdboot.display()
     );
     for d in ["EFI/BOOT", "EFI/systemd", "loader/entries", "outpost"] {
-        fs::create_dir_all(esp.join(d))?;
+        fs_err::create_dir_all(esp.join(d))?;
     }
-    fs::copy(&sdboot, esp.join("EFI/BOOT/BOOTX64.EFI"))?;
-    fs::copy(&sdboot, esp.join("EFI/systemd/systemd-bootx64.efi"))?;
-    fs::copy(&kernel, esp.join("outpost/vmlinuz"))?;
-    fs::copy(&initrd, esp.join("outpost/initrd.img"))?;
+    fs_err::copy(&sdboot, esp.join("EFI/BOOT/BOOTX64.EFI"))?;
+    fs_err::copy(&sdboot, esp.join("EFI/systemd/systemd-bootx64.efi"))?;
+    fs_err::copy(&kernel, esp.join("outpost/vmlinuz"))?;
+    fs_err::copy(&initrd, esp.join("outpost/initrd.img"))?;
     // timeout 0: boot the default entry at once; the menu only shows while a key is held.
-    fs::write(esp.join("loader/loader.conf"), "timeout 0\neditor no\nauto-entries no\nauto-firmware no\ndefault outpost.conf\n")?;
-    fs::write(
+    fs_err::write(esp.join("loader/loader.conf"), "timeout 0\neditor no\nauto-entries no\nauto-firmware no\ndefault outpost.conf\n")?;
+    fs_err::write(
         esp.join("loader/entries/outpost.conf"),
         format!("title {title}\nlinux /outpost/vmlinuz\ninitrd /outpost/initrd.img\noptions {cmdline}\n"),
     )?;
@@ -42,7 +42,7 @@ pub fn stage_esp(root: &Path, esp: &Path, cmdline: &str, title: &str) -> Result<
 /// copies `src` into it with mtools.
 pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> Result<()> {
     crate::files::clamp_times(src, epoch)?;
-    File::create(img)?.set_len(size)?;
+    fs_err::File::create(img)?.set_len(size)?;
     Tool::new("mkfs.fat")
         .describe("formatting the EFI system partition")
         .args(if size >= 64 << 20 { &["-F", "32"][..] } else { &[] })
@@ -51,7 +51,7 @@ pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> R
         .arg(img)
         .run()?;
     let mut t = Tool::new("mcopy").describe("copying boot files into the EFI system partition").args(["-s", "-m", "-Q", "-i"]).arg(img);
-    let mut entries: Vec<PathBuf> = fs::read_dir(src)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let mut entries: Vec<PathBuf> = fs_err::read_dir(src)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     entries.sort();
     for e in entries {
         t = t.arg(e);
@@ -63,7 +63,7 @@ pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> R
 /// Writes `root` as a compressed, read-only EROFS image file. Every inode gets `epoch` as its
 /// time and the file system the given UUID, so the same tree gives the same bytes.
 pub fn make_erofs(root: &Path, img: &Path, uuid: &uuid::Uuid, epoch: i64) -> Result<u64> {
-    let _ = fs::remove_file(img);
+    crate::files::remove_if_exists(img)?;
     // lz4hc: the best ratio the Debian 12 erofs-utils offers, and decompression cheap enough
     // for the slowest clinic PC.
     Tool::new("mkfs.erofs")
@@ -75,13 +75,13 @@ pub fn make_erofs(root: &Path, img: &Path, uuid: &uuid::Uuid, epoch: i64) -> Res
         .arg(root)
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .run()?;
-    Ok(fs::metadata(img).with_context(|| format!("reading {}", img.display()))?.len())
+    Ok(fs_err::metadata(img).with_context(|| format!("reading {}", img.display()))?.len())
 }
 
 /// The dm-verity hash tree of `data`, written to `hash` (a plain file: no device-mapper),
 /// with salt and UUID derived from the build's inputs. Returns the root hash, hex.
 pub fn make_verity(data: &Path, hash: &Path, salt: &str, uuid: &uuid::Uuid) -> Result<String> {
-    let _ = fs::remove_file(hash);
+    crate::files::remove_if_exists(hash)?;
     let out = Tool::new("veritysetup")
         .describe("computing the root file system's dm-verity hash tree")
         .args(["format", "--hash=sha256", "--data-block-size=4096", "--hash-block-size=4096"])
@@ -116,7 +116,7 @@ pub fn create(layout: &Layout, out: &Path) -> Result<()> {
 /// Copies a file system image into its partition (zero blocks skipped: the disk stays sparse).
 pub fn copy_into(layout: &Layout, role: Role, img: &Path, out: &Path) -> Result<()> {
     let part = layout.get(role);
-    let len = fs::metadata(img).with_context(|| format!("reading {}", img.display()))?.len();
+    let len = fs_err::metadata(img).with_context(|| format!("reading {}", img.display()))?.len();
     anyhow::ensure!(len <= part.size(), "the {role:?} file system ({len} bytes) does not fit its partition ({} bytes)", part.size());
     let mut f = fs::OpenOptions::new().write(true).open(out).with_context(|| format!("opening {}", out.display()))?;
     copy_sparse(img, &mut f, part.offset()).with_context(|| format!("copying {} into {}", img.display(), out.display()))?;
@@ -125,7 +125,7 @@ pub fn copy_into(layout: &Layout, role: Role, img: &Path, out: &Path) -> Result<
 }
 
 fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> Result<()> {
-    let mut s = File::open(src)?;
+    let mut s = fs_err::File::open(src)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = offset;
     loop {
@@ -142,7 +142,7 @@ fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> Result<()> {
     Ok(())
 }
 
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {
@@ -171,23 +171,23 @@ mod tests {
         crate::tool::preflight(&["mkfs.erofs", "veritysetup"]).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let tree = tmp.path().join("tree");
-        fs::create_dir_all(tree.join("etc")).unwrap();
-        fs::write(tree.join("etc/os-release"), "ID=test\n".repeat(2000)).unwrap();
-        fs::write(tree.join("big"), (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        fs_err::create_dir_all(tree.join("etc")).unwrap();
+        fs_err::write(tree.join("etc/os-release"), "ID=test\n".repeat(2000)).unwrap();
+        fs_err::write(tree.join("big"), (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         let uuid = layout::derive_uuid("t", "root");
         let mut hashes = Vec::new();
         for n in 0..2 {
             let (img, hash) = (tmp.path().join(format!("root{n}.erofs")), tmp.path().join(format!("root{n}.verity")));
             make_erofs(&tree, &img, &uuid, 1_700_000_000).unwrap();
-            hashes.push((fs::read(&img).unwrap(), make_verity(&img, &hash, "00ff", &uuid).unwrap(), fs::read(&hash).unwrap()));
+            hashes.push((fs_err::read(&img).unwrap(), make_verity(&img, &hash, "00ff", &uuid).unwrap(), fs_err::read(&hash).unwrap()));
         }
         assert!(hashes[0] == hashes[1], "two runs differ");
         let (img, hash) = (tmp.path().join("root0.erofs"), tmp.path().join("root0.verity"));
         let root_hash = &hashes[0].1;
         Tool::new("veritysetup").arg("verify").arg(&img).arg(&hash).arg(root_hash).run().unwrap();
-        let mut bytes = fs::read(&img).unwrap();
+        let mut bytes = fs_err::read(&img).unwrap();
         bytes[5000] ^= 1;
-        fs::write(&img, bytes).unwrap();
+        fs_err::write(&img, bytes).unwrap();
         assert!(Tool::new("veritysetup").arg("verify").arg(&img).arg(&hash).arg(root_hash).run().is_err());
     }
 
@@ -200,7 +200,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let layout = layout::plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
         let blob = tmp.path().join("p.img");
-        fs::write(&blob, vec![7u8; 4096]).unwrap();
+        fs_err::write(&blob, vec![7u8; 4096]).unwrap();
         let out = tmp.path().join("disk.raw");
         create(&layout, &out).unwrap();
         copy_into(&layout, Role::Root, &blob, &out).unwrap();
@@ -209,7 +209,7 @@ mod tests {
         let info = Tool::new("sgdisk").args(["-i", "2"]).arg(&out).output().unwrap();
         assert!(info.to_uppercase().contains("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"), "{info}");
         assert!(info.to_uppercase().contains(&layout.get(Role::Root).guid.to_string().to_uppercase()), "{info}");
-        let bytes = fs::read(&out).unwrap();
+        let bytes = fs_err::read(&out).unwrap();
         let off = layout.get(Role::Root).offset() as usize;
         assert_eq!(&bytes[off..off + 4096], &[7u8; 4096][..]);
     }

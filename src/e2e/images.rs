@@ -20,7 +20,7 @@ fn same_bytes_from_a_second_cache(name: &str) -> support::Built {
 
 pub fn debian_base() {
     let a = same_bytes_from_a_second_cache("debian-base");
-    let mut files: Vec<String> = std::fs::read_dir(&a.out).expect("reading the output").map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut files: Vec<String> = fs_err::read_dir(&a.out).expect("reading the output").map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned()).collect();
     files.sort();
     assert_eq!(files, ["SHA256SUMS", "debian-base.qcow2", "debian-base.raw", "debian-base.raw.bmap", "manifest.json"]);
     let raw = a.file("raw");
@@ -52,8 +52,8 @@ pub fn debian_base() {
     // Edit one file of the top layer: only that layer is rebuilt.
     let proj = support::project_copy("edited");
     let page = proj.join("layers/status-page/files/usr/lib/outpost/status-page.tera");
-    let text = std::fs::read_to_string(&page).expect("reading the status page").replace("<h1>", "<h1 class=\"edited\">");
-    std::fs::write(&page, text).expect("writing the status page");
+    let text = fs_err::read_to_string(&page).expect("reading the status page").replace("<h1>", "<h1 class=\"edited\">");
+    fs_err::write(&page, text).expect("writing the status page");
     let d = build(&support::shared_cache(), &proj.join("images/debian-base.toml"), &support::run_dir().join("out-debian-base-edited"));
     assert_eq!(names(&d["built_layers"]), ["status-page"]);
     assert_eq!(names(&d["reused_layers"]), ["base", "appliance", "vm-guest", "site-agent", "record-store"]);
@@ -71,7 +71,7 @@ pub fn personalize_raw() {
     let manifest = a.manifest();
     let seed = manifest["partitions"].as_array().expect("partitions").iter().find(|p| p["label"] == "seed").expect("a seed partition").clone();
     let (start, end) = (seed["first_lba"].as_u64().expect("first_lba") * 512, (seed["last_lba"].as_u64().expect("last_lba") + 1) * 512);
-    let (x, y) = (std::fs::read(&raw).expect("reading the image"), std::fs::read(&copy).expect("reading the copy"));
+    let (x, y) = (fs_err::read(&raw).expect("reading the image"), fs_err::read(&copy).expect("reading the copy"));
     assert_eq!(x.len(), y.len());
     let differ: Vec<usize> = (0..x.len()).step_by(4096).filter(|&i| x[i..(i + 4096).min(x.len())] != y[i..(i + 4096).min(y.len())]).collect();
     assert!(!differ.is_empty(), "the personalized copy is the same as the image");

@@ -44,9 +44,9 @@ fn dicom_fixture_is_the_generated_file() -> Result<(), Failed> {
     let path = support::project().join("qemu-tests/files/outpost-test.dcm");
     let made = dicom_fixture::dicom();
     if std::env::var_os("OUTPOST_REGENERATE").is_some() {
-        std::fs::write(&path, &made).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        fs_err::write(&path, &made).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
-    let on_disk = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let on_disk = fs_err::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     if on_disk != made {
         return Err(format!("{} is not what src/e2e/dicom_fixture.rs makes (OUTPOST_REGENERATE=1 rewrites it)", path.display()).into());
     }

@@ -16,7 +16,7 @@ impl Registry {
         support::ensure_tool("docker-registry", "docker-registry");
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();
         let config = dir.join("registry.yml");
-        std::fs::write(&config, format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("registry").display())).expect("writing the registry's configuration");
+        fs_err::write(&config, format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("registry").display())).expect("writing the registry's configuration");
         let child = Command::new("docker-registry").arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting docker-registry");
         let up = support::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
         assert!(up.is_some(), "docker-registry did not listen on port {port}");
@@ -39,7 +39,7 @@ pub fn pacs_pulled_by_digest() {
         .expect("a digest")
         .to_string();
     let t = support::run_dir().join("registry");
-    std::fs::create_dir_all(&t).expect("creating the registry's directory");
+    fs_err::create_dir_all(&t).expect("creating the registry's directory");
     let registry = Registry::start(&t);
     let layout = support::shared_cache().join("oci/images").join(nginx_digest.replace(':', "-"));
     let repo = format!("127.0.0.1:{}/outpost/pacs-nginx", registry.1);
@@ -48,18 +48,18 @@ pub fn pacs_pulled_by_digest() {
     let proj = support::project_copy("pulled");
     let image = proj.join("images/pacs-clinic.toml");
     let layer_toml = proj.join("layers/orthanc-pacs/layer.toml");
-    let original = std::fs::read_to_string(&layer_toml).expect("reading the layer");
+    let original = fs_err::read_to_string(&layer_toml).expect("reading the layer");
     let nginx_block = &original[original.find("[containers.pacs-nginx]").expect("the nginx container")..];
     let with_ref = |r: &str| original.replace(nginx_block, &format!("[containers.pacs-nginx]\nref = \"{r}\"\ntls-verify = false\n"));
 
     // Bad references fail in seconds, naming the layer and container.
-    std::fs::write(&layer_toml, with_ref(&format!("{repo}:built"))).expect("writing the layer");
+    fs_err::write(&layer_toml, with_ref(&format!("{repo}:built"))).expect("writing the layer");
     let err = outpost_fails(&["plan".as_ref(), image.as_os_str()]);
     assert!(err.contains("containers.pacs-nginx.ref") && err.contains("names a tag"), "{err}");
     let unknown = format!("{repo}@sha256:{}", "0".repeat(64));
     let bad = t.join("out-bad");
     for (reference, why) in [(unknown.as_str(), "unknown digest"), (&format!("127.0.0.1:1/outpost/pacs-nginx@{nginx_digest}"), "unreachable registry")] {
-        std::fs::write(&layer_toml, with_ref(reference)).expect("writing the layer");
+        fs_err::write(&layer_toml, with_ref(reference)).expect("writing the layer");
         let _slot = support::build_slot();
         let started = Instant::now();
         let err = outpost_fails(&["build".as_ref(), image.as_os_str(), "--out".as_ref(), bad.as_os_str(), "--cache".as_ref(), support::shared_cache().as_os_str()]);
@@ -69,7 +69,7 @@ pub fn pacs_pulled_by_digest() {
     }
 
     // Pinned by digest: the appliance holds the same image, recorded as pulled.
-    std::fs::write(&layer_toml, with_ref(&format!("{repo}@{nginx_digest}"))).expect("writing the layer");
+    fs_err::write(&layer_toml, with_ref(&format!("{repo}@{nginx_digest}"))).expect("writing the layer");
     let out = t.join("out-pulled");
     let pulled = build(&support::shared_cache(), &image, &out);
     assert_eq!(names(&pulled["built_layers"]), ["orthanc-pacs"]);
@@ -81,7 +81,7 @@ pub fn pacs_pulled_by_digest() {
     // It runs: the appliance serves Orthanc through the pulled nginx, with the registry gone.
     drop(registry);
     let scenario = proj.join("qemu-tests/pacs-pulled.toml");
-    std::fs::write(
+    fs_err::write(
         &scenario,
         format!(
             "version = 1\nimage = \"../images/pacs-clinic.toml\"\ntimeout = 900\nmemory = 1536\nverdict = \"OUTPOST-VERDICT: running\"\n\

@@ -20,7 +20,7 @@ pub struct Scenario {
 /// Every scenario file, in name order.
 pub fn all() -> Vec<Scenario> {
     let dir = support::project().join("qemu-tests");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut paths: Vec<PathBuf> = fs_err::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|e| e.expect("a directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
@@ -29,11 +29,11 @@ pub fn all() -> Vec<Scenario> {
     paths
         .into_iter()
         .map(|path| {
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            let text = fs_err::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
             let v: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
             let image_rel = v["image"].as_str().unwrap_or_else(|| panic!("{}: no `image`", path.display()));
             let image = Path::new(image_rel).file_stem().expect("an image file name").to_string_lossy().into_owned();
-            let image_text = std::fs::read_to_string(dir.join(image_rel)).unwrap_or_else(|e| panic!("reading {image_rel}: {e}"));
+            let image_text = fs_err::read_to_string(dir.join(image_rel)).unwrap_or_else(|e| panic!("reading {image_rel}: {e}"));
             let needs = image_text
                 .lines()
                 .any(|l| l.replace(' ', "") == "distro=\"ubuntu\"")
@@ -56,7 +56,7 @@ pub fn run(s: &Scenario) {
     let work = support::run_dir().join(format!("vm-{}", s.stem));
     let report = support::boot(&s.path, &disk, &work);
     let passed = support::passed(&report);
-    let install_refusal = std::fs::read_to_string(&s.path).unwrap_or_default().contains("expect = \"OUTPOST-INSTALL: failed");
+    let install_refusal = fs_err::read_to_string(&s.path).unwrap_or_default().contains("expect = \"OUTPOST-INSTALL: failed");
     if install_refusal {
         assert!(passed.iter().any(|p| p.contains("OUTPOST-INSTALL: failed")), "{report:#}");
     } else {

@@ -22,18 +22,18 @@ pub fn run_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        if let Ok(entries) = std::fs::read_dir(&base) {
+        if let Ok(entries) = fs_err::read_dir(&base) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(pid) = name.strip_prefix("e2e-")
                     && !Path::new("/proc").join(pid).exists()
                 {
-                    std::fs::remove_dir_all(e.path()).unwrap_or_else(|err| panic!("removing {}: {err}", e.path().display()));
+                    fs_err::remove_dir_all(e.path()).unwrap_or_else(|err| panic!("removing {}: {err}", e.path().display()));
                 }
             }
         }
         let dir = base.join(format!("e2e-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        fs_err::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         dir
     })
 }
@@ -126,7 +126,7 @@ impl Built {
 
     /// The sha256 SHA256SUMS gives for one output.
     pub fn listed_sha(&self, ext: &str) -> String {
-        let sums = std::fs::read_to_string(self.out.join("SHA256SUMS")).expect("reading SHA256SUMS");
+        let sums = fs_err::read_to_string(self.out.join("SHA256SUMS")).expect("reading SHA256SUMS");
         let file = format!("{}.{ext}", self.name);
         sums.lines()
             .find_map(|l| l.strip_suffix(file.as_str()).and_then(|h| h.strip_suffix("  ")))
@@ -206,7 +206,7 @@ pub fn sha(p: &Path) -> String {
 }
 
 pub fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))).unwrap_or_else(|e| panic!("parsing {}: {e}", p.display()))
+    serde_json::from_slice(&fs_err::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))).unwrap_or_else(|e| panic!("parsing {}: {e}", p.display()))
 }
 
 pub fn names(v: &serde_json::Value) -> Vec<String> {
@@ -230,7 +230,7 @@ pub fn ensure_tool(program: &str, package: &str) {
 /// A copy of the project's definitions a test may edit.
 pub fn project_copy(name: &str) -> PathBuf {
     let proj = run_dir().join(format!("project-{name}"));
-    std::fs::create_dir_all(&proj).expect("creating the project copy");
+    fs_err::create_dir_all(&proj).expect("creating the project copy");
     for dir in ["layers", "images", "qemu-tests", "sites", "firmware"] {
         run("cp", &["-a".as_ref(), project().join(dir).as_os_str(), proj.as_os_str()]);
     }

@@ -141,7 +141,7 @@ impl BlockMap {
 /// The byte ranges a device must receive, from the disk's own partition table (see the module
 /// comment), merged and rounded out to whole blocks.
 pub fn mapped_ranges(raw: &Path) -> Result<Vec<(u64, u64)>> {
-    let size = std::fs::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
+    let size = fs_err::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
     let disk = gpt::GptConfig::new().writable(false).open(raw).with_context(|| format!("reading the partition table of {}", raw.display()))?;
     let lb = u64::from(*disk.logical_block_size());
     let mut parts: Vec<&gpt::partition::Partition> = disk.partitions().values().collect();
@@ -167,7 +167,7 @@ pub fn mapped_ranges(raw: &Path) -> Result<Vec<(u64, u64)>> {
 
 /// The block map of a raw disk, each range's sha256 read from it.
 pub fn create(raw: &Path) -> Result<BlockMap> {
-    let image_size = std::fs::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
+    let image_size = fs_err::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
     let mut f = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let mut ranges = Vec::new();
     for (first, last) in mapped_ranges(raw)? {
@@ -185,7 +185,7 @@ pub fn create(raw: &Path) -> Result<BlockMap> {
 /// Writes the block map of `raw` to `out`.
 pub fn write(raw: &Path, out: &Path) -> Result<()> {
     let map = create(raw)?;
-    std::fs::write(out, map.to_xml()).with_context(|| format!("writing {}", out.display()))
+    fs_err::write(out, map.to_xml()).with_context(|| format!("writing {}", out.display()))
 }
 
 /// `NAME.raw` → `NAME.raw.bmap`, where bmaptool looks first.
@@ -299,7 +299,7 @@ mod tests {
         let raw = dir.join("d.raw");
         disk::create(&layout, &raw).unwrap();
         let blob = dir.join("b");
-        std::fs::write(&blob, vec![0x5au8; 5000]).unwrap();
+        fs_err::write(&blob, vec![0x5au8; 5000]).unwrap();
         disk::copy_into(&layout, Role::Root, &blob, &raw).unwrap();
         (raw, layout)
     }
@@ -341,10 +341,10 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         let (raw, layout) = sample_disk(tmp.path());
-        std::fs::write(path_for(&raw), create(&raw).unwrap().to_xml()).unwrap();
+        fs_err::write(path_for(&raw), create(&raw).unwrap().to_xml()).unwrap();
         let dest = tmp.path().join("dest");
         crate::tool::Tool::new("bmaptool").args(["copy", "--no-sig-verify"]).arg(&raw).arg(&dest).run().unwrap();
-        let (a, b) = (std::fs::read(&raw).unwrap(), std::fs::read(&dest).unwrap());
+        let (a, b) = (fs_err::read(&raw).unwrap(), fs_err::read(&dest).unwrap());
         let data = layout.get(Role::Data);
         let wiped = (data.offset() + DATA_WIPE) as usize;
         assert_eq!(a[..wiped], b[..wiped]);

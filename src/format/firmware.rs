@@ -1,7 +1,6 @@
 //! Firmware power-on profiles (`firmware/*.toml`): checked and installed into the image by the
 //! build, read by `agent::power_on` at every boot.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -49,7 +48,7 @@ pub enum Profile {
 /// Reads every `*.toml` of `dir`, sorted by name: `driver` makes an attribute profile,
 /// `pci-device` a chipset one.
 pub fn load_profiles(dir: &Path) -> Result<Vec<(String, Profile)>> {
-    let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
+    let mut files: Vec<PathBuf> = match fs_err::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
@@ -57,7 +56,7 @@ pub fn load_profiles(dir: &Path) -> Result<Vec<(String, Profile)>> {
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let text = fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let text = fs_err::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         let table: toml::Table = crate::spec::parse_toml_str(&f, &text)?;
         let profile = if table.contains_key("pci-device") {
             Profile::Pch(crate::spec::parse_toml_str(&f, &text)?)
@@ -75,10 +74,10 @@ pub fn load_profiles(dir: &Path) -> Result<Vec<(String, Profile)>> {
 /// Checks the project's profiles and copies them into the image.
 pub fn install_profiles(src: &Path, dst: &Path) -> Result<()> {
     let profiles = load_profiles(src)?;
-    fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    fs_err::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
     for (name, _) in profiles {
         let from = src.join(format!("{name}.toml"));
-        fs::copy(&from, dst.join(format!("{name}.toml"))).with_context(|| format!("copying {}", from.display()))?;
+        fs_err::copy(&from, dst.join(format!("{name}.toml"))).with_context(|| format!("copying {}", from.display()))?;
     }
     Ok(())
 }

@@ -156,10 +156,10 @@ mod tests {
         crate::tool::preflight(&["xorriso"]).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let stage = tmp.path().join("stage");
-        std::fs::create_dir_all(stage.join("outpost")).unwrap();
-        std::fs::write(stage.join("outpost/install.json"), b"{\"a\": 1}").unwrap();
+        fs_err::create_dir_all(stage.join("outpost")).unwrap();
+        fs_err::write(stage.join("outpost/install.json"), b"{\"a\": 1}").unwrap();
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-        std::fs::write(stage.join("outpost/root.zst"), &big).unwrap();
+        fs_err::write(stage.join("outpost/root.zst"), &big).unwrap();
         let iso = tmp.path().join("t.iso");
         crate::tool::Tool::new("xorriso")
             .args(["-as", "mkisofs", "-quiet", "-iso-level", "3", "-full-iso9660-filenames", "-rational-rock", "-volid", VOLUME_ID_TEST, "-o"])

@@ -117,10 +117,10 @@ mod tests {
         assert_eq!(a, b);
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("seed.img");
-        std::fs::write(&p, &a).unwrap();
+        fs_err::write(&p, &a).unwrap();
         assert_eq!(read_site(&p).unwrap().as_deref(), Some("version = 1\n"));
         let empty = image(16 << 20, 0x1234, 1_700_000_000, None).unwrap();
-        std::fs::write(&p, &empty).unwrap();
+        fs_err::write(&p, &empty).unwrap();
         assert_eq!(read_site(&p).unwrap(), None);
         // Other tools read it as FAT with our label.
         if crate::tool::which("minfo").is_some() {

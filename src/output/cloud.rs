@@ -22,19 +22,17 @@ const VHD_FOOTER: u64 = 512;
 /// Writes `out` (a `.partial` name) as the vmdk that will be named `name`: its descriptor
 /// names its own file, so qemu-img writes it under that name in a directory of its own.
 pub fn vmdk(raw: &Path, out: &Path, name: &str, id: &uuid::Uuid) -> Result<()> {
-    let dir = crate::files::partial(&out.with_extension("dir"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let named = dir.join(name);
-    let converted = Tool::new("qemu-img")
+    let dir = crate::files::Scratch::new(crate::files::partial(&out.with_extension("dir")));
+    fs_err::create_dir_all(dir.path())?;
+    let named = dir.path().join(name);
+    Tool::new("qemu-img")
         .describe("writing the vmdk image")
         .args(["convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized"])
         .arg(raw)
         .arg(&named)
-        .run()
-        .map_err(anyhow::Error::from)
-        .and_then(|_| std::fs::rename(&named, out).with_context(|| format!("renaming {} to {}", named.display(), out.display())));
-    let _ = std::fs::remove_dir_all(&dir);
-    converted?;
+        .run()?;
+    fs_err::rename(&named, out)?;
+    drop(dir);
     // The descriptor sits in the first grains, uncompressed, as text: `CID=xxxxxxxx`.
     let mut f = OpenOptions::new().read(true).write(true).open(out).with_context(|| format!("opening {}", out.display()))?;
     let mut head = vec![0u8; 4096];
@@ -112,14 +110,14 @@ mod tests {
         let raw = tmp.path().join("d.raw");
         let mut data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
         data.resize(16 << 20, 0);
-        std::fs::write(&raw, &data).unwrap();
+        fs_err::write(&raw, &data).unwrap();
         let id = crate::format::layout::derive_uuid("t", "cloud");
         let mut runs = Vec::new();
         for n in 0..2 {
             let (m, h) = (tmp.path().join(format!("d{n}.vmdk")), tmp.path().join(format!("d{n}.vhd")));
             vmdk(&raw, &m, "d.vmdk", &id).unwrap();
             vhd(&raw, &h, &id, 1_700_000_000).unwrap();
-            runs.push((std::fs::read(&m).unwrap(), std::fs::read(&h).unwrap()));
+            runs.push((fs_err::read(&m).unwrap(), fs_err::read(&h).unwrap()));
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
         let first_difference = |a: &[u8], b: &[u8]| a.iter().zip(b).position(|(x, y)| x != y).map(|i| (i, String::from_utf8_lossy(&a[i.saturating_sub(40)..(i + 40).min(a.len())]).into_owned()));
@@ -136,7 +134,7 @@ mod tests {
             }
             let back = tmp.path().join("back.raw");
             Tool::new("qemu-img").args(["convert", "-f", fmt, "-O", "raw"]).arg(&p).arg(&back).run().unwrap();
-            assert!(std::fs::read(&back).unwrap() == data, "{file} does not read back as the raw disk");
+            assert!(fs_err::read(&back).unwrap() == data, "{file} does not read back as the raw disk");
         }
         // The VHD footer's checksum still holds after the identity was replaced.
         let vhd = &runs[0].1;

@@ -74,7 +74,7 @@ mod tests {
         a.file("usr/x", 0o755, 1_700_000_000, b"hello");
         let bytes = a.finish();
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("a.cpio"), &bytes).unwrap();
+        fs_err::write(tmp.path().join("a.cpio"), &bytes).unwrap();
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg("cpio -idm --quiet < a.cpio && cat usr/x && echo && stat -c %Y usr/x")

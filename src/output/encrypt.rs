@@ -8,7 +8,6 @@
 //! `--disable-blkid` comes with 2.7), and a disk image always does. With a random key file, as
 //! the docs ask for, PBKDF2 against argon2id makes no difference.
 
-use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -17,7 +16,7 @@ use crate::tool::Tool;
 
 /// Checks a key file before any long work starts. QEMU takes the passphrase as UTF-8 text.
 pub fn check_key_file(key: &Path) -> Result<()> {
-    let bytes = fs::read(key).with_context(|| format!("reading the encryption key file {}", key.display()))?;
+    let bytes = fs_err::read(key).with_context(|| format!("reading the encryption key file {}", key.display()))?;
     if bytes.is_empty() || std::str::from_utf8(&bytes).is_err() {
         bail!(
             "the encryption key file {} must hold a non-empty text passphrase (UTF-8); make one with `openssl rand -hex 32 > {}` and keep it apart from the image",
@@ -41,8 +40,10 @@ pub fn encrypt(raw: &Path, key: &Path, out: &Path) -> Result<()> {
 fn encrypt_with(raw: &Path, key: &Path, out: &Path, iter_time_ms: u32) -> Result<()> {
     check_key_file(key)?;
     let tmp = crate::files::partial(out);
-    let _ = fs::remove_file(&tmp);
-    let r = (|| {
+    crate::files::remove_if_exists(&tmp)?;
+    // The caller publishes it; removed here only when encrypting fails.
+    let guard = crate::files::Scratch::new(&tmp);
+    {
         let convert = Tool::new("qemu-img")
             .describe(format!("encrypting {}", out.display()))
             .args(["convert", "-f", "raw", "-O", "luks", "--object"])
@@ -60,21 +61,18 @@ fn encrypt_with(raw: &Path, key: &Path, out: &Path, iter_time_ms: u32) -> Result
                 r => break r?,
             }
         }
-        fs::File::open(&tmp)?.sync_all()?;
-        anyhow::Ok(())
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
+        fs_err::File::open(&tmp)?.sync_all()?;
     }
-    r
+    guard.keep();
+    Ok(())
 }
 
 /// `outpost decrypt`: the raw disk back from `encrypted`, written whole or not at all.
 pub fn decrypt(encrypted: &Path, key: &Path, out: &Path) -> Result<()> {
     check_key_file(key)?;
-    let tmp = crate::files::partial(out);
-    let _ = fs::remove_file(&tmp);
-    let r = (|| {
+    let tmp = crate::files::Scratch::new(crate::files::partial(out));
+    crate::files::remove_if_exists(tmp.path())?;
+    {
         Tool::new("qemu-img")
             .describe(format!("decrypting {}", encrypted.display()))
             .args(["convert", "--object"])
@@ -82,16 +80,13 @@ pub fn decrypt(encrypted: &Path, key: &Path, out: &Path) -> Result<()> {
             .arg("--image-opts")
             .arg(format!("driver=luks,key-secret=outpost-key,file.filename={}", encrypted.display()))
             .args(["-O", "raw"])
-            .arg(&tmp)
+            .arg(tmp.path())
             .run()?;
-        fs::File::open(&tmp)?.sync_all()?;
-        fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
-        anyhow::Ok(())
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
+        fs_err::File::open(tmp.path())?.sync_all()?;
+        fs_err::rename(tmp.path(), out)?;
     }
-    r
+    tmp.keep();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -107,24 +102,24 @@ mod tests {
         let raw = dir.path().join("disk.raw");
         let mut data = vec![0u8; 8 << 20];
         data[3 << 20..(3 << 20) + 13].copy_from_slice(b"SECRET-SEED-1");
-        fs::write(&raw, &data).unwrap();
+        fs_err::write(&raw, &data).unwrap();
         let key = dir.path().join("key");
-        fs::write(&key, "correct horse battery staple").unwrap();
+        fs_err::write(&key, "correct horse battery staple").unwrap();
         let enc = dir.path().join("disk.raw.luks");
         // A cheap key derivation: the test is about the data path, not the KDF's cost.
         encrypt_with(&raw, &key, &enc, 100).unwrap_or_else(|e| panic!("{e:#}"));
-        fs::rename(crate::files::partial(&enc), &enc).unwrap();
+        fs_err::rename(crate::files::partial(&enc), &enc).unwrap();
         assert!(!crate::files::file_contains(&enc, b"SECRET-SEED-1").unwrap());
         Tool::new("cryptsetup").args(["open", "--test-passphrase", "--key-file"]).arg(&key).arg(&enc).run().unwrap();
         let back = dir.path().join("back.raw");
         decrypt(&enc, &key, &back).unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!(fs::read(&back).unwrap(), data);
+        assert_eq!(fs_err::read(&back).unwrap(), data);
 
-        fs::write(&key, "wrong").unwrap();
+        fs_err::write(&key, "wrong").unwrap();
         let err = format!("{:#}", decrypt(&enc, &key, &dir.path().join("no.raw")).unwrap_err());
         assert!(err.contains("decrypting"), "{err}");
         assert!(!dir.path().join("no.raw").exists() && !crate::files::partial(&dir.path().join("no.raw")).exists());
-        fs::write(&key, [0xffu8, 0xfe]).unwrap();
+        fs_err::write(&key, [0xffu8, 0xfe]).unwrap();
         let err = format!("{:#}", encrypt(&raw, &key, &enc).unwrap_err());
         assert!(err.contains("text passphrase"), "{err}");
     }

@@ -46,7 +46,7 @@ pub fn flash(image: &Path, device: &Path, opts: &Options, progress: bool) -> Res
         "{}: flash writes raw disks and ISOs (NAME.raw, NAME.iso); for a qcow2, flash the NAME.raw beside it or convert it with `qemu-img convert -O raw`",
         image.display()
     );
-    let image_size = std::fs::metadata(image).with_context(|| format!("reading the image {}", image.display()))?.len();
+    let image_size = fs_err::metadata(image).with_context(|| format!("reading the image {}", image.display()))?.len();
     let bmap_path = match (&opts.bmap, opts.no_bmap) {
         (Some(p), _) => Some(p.clone()),
         (None, false) if crate::format::bmap::path_for(image).is_file() => Some(crate::format::bmap::path_for(image)),
@@ -54,7 +54,7 @@ pub fn flash(image: &Path, device: &Path, opts: &Options, progress: bool) -> Res
     };
     let map = match &bmap_path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading the block map {}", p.display()))?;
+            let text = fs_err::read_to_string(p).with_context(|| format!("reading the block map {}", p.display()))?;
             let map = BlockMap::parse(&text, p)?;
             anyhow::ensure!(
                 map.image_size == image_size,
@@ -122,7 +122,7 @@ fn bar(total: u64) -> indicatif::ProgressBar {
 /// The sha256 that SHA256SUMS beside the image lists for it, if it does.
 fn listed_checksum(image: &Path) -> Result<Option<String>> {
     let sums = image.with_file_name("SHA256SUMS");
-    let Ok(text) = std::fs::read_to_string(&sums) else { return Ok(None) };
+    let Ok(text) = fs_err::read_to_string(&sums) else { return Ok(None) };
     let name = image.file_name().unwrap_or_default().to_string_lossy();
     Ok(text.lines().find_map(|l| l.split_once("  ").filter(|(_, f)| *f == name).map(|(s, _)| s.to_string())))
 }

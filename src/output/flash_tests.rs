@@ -9,15 +9,15 @@ fn fake_sys(dir: &Path) -> std::path::PathBuf {
     let usb = sys.join("devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host4/target4:0:0/4:0:0:0/block/sdb");
     let nvme = sys.join("devices/pci0000:00/0000:00:1d.0/nvme/nvme0/nvme0n1");
     for (d, size, removable, model) in [(&usb, "62521344", "1", "Cruzer Blade"), (&nvme, "1000215216", "0", "Samsung SSD 970")] {
-        std::fs::create_dir_all(d.join("device")).unwrap();
-        std::fs::create_dir_all(d.join("holders")).unwrap();
-        std::fs::write(d.join("size"), size).unwrap();
-        std::fs::write(d.join("removable"), removable).unwrap();
-        std::fs::write(d.join("device/model"), model).unwrap();
+        fs_err::create_dir_all(d.join("device")).unwrap();
+        fs_err::create_dir_all(d.join("holders")).unwrap();
+        fs_err::write(d.join("size"), size).unwrap();
+        fs_err::write(d.join("removable"), removable).unwrap();
+        fs_err::write(d.join("device/model"), model).unwrap();
     }
-    std::fs::create_dir_all(usb.join("sdb1/holders")).unwrap();
-    std::fs::write(usb.join("sdb1/partition"), "1").unwrap();
-    std::fs::create_dir_all(sys.join("class/block")).unwrap();
+    fs_err::create_dir_all(usb.join("sdb1/holders")).unwrap();
+    fs_err::write(usb.join("sdb1/partition"), "1").unwrap();
+    fs_err::create_dir_all(sys.join("class/block")).unwrap();
     std::os::unix::fs::symlink(&usb, sys.join("class/block/sdb")).unwrap();
     std::os::unix::fs::symlink(usb.join("sdb1"), sys.join("class/block/sdb1")).unwrap();
     std::os::unix::fs::symlink(&nvme, sys.join("class/block/nvme0n1")).unwrap();
@@ -66,7 +66,7 @@ fn a_mounted_or_held_disk_is_refused_even_with_force() {
     assert!(e.contains("swap"), "{e}");
 
     let holder = sys.join("class/block/sdb/sdb1/holders/dm-0");
-    std::fs::create_dir_all(&holder).unwrap();
+    fs_err::create_dir_all(&holder).unwrap();
     let e = Target::Disk("/dev/sdb".into(), read_disk(&sys, "sdb", "", "").unwrap()).check(1 << 20, DEFAULT_MAX_SIZE, true).unwrap_err().to_string();
     assert!(e.contains("held by dm-0"), "{e}");
 
@@ -83,18 +83,18 @@ fn flash_writes_mapped_blocks_and_reads_them_back() {
     let raw = tmp.path().join("a.raw");
     crate::disk::create(&layout, &raw).unwrap();
     let blob = tmp.path().join("blob");
-    std::fs::write(&blob, vec![0x42u8; 3 << 20]).unwrap();
+    fs_err::write(&blob, vec![0x42u8; 3 << 20]).unwrap();
     crate::disk::copy_into(&layout, crate::format::layout::Role::Root, &blob, &raw).unwrap();
     let map = crate::format::bmap::create(&raw).unwrap();
-    std::fs::write(crate::format::bmap::path_for(&raw), map.to_xml()).unwrap();
+    fs_err::write(crate::format::bmap::path_for(&raw), map.to_xml()).unwrap();
 
     let stick = tmp.path().join("stick");
-    std::fs::write(&stick, vec![0xeeu8; layout.size as usize + (1 << 20)]).unwrap();
+    fs_err::write(&stick, vec![0xeeu8; layout.size as usize + (1 << 20)]).unwrap();
     let opts = Options { bmap: None, no_bmap: false, force: false, max_size: DEFAULT_MAX_SIZE };
     let r = flash(&raw, &stick, &opts, false).unwrap();
     assert_eq!(r.written_bytes, map.mapped_bytes());
     assert!(r.written_bytes < r.image_bytes);
-    let (a, b) = (std::fs::read(&raw).unwrap(), std::fs::read(&stick).unwrap());
+    let (a, b) = (fs_err::read(&raw).unwrap(), fs_err::read(&stick).unwrap());
     for rg in &map.ranges {
         let (s, e) = (rg.offset() as usize, (rg.offset() + rg.len(map.image_size)) as usize);
         assert!(a[s..e] == b[s..e], "range {rg:?} differs");
@@ -104,16 +104,16 @@ fn flash_writes_mapped_blocks_and_reads_them_back() {
     assert_eq!(b[(data.offset() + crate::format::bmap::DATA_WIPE) as usize], 0xee);
 
     // Without the map: every byte, checked against SHA256SUMS beside the image.
-    std::fs::write(tmp.path().join("SHA256SUMS"), format!("{}  a.raw\n", crate::files::sha256_file(&raw).unwrap())).unwrap();
+    fs_err::write(tmp.path().join("SHA256SUMS"), format!("{}  a.raw\n", crate::files::sha256_file(&raw).unwrap())).unwrap();
     let whole = Options { no_bmap: true, ..opts };
     let r = flash(&raw, &stick, &whole, false).unwrap();
     assert_eq!(r.written_bytes, layout.size);
-    assert_eq!(std::fs::read(&stick).unwrap()[..layout.size as usize], a[..]);
+    assert_eq!(fs_err::read(&stick).unwrap()[..layout.size as usize], a[..]);
 
     // A flipped byte inside a mapped range: the block map catches it.
     let mut damaged = a.clone();
     damaged[layout.get(crate::format::layout::Role::Root).offset() as usize + 100] ^= 1;
-    std::fs::write(&raw, &damaged).unwrap();
+    fs_err::write(&raw, &damaged).unwrap();
     let e = format!("{:#}", flash(&raw, &stick, &Options { no_bmap: false, ..whole }, false).unwrap_err());
     assert!(e.contains("do not match the block map") && e.contains("damaged"), "{e}");
     let e = format!("{:#}", flash(&raw, &stick, &Options { no_bmap: true, bmap: None, force: false, max_size: DEFAULT_MAX_SIZE }, false).unwrap_err());

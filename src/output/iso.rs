@@ -40,15 +40,15 @@ pub struct Source<'a> {
 pub fn build(src: &Source<'_>, stage: &Path, out: &Path, epoch: i64) -> Result<()> {
     let boot = stage.join("boot");
     let payload = stage.join(PAYLOAD_DIR);
-    fs::create_dir_all(boot.join("grub"))?;
-    fs::create_dir_all(&payload)?;
-    fs::copy(src.esp_dir.join("outpost/vmlinuz"), boot.join("vmlinuz")).context("copying the kernel into the ISO")?;
-    fs::copy(src.esp_dir.join("outpost/initrd.img"), boot.join("initrd.img")).context("copying the initrd into the ISO")?;
-    fs::write(boot.join("installer.img"), installer_initrd(epoch)?)?;
+    fs_err::create_dir_all(boot.join("grub"))?;
+    fs_err::create_dir_all(&payload)?;
+    fs_err::copy(src.esp_dir.join("outpost/vmlinuz"), boot.join("vmlinuz")).context("copying the kernel into the ISO")?;
+    fs_err::copy(src.esp_dir.join("outpost/initrd.img"), boot.join("initrd.img")).context("copying the initrd into the ISO")?;
+    fs_err::write(boot.join("installer.img"), installer_initrd(epoch)?)?;
     let id = &src.layout.disk_guid.simple().to_string()[..12];
     let stamp = format!("/boot/grub/outpost-{id}.id");
-    fs::write(stage.join(stamp.trim_start_matches('/')), format!("{}\n", src.image))?;
-    fs::write(boot.join("grub/grub.cfg"), grub_cfg(src))?;
+    fs_err::write(stage.join(stamp.trim_start_matches('/')), format!("{}\n", src.image))?;
+    fs_err::write(boot.join("grub/grub.cfg"), grub_cfg(src))?;
     let efi_serial = u32::from_be_bytes(src.layout.disk_guid.as_bytes()[4..8].try_into().expect("4 bytes"));
     grub_images(stage, &stamp, efi_serial, epoch)?;
 
@@ -79,7 +79,7 @@ pub fn build(src: &Source<'_>, stage: &Path, out: &Path, epoch: i64) -> Result<(
         unattended: false,
         hostname: src.hostname.into(),
     };
-    fs::write(payload.join(INDEX_FILE), serde_json::to_vec_pretty(&index)?)?;
+    fs_err::write(payload.join(INDEX_FILE), serde_json::to_vec_pretty(&index)?)?;
     write_iso(stage, out, src.image, epoch)
 }
 
@@ -96,22 +96,22 @@ fn compress(r: &mut dyn Read, out: &Path) -> Result<String> {
 pub fn set_seed(stage: &Path, seed: &[u8], site: &crate::spec::Site) -> Result<()> {
     let payload = stage.join(PAYLOAD_DIR);
     let index_path = payload.join(INDEX_FILE);
-    let mut index: Index = serde_json::from_slice(&fs::read(&index_path)?).with_context(|| format!("reading {}", index_path.display()))?;
+    let mut index: Index = serde_json::from_slice(&fs_err::read(&index_path)?).with_context(|| format!("reading {}", index_path.display()))?;
     let piece = index.pieces.iter_mut().find(|p| p.what == "seed").context("the ISO's install.json has no seed piece")?;
     anyhow::ensure!(seed.len() as u64 == piece.length, "the seed is {} bytes, its partition {}", seed.len(), piece.length);
     let file = payload.join(&piece.file);
     // The extracted copy is read-only, as everything on an ISO is.
-    let _ = fs::remove_file(&file);
+    crate::files::remove_if_exists(&file)?;
     piece.sha256 = compress(&mut &seed[..], &file)?;
     index.unattended = site.install.unattended;
     index.hostname = site.hostname.clone();
-    let _ = fs::remove_file(&index_path);
-    fs::write(&index_path, serde_json::to_vec_pretty(&index)?)?;
+    crate::files::remove_if_exists(&index_path)?;
+    fs_err::write(&index_path, serde_json::to_vec_pretty(&index)?)?;
     Ok(())
 }
 
 pub fn write_iso(stage: &Path, out: &Path, image: &str, epoch: i64) -> Result<()> {
-    let _ = fs::remove_file(out);
+    crate::files::remove_if_exists(out)?;
     // xorriso takes every file's and directory's time from the tree.
     crate::files::clamp_times(stage, epoch)?;
     Tool::new("xorriso")
@@ -152,7 +152,7 @@ pub fn extract(iso: &Path, stage: &Path) -> Result<()> {
 /// reads `/boot/grub/grub.cfg` from it.
 fn grub_images(stage: &Path, stamp: &str, efi_serial: u32, epoch: i64) -> Result<()> {
     let early = stage.join("../grub-early.cfg");
-    fs::write(&early, format!("search --no-floppy --file --set=root {stamp}\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n"))?;
+    fs_err::write(&early, format!("search --no-floppy --file --set=root {stamp}\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n"))?;
     let mkimage = |format: &str, out: &Path, extra: &[&str]| -> Result<()> {
         Tool::new("grub-mkimage")
             .describe("making the installer's boot loader")
@@ -168,7 +168,7 @@ fn grub_images(stage: &Path, stamp: &str, efi_serial: u32, epoch: i64) -> Result
     };
     mkimage("i386-pc-eltorito", &stage.join("boot/grub/bios.img"), &["biosdisk"])?;
     let efi_dir = stage.join("../efiboot");
-    fs::create_dir_all(efi_dir.join("EFI/BOOT"))?;
+    fs_err::create_dir_all(efi_dir.join("EFI/BOOT"))?;
     mkimage("x86_64-efi", &efi_dir.join("EFI/BOOT/BOOTX64.EFI"), &["efi_gop", "all_video"])?;
     crate::disk::make_fat(&efi_dir, &stage.join("boot/efiboot.img"), 4 << 20, efi_serial, epoch)?;
     Ok(())
@@ -214,7 +214,7 @@ fn installer_initrd(epoch: i64) -> Result<Vec<u8>> {
     for d in ["usr", "usr/lib", INSTALLER_DIR, &format!("{INSTALLER_DIR}/lib")] {
         a.dir(d, epoch);
     }
-    let read = |p: &Path| fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let read = |p: &Path| fs_err::read(p).with_context(|| format!("reading {}", p.display()));
     a.file(&format!("{INSTALLER_DIR}/outpost"), 0o755, epoch, &read(&exe)?);
     let mut loader = None;
     for (name, lib) in shared_libraries(&exe)? {
@@ -259,7 +259,7 @@ fn shared_libraries(exe: &Path) -> Result<Vec<(String, PathBuf)>> {
             }
         };
         if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push((name, fs::canonicalize(p).with_context(|| format!("resolving {p}"))?));
+            libs.push((name, fs_err::canonicalize(p).with_context(|| format!("resolving {p}"))?));
         }
     }
     Ok(libs)

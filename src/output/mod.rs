@@ -1,7 +1,7 @@
 //! Outputs: the raw disk turned into qcow2 (cloud formats in cloud.rs), the manifest, SHA256SUMS. Everything is written as
 //! `NAME.partial` and renamed only once all outputs are complete.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -90,7 +90,7 @@ pub fn publish(out_dir: &Path, manifest: &Manifest, finals: &[PathBuf]) -> Resul
     let sums_path = out_dir.join("SHA256SUMS");
     write_partial(&sums_path, sums.as_bytes())?;
     for f in finals.iter().chain([&manifest_path, &sums_path]) {
-        fs::rename(partial(f), f).with_context(|| format!("renaming {} into place", partial(f).display()))?;
+        fs_err::rename(partial(f), f).with_context(|| format!("renaming {} into place", partial(f).display()))?;
     }
     File::open(out_dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", out_dir.display()))?;
     Ok(())

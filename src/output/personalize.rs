@@ -2,7 +2,6 @@
 //! holds a site's settings. Only the seed is written; the root, ESP and data partitions keep the
 //! image's bytes.
 
-use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -16,7 +15,7 @@ use crate::tool::Tool;
 /// seed is written; the root, ESP and data partitions are the image's bytes.
 pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Result<()> {
     let site = Site::load(site_file)?;
-    let text = fs::read_to_string(site_file).with_context(|| format!("reading {}", site_file.display()))?;
+    let text = fs_err::read_to_string(site_file).with_context(|| format!("reading {}", site_file.display()))?;
     let ext = |p: &Path| p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
     if ext(image) == "iso" || ext(out) == "iso" {
         anyhow::ensure!(ext(image) == ext(out), "{} to {}: an installer ISO is personalized into another NAME.iso", image.display(), out.display());
@@ -28,7 +27,9 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
     anyhow::ensure!(image.is_file(), "{} does not exist", image.display());
     let partial = crate::files::partial(out);
     let raw = if ext(out) == "raw" { partial.clone() } else { out.with_extension("raw.work") };
-    let result = (|| {
+    // Whatever a failure leaves is removed: the partial copy, its work disk, its block map.
+    let leftovers = [crate::files::Scratch::new(&partial), crate::files::Scratch::new(&raw), crate::files::Scratch::new(crate::files::partial(&crate::format::bmap::path_for(out)))];
+    {
         if ext(image) == "raw" {
             Tool::new("cp").describe("copying the image").args(["--sparse=auto", "--reflink=auto"]).arg(image).arg(&raw).run()?;
         } else {
@@ -37,22 +38,17 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
         write_seed(&raw, &text, epoch).with_context(|| format!("writing the seed of {}", raw.display()))?;
         if ext(out) == "qcow2" {
             crate::output::qcow2(&raw, &partial)?;
-            fs::remove_file(&raw)?;
+            fs_err::remove_file(&raw)?;
         } else {
             // Its own block map: the seed's range checksum changed.
             let bmap = crate::format::bmap::path_for(out);
             crate::format::bmap::write(&partial, &crate::files::partial(&bmap))?;
-            fs::rename(crate::files::partial(&bmap), &bmap).with_context(|| format!("renaming {} into place", bmap.display()))?;
+            fs_err::rename(crate::files::partial(&bmap), &bmap).with_context(|| format!("renaming {} into place", bmap.display()))?;
         }
-        fs::rename(&partial, out).with_context(|| format!("renaming {} into place", partial.display()))?;
-        anyhow::Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
-        let _ = fs::remove_file(out.with_extension("raw.work"));
-        let _ = fs::remove_file(crate::files::partial(&crate::format::bmap::path_for(out)));
+        fs_err::rename(&partial, out)?;
     }
-    result
+    drop(leftovers);
+    Ok(())
 }
 
 /// A copy of the installer ISO whose seed carries the site (and whose installer asks nothing
@@ -60,28 +56,24 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
 fn personalize_iso(image: &Path, site: &Site, text: &str, out: &Path, epoch: i64) -> Result<()> {
     anyhow::ensure!(image.is_file(), "{} does not exist", image.display());
     crate::tool::preflight(crate::output::iso::TOOLS)?;
-    let partial = crate::files::partial(out);
-    let work = crate::files::partial(&out.with_extension("iso.d"));
-    let result = (|| {
-        let _ = fs::remove_dir_all(&work);
-        let stage = work.join("stage");
-        fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
+    let partial = crate::files::Scratch::new(crate::files::partial(out));
+    let work = crate::files::Scratch::new(crate::files::partial(&out.with_extension("iso.d")));
+    crate::files::remove_if_exists(work.path())?;
+    {
+        let stage = work.path().join("stage");
+        fs_err::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
         crate::output::iso::extract(image, &stage)?;
-        let index: crate::format::install::Index = serde_json::from_slice(&fs::read(stage.join("outpost/install.json")).with_context(|| {
+        let index: crate::format::install::Index = serde_json::from_slice(&fs_err::read(stage.join("outpost/install.json")).with_context(|| {
             format!("{} is not an outpost installer ISO (it has no outpost/install.json)", image.display())
         })?)?;
         let part = index.partitions.iter().find(|p| p.label == SEED_LABEL).context("the ISO's image has no seed partition")?;
         let serial = u32::from_be_bytes(part.guid.as_bytes()[..4].try_into().expect("4 bytes"));
         let img = seed::image(part.size(), serial, epoch, Some(text))?;
         crate::output::iso::set_seed(&stage, &img, site)?;
-        crate::output::iso::write_iso(&stage, &partial, &index.image, epoch)?;
-        fs::rename(&partial, out).with_context(|| format!("renaming {} into place", partial.display()))
-    })();
-    let _ = fs::remove_dir_all(&work);
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
+        crate::output::iso::write_iso(&stage, partial.path(), &index.image, epoch)?;
+        fs_err::rename(partial.path(), out)?;
     }
-    result
+    Ok(())
 }
 
 /// Writes the seed FAT (with `site`) into the raw disk's seed partition.
@@ -90,7 +82,7 @@ pub fn write_seed(raw: &Path, site: &str, epoch: i64) -> Result<()> {
     let (offset, size, guid) = crate::format::layout::find_partition(raw, SEED_LABEL).context("rebuild the image with this outpost")?;
     let serial = u32::from_be_bytes(guid.as_bytes()[..4].try_into().expect("4 bytes"));
     let img = seed::image(size, serial, epoch, Some(site))?;
-    let mut f = fs::OpenOptions::new().write(true).open(raw)?;
+    let mut f = fs_err::OpenOptions::new().write(true).open(raw)?;
     f.seek(SeekFrom::Start(offset))?;
     f.write_all(&img)?;
     f.sync_all()?;
@@ -108,25 +100,25 @@ mod tests {
         let raw = tmp.path().join("img.raw");
         crate::disk::create(&layout, &raw).unwrap();
         let blob = tmp.path().join("root.img");
-        fs::write(&blob, vec![7u8; 1 << 20]).unwrap();
+        fs_err::write(&blob, vec![7u8; 1 << 20]).unwrap();
         crate::disk::copy_into(&layout, crate::format::layout::Role::Root, &blob, &raw).unwrap();
-        let before = fs::read(&raw).unwrap();
+        let before = fs_err::read(&raw).unwrap();
         let site = tmp.path().join("s.toml");
-        fs::write(&site, "version = 1\nhostname = \"clinic-9\"\n").unwrap();
+        fs_err::write(&site, "version = 1\nhostname = \"clinic-9\"\n").unwrap();
         let out = tmp.path().join("clinic-9.raw");
         personalize(&raw, &site, &out, 1_700_000_000).unwrap();
-        assert_eq!(fs::read(&raw).unwrap(), before, "the original image changed");
-        let after = fs::read(&out).unwrap();
+        assert_eq!(fs_err::read(&raw).unwrap(), before, "the original image changed");
+        let after = fs_err::read(&out).unwrap();
         let seed = layout.get(crate::format::layout::Role::Seed);
         let (a, b) = (seed.offset() as usize, (seed.offset() + seed.size()) as usize);
         assert_eq!(before[..a], after[..a]);
         assert_eq!(before[b..], after[b..]);
         let part = tmp.path().join("seed.img");
-        fs::write(&part, &after[a..b]).unwrap();
+        fs_err::write(&part, &after[a..b]).unwrap();
         assert_eq!(seed::read_site(&part).unwrap().as_deref(), Some("version = 1\nhostname = \"clinic-9\"\n"));
 
         let bad = tmp.path().join("bad.toml");
-        fs::write(&bad, "version = 1\nhostname = \"clinic 9\"\n").unwrap();
+        fs_err::write(&bad, "version = 1\nhostname = \"clinic 9\"\n").unwrap();
         let err = personalize(&raw, &bad, &tmp.path().join("x.raw"), 0).unwrap_err();
         assert!(format!("{err:#}").contains("bad.toml: key `hostname`"), "{err:#}");
         assert!(!tmp.path().join("x.raw").exists() && !tmp.path().join("x.raw.partial").exists());

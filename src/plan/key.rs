@@ -31,7 +31,7 @@ pub fn base_key(base: &Base) -> Result<String, String> {
     field(&mut h, "components", base.components.as_bytes());
     field(&mut h, "architecture", base.architecture.as_bytes());
     if let Some(k) = &base.keyring {
-        let bytes = std::fs::read(&k.file).map_err(|e| format!("reading {}: {e}", k.file.display()))?;
+        let bytes = fs_err::read(&k.file).map_err(|e| format!("reading {}: {e}", k.file.display()))?;
         field(&mut h, "keyring", &bytes);
     }
     Ok(hex::encode(h.finalize()))
@@ -71,10 +71,10 @@ pub fn layer_key(parent: &str, layer: &Layer, vars: &BTreeMap<String, String>) -
 /// bytes (never its mtime or owner, which a checkout does not keep).
 pub fn hash_entry(h: &mut Sha256, rel: &str, path: &std::path::Path) -> Result<(), String> {
     let read = |e: std::io::Error| format!("reading {}: {e}", path.display());
-    let meta = std::fs::symlink_metadata(path).map_err(read)?;
+    let meta = fs_err::symlink_metadata(path).map_err(read)?;
     field(h, "path", rel.as_bytes());
     if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(path).map_err(read)?;
+        let target = fs_err::read_link(path).map_err(read)?;
         field(h, "symlink", target.as_os_str().as_encoded_bytes());
     } else if meta.is_dir() {
         field(h, "dir", b"");

@@ -156,7 +156,7 @@ pub fn resolve(image: &Image) -> Result<BuildPlan, SpecError> {
         for f in &layer.files {
             let path = layer.dir.join("files").join(f);
             if path.extension().is_some_and(|e| e == "tera") && path.is_file() {
-                match std::fs::read_to_string(&path) {
+                match fs_err::read_to_string(&path) {
                     Ok(text) => {
                         if let Err(e) = render(&f.display().to_string(), &text, &ctx) {
                             p.push(&path, "", format!("template error: {e}"));

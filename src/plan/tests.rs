@@ -4,8 +4,8 @@ use super::*;
 
 fn write(dir: &Path, rel: &str, text: &str) -> PathBuf {
     let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, text).unwrap();
+    fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+    fs_err::write(&p, text).unwrap();
     p
 }
 
@@ -76,7 +76,7 @@ fn executable_bit_is_part_of_the_key() {
     let (t, img) = project();
     let a = plan_of(&img).unwrap();
     let f = t.path().join("layers/top/files/etc/top.conf");
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
     let b = plan_of(&img).unwrap();
     assert_ne!(a.layers[2].key, b.layers[2].key);
 }
@@ -161,7 +161,7 @@ fn stacks_are_checked_across_layers_before_any_build() {
 fn every_committed_image_definition_plans() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut planned = Vec::new();
-    for e in std::fs::read_dir(root.join("images")).unwrap() {
+    for e in fs_err::read_dir(root.join("images")).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let plan = plan_of(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

@@ -88,9 +88,9 @@ pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
     if let Some(k) = &base.keyring {
         let name = k.file.file_name().context("keyring file name")?;
         let dir = root.join("etc/apt/trusted.gpg.d");
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs_err::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let dest = dir.join(name);
-        fs::copy(&k.file, &dest).with_context(|| format!("copying {} to {}", k.file.display(), dest.display()))?;
+        fs_err::copy(&k.file, &dest).with_context(|| format!("copying {} to {}", k.file.display(), dest.display()))?;
     }
     Ok(())
 }
@@ -106,10 +106,10 @@ pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: 
     // Services must not start inside the build chroot (Debian policy-rc.d protocol).
     let policy = root.join("usr/sbin/policy-rc.d");
     if !bootstrapped && !layer.packages.is_empty() {
-        fs::write(&policy, "#!/bin/sh\nexit 101\n").with_context(|| format!("writing {}", policy.display()))?;
-        fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
+        fs_err::write(&policy, "#!/bin/sh\nexit 101\n").with_context(|| format!("writing {}", policy.display()))?;
+        fs_err::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
         let excludes = DPKG_EXCLUDES.iter().map(|d| d.replace('=', " ")).collect::<Vec<_>>().join("\n");
-        fs::write(root.join("etc/dpkg/dpkg.cfg.d/outpost-excludes"), excludes + "\n")?;
+        fs_err::write(root.join("etc/dpkg/dpkg.cfg.d/outpost-excludes"), excludes + "\n")?;
         // The package lists fetched by the bottom layer stay in the layers (finalize removes them
         // from the image), so every layer installs from the same archive state without
         // fetching the lists again. When the archive has moved on and a package is gone, fetch
@@ -120,8 +120,8 @@ pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: 
         let result = chroot(root, &format!("installing the packages of layer `{}` ({})", layer.name, layer.packages.join(" ")))
             .args(["sh", "-c", &script])
             .run();
-        fs::remove_file(&policy).with_context(|| format!("removing {}", policy.display()))?;
-        fs::remove_file(root.join("etc/dpkg/dpkg.cfg.d/outpost-excludes"))?;
+        fs_err::remove_file(&policy).with_context(|| format!("removing {}", policy.display()))?;
+        fs_err::remove_file(root.join("etc/dpkg/dpkg.cfg.d/outpost-excludes"))?;
         result?;
     }
     copy_files(plan, layer, root)?;
@@ -133,7 +133,7 @@ pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: 
             t = t.env(format!("OUTPOST_{}", k.to_uppercase()), v);
         }
         // The script is piped through sh's stdin from the host path, as /run is a fresh tmpfs.
-        let body = fs::read_to_string(s).with_context(|| format!("reading {}", s.display()))?;
+        let body = fs_err::read_to_string(s).with_context(|| format!("reading {}", s.display()))?;
         t.args(["sh", "-euc", &body, &inside]).run()?;
     }
     extra(layer, root)?;
@@ -152,39 +152,39 @@ fn copy_files(plan: &BuildPlan, layer: &PlannedLayer, root: &Path) -> Result<()>
     let ctx = plan.context(layer);
     for rel in &layer.layer.files {
         let from = src.join(rel);
-        let meta = fs::symlink_metadata(&from).with_context(|| format!("reading {}", from.display()))?;
+        let meta = fs_err::symlink_metadata(&from).with_context(|| format!("reading {}", from.display()))?;
         let mut to = root.join(rel);
         if meta.is_dir() {
-            fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            fs_err::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
             continue;
         }
-        if let Ok(m) = fs::symlink_metadata(&to)
+        if let Ok(m) = fs_err::symlink_metadata(&to)
             && (m.is_dir() || m.file_type().is_symlink())
             && !meta.is_dir()
         {
             // A file replaces whatever was there (a symlink such as resolv.conf, say).
-            if m.is_dir() { fs::remove_dir_all(&to)? } else { fs::remove_file(&to)? }
+            if m.is_dir() { fs_err::remove_dir_all(&to)? } else { fs_err::remove_file(&to)? }
         }
         if meta.file_type().is_symlink() {
-            let target = fs::read_link(&from)?;
+            let target = fs_err::read_link(&from)?;
             std::os::unix::fs::symlink(&target, &to).with_context(|| format!("creating {}", to.display()))?;
             continue;
         }
         let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
         if from.extension().is_some_and(|e| e == "tera") {
             to.set_extension("");
-            let text = fs::read_to_string(&from).with_context(|| format!("reading {}", from.display()))?;
+            let text = fs_err::read_to_string(&from).with_context(|| format!("reading {}", from.display()))?;
             let out = render(&rel.display().to_string(), &text, &ctx).map_err(|e| anyhow::anyhow!("{}: template error: {e}", from.display()))?;
-            if let Ok(m) = fs::symlink_metadata(&to)
+            if let Ok(m) = fs_err::symlink_metadata(&to)
                 && m.file_type().is_symlink()
             {
-                fs::remove_file(&to)?;
+                fs_err::remove_file(&to)?;
             }
-            fs::write(&to, out).with_context(|| format!("writing {}", to.display()))?;
+            fs_err::write(&to, out).with_context(|| format!("writing {}", to.display()))?;
         } else {
-            fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            fs_err::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
         }
-        fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
+        fs_err::set_permissions(&to, fs::Permissions::from_mode(mode))?;
         std::os::unix::fs::lchown(&to, Some(0), Some(0)).with_context(|| format!("setting the owner of {}", to.display()))?;
     }
     Ok(())
@@ -217,7 +217,7 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'
         }
         let before = if i == 0 {
             if tree.exists() {
-                fs::remove_dir_all(tree)?;
+                fs_err::remove_dir_all(tree)?;
             }
             bootstrap(&plan.base, layer, tree)?;
             None
@@ -264,10 +264,10 @@ pub fn assemble(plan: &BuildPlan, cache: &Cache, root: &Path, tree_complete: boo
 
 fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
     let agent = root.join(crate::format::AGENT_PATH);
-    fs::create_dir_all(agent.parent().expect("has a parent"))?;
+    fs_err::create_dir_all(agent.parent().expect("has a parent"))?;
     let me = std::env::current_exe().context("finding the outpost binary to install as the first-boot agent")?;
-    fs::copy(&me, &agent).with_context(|| format!("installing {} as {}", me.display(), agent.display()))?;
-    fs::set_permissions(&agent, fs::Permissions::from_mode(0o755))?;
+    fs_err::copy(&me, &agent).with_context(|| format!("installing {} as {}", me.display(), agent.display()))?;
+    fs_err::set_permissions(&agent, fs::Permissions::from_mode(0o755))?;
     let policy = serde_json::to_string_pretty(&plan.spec.data)?;
     write(root, crate::format::DATA_POLICY_PATH, &format!("{policy}\n"))?;
     let power = serde_json::to_string_pretty(&plan.spec.power)?;
@@ -284,18 +284,18 @@ fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
         move_to_var(root, dir, moved)?;
     }
     // SSH host keys are per machine (the site agent creates them at first boot), and random.
-    if let Ok(rd) = fs::read_dir(root.join("etc/ssh")) {
+    if let Ok(rd) = fs_err::read_dir(root.join("etc/ssh")) {
         for e in rd {
             let e = e?;
             if e.file_name().to_string_lossy().starts_with("ssh_host_") {
-                fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                fs_err::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
             }
         }
     }
     for gone in ["var/lib/dbus/machine-id", "var/cache/ldconfig/aux-cache"] {
         let p = root.join(gone);
         if p.exists() || p.is_symlink() {
-            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            fs_err::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
     scrub(root)
@@ -308,14 +308,14 @@ fn move_to_var(root: &Path, dir: &str, moved: &str) -> Result<()> {
     if from.is_symlink() {
         return Ok(());
     }
-    fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    fs_err::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
     if from.is_dir() {
-        fs::set_permissions(&to, fs::metadata(&from)?.permissions())?;
-        for e in fs::read_dir(&from)? {
+        fs_err::set_permissions(&to, fs_err::metadata(&from)?.permissions())?;
+        for e in fs_err::read_dir(&from)? {
             let e = e?;
-            fs::rename(e.path(), to.join(e.file_name())).with_context(|| format!("moving {} to {}", e.path().display(), to.display()))?;
+            fs_err::rename(e.path(), to.join(e.file_name())).with_context(|| format!("moving {} to {}", e.path().display(), to.display()))?;
         }
-        fs::remove_dir(&from).with_context(|| format!("removing {}", from.display()))?;
+        fs_err::remove_dir(&from).with_context(|| format!("removing {}", from.display()))?;
     }
     std::os::unix::fs::symlink(moved, &from).with_context(|| format!("linking {} to {moved}", from.display()))
 }
@@ -330,28 +330,28 @@ pub fn scrub(root: &Path) -> Result<()> {
         if !d.is_dir() {
             continue;
         }
-        for e in fs::read_dir(&d)? {
+        for e in fs_err::read_dir(&d)? {
             let p = e?.path();
             let keep_dir = p.is_dir() && !p.is_symlink() && dir == "var/log";
             if keep_dir {
                 // Keep /var/log/journal and friends as empty directories.
-                for inner in fs::read_dir(&p)? {
+                for inner in fs_err::read_dir(&p)? {
                     let ip = inner?.path();
-                    if ip.is_dir() && !ip.is_symlink() { fs::remove_dir_all(&ip)? } else { fs::remove_file(&ip)? }
+                    if ip.is_dir() && !ip.is_symlink() { fs_err::remove_dir_all(&ip)? } else { fs_err::remove_file(&ip)? }
                 }
             } else if dir == "var/cache/debconf" && !p.to_string_lossy().ends_with("-old") {
                 continue;
             } else if p.is_dir() && !p.is_symlink() {
-                fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+                fs_err::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
             } else {
-                fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                fs_err::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }
     }
     for f in ["var/lib/dpkg/status-old", "var/lib/dpkg/available-old", "var/lib/dpkg/diversions-old", "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"] {
         let p = root.join(f);
         if p.exists() {
-            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            fs_err::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
     Ok(())
@@ -360,16 +360,16 @@ pub fn scrub(root: &Path) -> Result<()> {
 fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
     let p = root.join(rel);
     if p.is_symlink() {
-        fs::remove_file(&p)?;
+        fs_err::remove_file(&p)?;
     }
-    fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+    fs_err::write(&p, text).with_context(|| format!("writing {}", p.display()))
 }
 
 fn reset_dir(p: &Path) -> Result<()> {
     if p.exists() {
-        fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
+        fs_err::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
     }
-    fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
+    fs_err::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
 }
 
 fn now() -> u64 {
@@ -379,7 +379,7 @@ fn now() -> u64 {
 /// Packages installed in the tree, from dpkg's status file: (name, version), sorted.
 pub fn installed_packages(root: &Path) -> Result<Vec<(String, String)>> {
     let p = root.join("var/lib/dpkg/status");
-    let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let text = fs_err::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     Ok(parse_dpkg_status(&text))
 }
 
@@ -401,7 +401,7 @@ pub fn parse_dpkg_status(text: &str) -> Vec<(String, String)> {
 /// The kernel and initrd the tree's packages installed, newest version first.
 pub fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let boot = root.join("boot");
-    let mut kernels: Vec<PathBuf> = fs::read_dir(&boot)
+    let mut kernels: Vec<PathBuf> = fs_err::read_dir(&boot)
         .with_context(|| format!("reading {}", boot.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))

@@ -125,7 +125,7 @@ fn append<W: Write>(
         tar.append_data(&mut h, rel, io::empty()).with_context(what)?;
     } else if ft.is_symlink() {
         h.set_entry_type(tar::EntryType::Symlink);
-        let target = fs::read_link(path).with_context(what)?;
+        let target = fs_err::read_link(path).with_context(what)?;
         tar.append_link(&mut h, rel, &target).with_context(what)?;
     } else if ft.is_file() {
         if m.nlink() > 1 {
@@ -169,7 +169,7 @@ pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
         }
         let dest = root.join(&rel);
         let is_dir = entry.header().entry_type().is_dir();
-        if let Ok(existing) = fs::symlink_metadata(&dest)
+        if let Ok(existing) = fs_err::symlink_metadata(&dest)
             && (existing.is_dir() != is_dir || existing.file_type().is_symlink())
         {
             remove_any(&dest)?;
@@ -181,7 +181,7 @@ pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
             // Link targets are relative to the archive root, which `Entry::unpack` does not know.
             let target = entry.link_name()?.context("hard link without a target")?.into_owned();
             remove_any(&dest)?;
-            fs::hard_link(root.join(&target), &dest)
+            fs_err::hard_link(root.join(&target), &dest)
                 .with_context(|| format!("linking {} to {} from {}", rel.display(), target.display(), tarball.display()))?;
             continue;
         }
@@ -209,9 +209,9 @@ pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
 }
 
 fn remove_any(p: &Path) -> Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display())),
-        Ok(_) => fs::remove_file(p).with_context(|| format!("removing {}", p.display())),
+    match fs_err::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs_err::remove_dir_all(p).with_context(|| format!("removing {}", p.display())),
+        Ok(_) => fs_err::remove_file(p).with_context(|| format!("removing {}", p.display())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
     }
@@ -231,9 +231,9 @@ mod tests {
                 let e = e.unwrap();
                 let rel = e.path().strip_prefix(root).unwrap().display().to_string();
                 if e.file_type().is_symlink() {
-                    format!("{rel} -> {}", fs::read_link(e.path()).unwrap().display())
+                    format!("{rel} -> {}", fs_err::read_link(e.path()).unwrap().display())
                 } else if e.file_type().is_file() {
-                    format!("{rel} = {}", fs::read_to_string(e.path()).unwrap())
+                    format!("{rel} = {}", fs_err::read_to_string(e.path()).unwrap())
                 } else {
                     format!("{rel}/")
                 }
@@ -245,19 +245,19 @@ mod tests {
     fn delta_round_trip_applies_changes_and_removals() {
         let tmp = tempfile::tempdir().unwrap();
         let a = tmp.path().join("a");
-        fs::create_dir_all(a.join("etc/old")).unwrap();
-        fs::write(a.join("etc/keep"), "1").unwrap();
-        fs::write(a.join("etc/change"), "1").unwrap();
-        fs::write(a.join("etc/gone"), "1").unwrap();
-        fs::write(a.join("etc/old/inner"), "1").unwrap();
+        fs_err::create_dir_all(a.join("etc/old")).unwrap();
+        fs_err::write(a.join("etc/keep"), "1").unwrap();
+        fs_err::write(a.join("etc/change"), "1").unwrap();
+        fs_err::write(a.join("etc/gone"), "1").unwrap();
+        fs_err::write(a.join("etc/old/inner"), "1").unwrap();
         let base_tar = tmp.path().join("base.tar.zst");
         write_delta(&a, None, &mut File::create(&base_tar).unwrap()).unwrap();
 
         let before = snapshot(&a).unwrap();
-        fs::write(a.join("etc/change"), "2").unwrap();
-        fs::remove_file(a.join("etc/gone")).unwrap();
-        fs::remove_dir_all(a.join("etc/old")).unwrap();
-        fs::create_dir(a.join("new")).unwrap();
+        fs_err::write(a.join("etc/change"), "2").unwrap();
+        fs_err::remove_file(a.join("etc/gone")).unwrap();
+        fs_err::remove_dir_all(a.join("etc/old")).unwrap();
+        fs_err::create_dir(a.join("new")).unwrap();
         symlink("../etc/keep", a.join("new/link")).unwrap();
         let delta_tar = tmp.path().join("delta.tar.zst");
         let n = write_delta(&a, Some(&before), &mut File::create(&delta_tar).unwrap()).unwrap();
@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(n, 6);
 
         let b = tmp.path().join("b");
-        fs::create_dir(&b).unwrap();
+        fs_err::create_dir(&b).unwrap();
         extract(&base_tar, &b).unwrap();
         extract(&delta_tar, &b).unwrap();
         assert_eq!(tree_listing(&a), tree_listing(&b));
@@ -279,14 +279,14 @@ mod tests {
             let root = tmp.path().join(name);
             // Created in different orders: the archive must not care.
             let files = if name == "x" { ["b", "a", "c"] } else { ["c", "b", "a"] };
-            fs::create_dir(&root).unwrap();
+            fs_err::create_dir(&root).unwrap();
             for f in files {
-                fs::write(root.join(f), f).unwrap();
+                fs_err::write(root.join(f), f).unwrap();
             }
             crate::files::clamp_times(&root, 1_700_000_000).unwrap();
             let out = tmp.path().join(format!("{name}.tar.zst"));
             write_delta(&root, None, &mut File::create(&out).unwrap()).unwrap();
-            outs.push(fs::read(out).unwrap());
+            outs.push(fs_err::read(out).unwrap());
         }
         assert_eq!(outs[0], outs[1]);
     }

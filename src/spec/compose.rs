@@ -181,7 +181,7 @@ fn words(w: Words, file: &Path, key: &str, p: &mut Problems) -> Vec<String> {
 
 /// Reads and checks `file` (the layer `layer`'s compose file).
 pub fn load(layer: &str, file: &Path, p: &mut Problems) -> Option<Stack> {
-    let text = match std::fs::read_to_string(file) {
+    let text = match fs_err::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
             p.push(file, "", format!("cannot read the compose file: {e}"));

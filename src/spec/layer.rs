@@ -122,7 +122,7 @@ impl Layer {
         });
         let files = list_tree(&dir.join("files"));
         let scripts_dir = dir.join("scripts");
-        let mut scripts: Vec<PathBuf> = std::fs::read_dir(&scripts_dir)
+        let mut scripts: Vec<PathBuf> = fs_err::read_dir(&scripts_dir)
             .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
             .unwrap_or_default();
         scripts.retain(|s| {

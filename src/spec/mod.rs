@@ -71,7 +71,7 @@ impl Problems {
 /// Reads and parses one TOML definition; a syntax or type error becomes a [`Problem`] with the
 /// line and column toml reports.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, String), SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = fs_err::read_to_string(path).map_err(|e| {
         SpecError(vec![Problem { file: path.into(), key: String::new(), message: format!("cannot read the file: {e}") }])
     })?;
     let value = parse_toml_str(path, &text)?;

@@ -172,7 +172,7 @@ const KEY_TYPES: &[&str] = &["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "e
 
 impl Site {
     pub fn load(file: &Path) -> Result<Site, SpecError> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
+        let text = fs_err::read_to_string(file).map_err(|e| {
             SpecError(vec![super::Problem { file: file.into(), key: String::new(), message: format!("cannot read the file: {e}") }])
         })?;
         Site::parse(file, &text)

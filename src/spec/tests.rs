@@ -5,8 +5,8 @@ use super::image::Size;
 
 fn write(dir: &Path, rel: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, text).unwrap();
+    fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+    fs_err::write(&p, text).unwrap();
     p
 }
 

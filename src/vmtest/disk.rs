@@ -41,19 +41,19 @@ pub fn check(dir: &Path, overlay: &Path, d: &DiskCheck, saved: &BTreeMap<String,
             if let Some(name) = &d.opens_with {
                 let key = saved.get(name).with_context(|| format!("nothing was saved as `{name}`"))?;
                 let key_file = dir.join("disk-check.key");
-                std::fs::write(&key_file, key.as_bytes())?;
+                fs_err::write(&key_file, key.as_bytes())?;
                 let r = Tool::new("cryptsetup").describe(format!("opening the partition with {name}")).args(["open", "--test-passphrase", "--key-file"]).arg(&key_file).arg(&part).run();
-                std::fs::remove_file(&key_file)?;
+                fs_err::remove_file(&key_file)?;
                 r?;
                 seen.push(format!("{name} opens it"));
             }
             anyhow::Ok(())
         })();
-        std::fs::remove_file(&part)?;
+        fs_err::remove_file(&part)?;
         r?;
         anyhow::Ok(seen)
     })();
-    std::fs::remove_file(&raw)?;
+    fs_err::remove_file(&raw)?;
     Ok(format!("disk partition `{}`: {}", d.partition, result?.join(", ")))
 }
 
@@ -79,8 +79,8 @@ pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
         .arg(format!("if={}", disk.display()))
         .arg(format!("of={}", head.display()))
         .run()?;
-    let bytes = std::fs::read(&head)?;
-    let _ = std::fs::remove_file(&head);
+    let bytes = fs_err::read(&head)?;
+    crate::files::remove_if_exists(&head)?;
     let (first, last) = bytes[1024..]
         .chunks_exact(128)
         .find_map(|e| {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{Machine, Vm, Wait, machine_command, wait_console};
 use crate::spec::{Firmware, Install};
@@ -15,15 +15,15 @@ const PREFIX: &str = "OUTPOST-INSTALL:";
 
 pub(super) async fn run(m: &Machine<'_>, inst: &Install, iso: &Path, console: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let (mut passed, mut failed) = (Vec::new(), Vec::new());
-    let _ = std::fs::remove_file(console);
-    let mut cmd = machine_command(m, console, inst.firmware == Firmware::Uefi)?;
-    cmd.arg("-no-reboot")
+    crate::files::remove_if_exists(console)?;
+    let cmd = machine_command(m, console, inst.firmware == Firmware::Uefi)
+        .arg("-no-reboot")
         .args(["-device", "qemu-xhci,id=xhci"])
         .arg("-drive")
         .arg(format!("if=none,id=stick,format=raw,readonly=on,file={}", std::path::absolute(iso)?.display()))
         .args(["-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0"]);
     let started = Instant::now();
-    let mut vm = Vm(cmd.spawn().context("starting qemu-system-x86_64")?);
+    let mut vm = Vm(cmd.spawn(true)?);
     let deadline = started + Duration::from_secs(m.scenario.timeout);
     let firmware = format!("{:?}", inst.firmware).to_uppercase();
     match wait_console(&mut vm, console, PREFIX, deadline).await {

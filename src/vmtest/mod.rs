@@ -51,7 +51,7 @@ pub fn detect_accel(dir: &Path) -> Accel {
         return Accel::Tcg;
     }
     let vars = dir.join("probe-vars.fd");
-    if std::fs::copy(OVMF_VARS, &vars).is_err() {
+    if fs_err::copy(OVMF_VARS, &vars).is_err() {
         return Accel::Tcg;
     }
     let out = Tool::new("timeout")
@@ -61,7 +61,9 @@ pub fn detect_accel(dir: &Path) -> Accel {
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
         .output();
-    let _ = std::fs::remove_file(&vars);
+    if let Err(e) = crate::files::remove_if_exists(&vars) {
+        crate::tool::debug(&format!("{e:#}"));
+    }
     match out {
         Ok(s) if s.contains("BdsDxe") => Accel::Kvm,
         Err(crate::tool::ToolError::Exit { tail, .. }) if tail.contains("BdsDxe") => Accel::Kvm,
@@ -102,14 +104,14 @@ impl Machine<'_> {
 }
 
 pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let accel = detect_accel(dir);
     if accel == Accel::Tcg {
         eprintln!("outpost: KVM does not work on this host; booting under TCG (software emulation, slower)");
     }
     let overlay = dir.join("overlay.qcow2");
     let qga = dir.join("qga.sock");
-    let _ = std::fs::remove_file(&overlay);
+    crate::files::remove_if_exists(&overlay)?;
     let backing_fmt = if image.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
     let image_abs = std::path::absolute(image)?;
     match &scenario.install {
@@ -148,12 +150,12 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
     };
     let mut saved = std::collections::BTreeMap::new();
     let mut tpm_dir = dir.join("tpm");
-    let _ = std::fs::remove_dir_all(&tpm_dir);
-    std::fs::copy(OVMF_VARS, &m.vars).with_context(|| format!("copying {OVMF_VARS} (package ovmf)"))?;
+    crate::files::remove_if_exists(&tpm_dir)?;
+    fs_err::copy(OVMF_VARS, &m.vars).with_context(|| format!("copying {OVMF_VARS} (package ovmf)"))?;
     if scenario.key_disk {
         let img = m.key_disk();
-        let _ = std::fs::remove_file(&img);
-        std::fs::File::create(&img)?.set_len(32 << 20)?;
+        crate::files::remove_if_exists(&img)?;
+        fs_err::File::create(&img)?.set_len(32 << 20)?;
         Tool::new("mkfs.fat").describe("formatting the test key disk").args(["-n", "OUTPOSTKEY"]).arg(&img).run()?;
     }
     if let Some(inst) = &scenario.install {
@@ -163,21 +165,21 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
         report.passed.extend(passed);
         if !failed.is_empty() || !inst.installs() {
             report.failed.extend(failed);
-            let _ = std::fs::remove_file(&m.overlay);
+            crate::files::remove_if_exists(&m.overlay)?;
             return Ok(report);
         }
         // The installer writes no UEFI boot entry: OVMF, whose variables list only the
         // stick now, would start its shell; fresh variables make it look for the disk's
         // \EFI\BOOT\BOOTX64.EFI, as most PC firmware does by itself.
-        std::fs::copy(OVMF_VARS, &m.vars)?;
+        fs_err::copy(OVMF_VARS, &m.vars)?;
     }
     let many = scenario.boots.len() > 1;
     for (n, boot) in scenario.boots.iter().enumerate() {
         if boot.tpm == TpmState::Fresh {
             // Another machine: its own TPM and its own firmware variables.
             tpm_dir = dir.join(format!("tpm-{}", n + 1));
-            let _ = std::fs::remove_dir_all(&tpm_dir);
-            std::fs::copy(OVMF_VARS, &m.vars)?;
+            crate::files::remove_if_exists(&tpm_dir)?;
+            fs_err::copy(OVMF_VARS, &m.vars)?;
         }
         let tpm = (scenario.tpm && boot.tpm != TpmState::None).then_some(tpm_dir.as_path());
         let console = dir.join(if n == 0 { "console.log".to_string() } else { format!("console-{}.log", n + 1) });
@@ -197,28 +199,23 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
         let tpm = scenario.tpm.then_some(tpm_dir.as_path());
         power_cut::run(&m, cuts, tpm, &mut report).await?;
     }
-    let _ = std::fs::remove_file(&m.overlay);
+    crate::files::remove_if_exists(&m.overlay)?;
     Ok(report)
 }
 
 /// Starts swtpm on a state directory (created empty for a new TPM); returns the process and
 /// its control socket.
 async fn start_swtpm(state: &Path) -> Result<(tokio::process::Child, PathBuf)> {
-    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    fs_err::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
     let sock = state.join("swtpm.sock");
-    let _ = std::fs::remove_file(&sock);
-    let swtpm = crate::tool::which("swtpm").context("swtpm is not installed; apt-get install swtpm swtpm-tools")?;
-    let child = tokio::process::Command::new(swtpm)
+    crate::files::remove_if_exists(&sock)?;
+    let child = Tool::new("swtpm")
+        .describe("starting the test guest's software TPM")
         .args(["socket", "--tpm2", "--tpmstate"])
         .arg(format!("dir={}", state.display()))
         .arg("--ctrl")
         .arg(format!("type=unixio,path={}", sock.display()))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting swtpm")?;
+        .spawn(false)?;
     let until = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         if Instant::now() > until {
@@ -231,34 +228,29 @@ async fn start_swtpm(state: &Path) -> Result<(tokio::process::Child, PathBuf)> {
 
 /// The machine itself: CPU, memory, the serial console to a file, OVMF (or, with `uefi`
 /// false, QEMU's SeaBIOS) and the scenario's disk; QEMU is killed with the command.
-fn machine_command(m: &Machine<'_>, console: &Path, uefi: bool) -> Result<tokio::process::Command> {
-    let qemu = crate::tool::which("qemu-system-x86_64").context("qemu-system-x86_64 is not installed; apt-get install qemu-system-x86")?;
-    let mut cmd = tokio::process::Command::new(qemu);
-    match m.accel {
+fn machine_command(m: &Machine<'_>, console: &Path, uefi: bool) -> Tool {
+    let mut cmd = Tool::new("qemu-system-x86_64").describe("starting the test machine");
+    cmd = match m.accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
     };
-    cmd.args(["-machine", "q35", "-smp", "2", "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
+    cmd = cmd
+        .args(["-machine", "q35", "-smp", "2", "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()));
     if uefi {
-        cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
-        cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", m.vars.display()));
+        cmd = cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+        cmd = cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", m.vars.display()));
     }
-    cmd.arg("-drive")
-        .arg(format!("if=virtio,format=qcow2,file={}", m.overlay.display()))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    Ok(cmd)
+    cmd.arg("-drive").arg(format!("if=virtio,format=qcow2,file={}", m.overlay.display()))
 }
 
 /// The QEMU command line of one boot.
-fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&Path>) -> Result<tokio::process::Command> {
-    let mut cmd = machine_command(m, console, true)?;
+fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&Path>) -> Tool {
+    let mut cmd = machine_command(m, console, true);
     // restrict=on: the guest reaches nothing outside, as in a clinic without internet.
-    cmd.arg("-netdev")
+    cmd = cmd
+        .arg("-netdev")
         .arg(format!("user,id=n0,restrict=on{}{}", m.scenario.net.as_ref().map(|n| format!(",net={n}")).unwrap_or_default(), m.forwards))
         .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-serial-pci"])
         .arg("-chardev")
@@ -269,13 +261,13 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
         // guest's kernel has its driver (the appliance falls back to softdog otherwise).
         .args(["-device", "i6300esb"]);
     if boot.key_disk {
-        cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.key_disk().display()));
+        cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.key_disk().display()));
     }
     if let Some(sock) = tpm_sock {
-        cmd.arg("-chardev").arg(format!("socket,id=chrtpm,path={}", sock.display()));
-        cmd.args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]);
+        cmd = cmd.arg("-chardev").arg(format!("socket,id=chrtpm,path={}", sock.display()));
+        cmd = cmd.args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]);
     }
-    Ok(cmd)
+    cmd
 }
 
 /// One power-on: verdict, guest checks, then (when disk checks follow or another boot does) a
@@ -291,7 +283,7 @@ async fn boot_once(
 ) -> Result<(Vec<String>, Vec<String>)> {
     let (mut passed, mut failed) = (Vec::new(), Vec::new());
     for p in [console, m.qga.as_path()] {
-        let _ = std::fs::remove_file(p);
+        crate::files::remove_if_exists(p)?;
     }
     if boot.corrupt_root {
         let at = tokio::task::block_in_place(|| disk::flip_byte(m.dir, &m.overlay, "root-x86-64"))?;
@@ -309,16 +301,16 @@ async fn boot_once(
     let mut attempt = 0;
     let needle = boot.power_cut_at.as_deref().unwrap_or(VERDICT_PREFIX);
     let found = loop {
-        let mut cmd = qemu_command(m, boot, console, swtpm.as_ref().map(|(_, s)| s.as_path()))?;
+        let cmd = qemu_command(m, boot, console, swtpm.as_ref().map(|(_, s)| s.as_path()));
         started = Instant::now();
-        vm = Vm(cmd.spawn().context("starting qemu-system-x86_64")?);
+        vm = Vm(cmd.spawn(true)?);
         let deadline = started + Duration::from_secs(m.scenario.timeout);
         match wait_console(&mut vm, console, needle, deadline).await {
             Ok(Wait::Stalled(secs)) if attempt == 0 => {
                 let _ = vm.0.start_kill();
                 let _ = vm.0.wait().await;
                 let kept = console.with_extension("stalled.log");
-                std::fs::rename(console, &kept)?;
+                fs_err::rename(console, &kept)?;
                 passed.push(format!("(the guest stalled under TCG: console silent for {secs} s; power-cycled once, log {})", kept.display()));
                 attempt += 1;
             }
@@ -403,7 +395,7 @@ async fn guest_checks(
             Err(e) => failed.push(format!("`{}`: {e:#}", c.run)),
         }
     }
-    let text = std::fs::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = fs_err::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     for c in &boot.console {
         if text.contains(&c.contains) {
             passed.push(format!("console shows `{}`", c.contains));
@@ -502,8 +494,8 @@ async fn ssh_check(port: u16, s: &crate::spec::Ssh, dir: &Path, deadline: Instan
             // ssh refuses keys others can read, and git does not keep modes.
             use std::os::unix::fs::PermissionsExt;
             let copy = dir.join(format!("ssh-key-{}", s.user));
-            std::fs::copy(k, &copy).with_context(|| format!("copying {}", k.display()))?;
-            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))?;
+            fs_err::copy(k, &copy).with_context(|| format!("copying {}", k.display()))?;
+            fs_err::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))?;
             t = t.arg("-i").arg(copy).args(["-o", "IdentitiesOnly=yes"]);
         }
         None => t = t.args(["-o", "PubkeyAuthentication=no"]),
@@ -534,7 +526,7 @@ async fn http_check(port: u16, h: &crate::spec::Http, deadline: Instant) -> Resu
     let mut last = String::from("no answer");
     let body: Option<(Vec<u8>, &str)> = match (&h.body, &h.body_file) {
         (Some(b), _) => Some((b.clone().into_bytes(), "text/plain")),
-        (None, Some(f)) => Some((std::fs::read(f).with_context(|| format!("reading {}", f.display()))?, "application/octet-stream")),
+        (None, Some(f)) => Some((fs_err::read(f).with_context(|| format!("reading {}", f.display()))?, "application/octet-stream")),
         (None, None) => None,
     };
     while Instant::now() < deadline {
@@ -584,7 +576,7 @@ async fn http_request(port: u16, path: &str, body: Option<(&[u8], &str)>) -> Res
 
 /// The last lines of the console log, for failure reports.
 pub fn console_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = fs_err::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -94,15 +94,15 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
     while let Some(cut) = rounds.get(round) {
         let last = round == cuts.len();
         let console = m.dir.join(format!("console-cut-{}.log", round + 1));
-        let _ = std::fs::remove_file(&console);
-        let _ = std::fs::remove_file(&m.qga);
+        crate::files::remove_if_exists(&console)?;
+        crate::files::remove_if_exists(&m.qga)?;
         let swtpm = match tpm {
             Some(state) => Some(start_swtpm(state).await?),
             None => None,
         };
-        let mut cmd = qemu_command(m, boot_args, &console, swtpm.as_ref().map(|(_, s)| s.as_path()))?;
+        let cmd = qemu_command(m, boot_args, &console, swtpm.as_ref().map(|(_, s)| s.as_path()));
         let started = Instant::now();
-        let mut vm = Vm(cmd.spawn().context("starting qemu-system-x86_64")?);
+        let mut vm = Vm(cmd.spawn(true)?);
         let label = format!("power cut round {}", round + 1);
         // Up to the application's first answer (or the cut, when it falls during the boot).
         let boot_cut = match cut {
@@ -116,7 +116,7 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
                 s.emulator_stalls += 1;
                 stalled_before = true;
                 let kept = console.with_extension("stalled.log");
-                let _ = std::fs::rename(&console, &kept);
+                let _ = fs_err::rename(&console, &kept);
                 report.passed.push(format!("{label}: (the guest stalled under TCG, console silent for {} s; power-cycled and the round run again, console {})", super::STALL_SECONDS, kept.display()));
                 continue;
             }
@@ -154,7 +154,7 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
                 }
             }
         }
-        let text = std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let text = fs_err::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
         if text.contains("data file system checked after an unclean shutdown") || text.contains("data file system repaired") {
             s.fsck_repairs += 1;
         }
@@ -201,7 +201,7 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
         "power cuts: {} ({} during boot, {} while writing); records acknowledged {}, lost {}; boots needing a human {}; application answered after median {:.0} s, worst {:.0} s; data file system repaired at {} boots; emulator stalls power-cycled {}",
         s.cuts, s.cuts_during_boot, s.cuts_while_writing, s.records_acknowledged, s.records_lost, s.boots_needing_a_human, s.answer_median, s.answer_worst, s.fsck_repairs, s.emulator_stalls
     ));
-    std::fs::write(m.dir.join("power-cuts.json"), serde_json::to_string_pretty(&s)? + "\n")?;
+    fs_err::write(m.dir.join("power-cuts.json"), serde_json::to_string_pretty(&s)? + "\n")?;
     Ok(())
 }
 
@@ -219,7 +219,7 @@ async fn wait_answer(port: u16, path: &str, console: &Path, started: Instant, li
     let mut last = String::from("no answer");
     let (mut size, mut changed) = (0, Instant::now());
     loop {
-        let now_size = std::fs::metadata(console).map(|m| m.len()).unwrap_or(0);
+        let now_size = fs_err::metadata(console).map(|m| m.len()).unwrap_or(0);
         if now_size != size {
             (size, changed) = (now_size, Instant::now());
         }
