@@ -145,6 +145,18 @@ pub fn file_contains(path: &Path, needle: &[u8]) -> Result<bool> {
     }
 }
 
+/// Reads until `buf` is full or the reader ends; returns how many bytes it read.
+pub fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
 fn walk(root: &Path) -> impl Iterator<Item = Result<walkdir::DirEntry>> + '_ {
     walkdir::WalkDir::new(root)
         .min_depth(1)

@@ -59,151 +59,283 @@ pub fn load_plan(image_path: &Path) -> Result<BuildPlan> {
     Ok(plan::resolve(&image)?)
 }
 
+/// The build, one step a line; each step is a no-op when its feature is off.
 pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport> {
     let plan = ctx.progress.stage("planning", || load_plan(image_path))?;
+    preflight(ctx, &plan)?;
+    let out = Outputs::new(&plan, out_dir)?;
+    // Until publish: a failed or interrupted build leaves no output that looks finished.
+    let partials = crate::files::Partials::new(out.every_final());
+    let work = ctx.cache.work_dir("build")?;
+    let w = Work::new(work.path());
+    resolve_containers(ctx, &plan)?;
+    let layers = build_layers(ctx, &plan, &w)?;
+    assemble_root(ctx, &plan, &w, layers.tree_complete)?;
+    let root = write_root(ctx, &plan, &w)?;
+    let layout = plan_disk(&plan, &root)?;
+    let cmdline = kernel_cmdline(&plan, &layout, &root.hash);
+    write_disk(ctx, &plan, &w, &layout, &cmdline, &out.raw_partial())?;
+    write_installer_iso(ctx, &plan, &w, &layout, &out)?;
+    let contents = read_contents(&w)?;
+    drop(work);
+    let written = write_outputs(ctx, &plan, &layout, &out)?;
+    let warnings = warnings(&plan, contents.usb_storage);
+    let outputs = publish(ctx, &plan, &out, &layout, &root, &cmdline, contents, written, &warnings)?;
+    partials.keep();
+    Ok(BuildReport {
+        image: plan.image.clone(),
+        built_layers: layers.built,
+        reused_layers: layers.reused,
+        stages: ctx.progress.times(),
+        outputs,
+        out_dir: out_dir.to_path_buf(),
+        warnings,
+    })
+}
+
+/// Root, every host tool the plan needs, a usable encryption key, the archive's keyring.
+fn preflight(ctx: &Ctx, plan: &BuildPlan) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     anyhow::ensure!(
         unsafe { libc::geteuid() } == 0,
         "outpost build must run as root: packages are installed with mmdebstrap and apt-get in a chroot, \
-         which need root (a CI job's root, or a container's, is enough; no mounts or loop devices are used)"
+         which need root (a CI job's root, or a container's, is enough; no loop devices or device-mapper are used)"
     );
     if let Some(key) = &ctx.encrypt_key {
         crate::output::encrypt::check_key_file(key)?;
     }
-    tool::preflight(&build_tools(&plan))?;
-    check_keyring(&plan)?;
-    fs_err::create_dir_all(out_dir).with_context(|| format!("creating the output directory {}", out_dir.display()))?;
-    let name = &plan.image;
-    let raw = out_dir.join(format!("{name}.raw"));
-    let qcow2 = out_dir.join(format!("{name}.qcow2"));
-    let mut finals = vec![raw.clone(), qcow2.clone(), out_dir.join(format!("{name}.raw.luks")), crate::format::bmap::path_for(&raw)];
-    finals.extend(["vmdk", "vhd", "ec2-import.json", "iso"].map(|ext| out_dir.join(format!("{name}.{ext}"))));
-    let partials = crate::files::Partials::new(finals);
-    let report = build_into(ctx, &plan, out_dir, &raw, &qcow2)?;
-    partials.keep();
-    Ok(report)
+    tool::preflight(&build_tools(plan))?;
+    check_keyring(plan)
 }
 
-fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &Path) -> Result<BuildReport> {
-    let p = &ctx.progress;
-    let work = ctx.cache.work_dir("build")?;
-    let tree = work.path().join("root");
-    if plan.layers.iter().any(|l| !l.layer.containers.is_empty()) {
-        p.stage("containers", || crate::container::resolve_all(plan, &ctx.cache, |m| p.message(m)))?;
-    }
-    let containers = |layer: &plan::PlannedLayer, root: &Path| crate::container::install(plan, layer, &ctx.cache, root);
-    let layers = p.stage("layers", || rootfs::build_layers(plan, &ctx.cache, &tree, &containers, |m| p.message(m)))?;
-    p.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &tree, layers.tree_complete, ctx.epoch))?;
+/// Where every output of the image goes: the one list of final names.
+struct Outputs {
+    dir: PathBuf,
+    name: String,
+    formats: Vec<OutputFormat>,
+}
 
-    let seed = format!("{}:{}", plan.image, plan.top_key());
-    let root_img = work.path().join("root.erofs");
-    let verity_img = work.path().join("root.verity");
-    let root_hash = p.stage("writing the root filesystem", || {
-        disk::make_erofs(&tree, &root_img, &layout::derive_uuid(&seed, "root filesystem"), ctx.epoch)?;
+impl Outputs {
+    fn new(plan: &BuildPlan, dir: &Path) -> Result<Outputs> {
+        fs_err::create_dir_all(dir).context("creating the output directory")?;
+        Ok(Outputs { dir: dir.to_path_buf(), name: plan.image.clone(), formats: plan.spec.outputs.clone() })
+    }
+
+    fn file(&self, ext: &str) -> PathBuf {
+        self.dir.join(format!("{}.{ext}", self.name))
+    }
+
+    fn wants(&self, f: OutputFormat) -> bool {
+        self.formats.contains(&f)
+    }
+
+    /// The raw disk is always written (every other output is made from it), under its
+    /// partial name until publish.
+    fn raw_partial(&self) -> PathBuf {
+        crate::files::partial(&self.file("raw"))
+    }
+
+    /// Every name a build may publish, whether or not this one does.
+    fn every_final(&self) -> Vec<PathBuf> {
+        ["raw", "raw.bmap", "raw.luks", "qcow2", "vmdk", "vhd", "ec2-import.json", "iso"].iter().map(|e| self.file(e)).collect()
+    }
+}
+
+/// The build's scratch area: the root tree and the images made from it.
+struct Work {
+    tree: PathBuf,
+    root_img: PathBuf,
+    verity_img: PathBuf,
+    esp_dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl Work {
+    fn new(dir: &Path) -> Work {
+        Work {
+            tree: dir.join("root"),
+            root_img: dir.join("root.erofs"),
+            verity_img: dir.join("root.verity"),
+            esp_dir: dir.join("esp"),
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+/// Every container of the layers still to build, fetched or built before any layer: an
+/// unreachable registry fails in seconds, not after the packages.
+fn resolve_containers(ctx: &Ctx, plan: &BuildPlan) -> Result<()> {
+    if !plan.layers.iter().any(|l| !l.layer.containers.is_empty()) {
+        return Ok(());
+    }
+    let p = &ctx.progress;
+    p.stage("containers", || crate::container::resolve_all(plan, &ctx.cache, |m| p.message(m)))
+}
+
+fn build_layers(ctx: &Ctx, plan: &BuildPlan, w: &Work) -> Result<rootfs::LayersReport> {
+    let p = &ctx.progress;
+    let containers = |layer: &plan::PlannedLayer, root: &Path| crate::container::install(plan, layer, &ctx.cache, root);
+    p.stage("layers", || rootfs::build_layers(plan, &ctx.cache, &w.tree, &containers, |m| p.message(m)))
+}
+
+fn assemble_root(ctx: &Ctx, plan: &BuildPlan, w: &Work, tree_complete: bool) -> Result<()> {
+    ctx.progress.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &w.tree, tree_complete, ctx.epoch))
+}
+
+/// The read-only root and its dm-verity hash tree, as plain files.
+struct Root {
+    hash: String,
+    size: u64,
+    verity_size: u64,
+}
+
+fn seed_of(plan: &BuildPlan) -> String {
+    format!("{}:{}", plan.image, plan.top_key())
+}
+
+fn write_root(ctx: &Ctx, plan: &BuildPlan, w: &Work) -> Result<Root> {
+    let seed = seed_of(plan);
+    let hash = ctx.progress.stage("writing the root filesystem", || {
+        disk::make_erofs(&w.tree, &w.root_img, &layout::derive_uuid(&seed, "root filesystem"), ctx.epoch)?;
         let salt = hex::encode(sha2::Sha256::digest(format!("{seed}\0verity salt")));
-        disk::make_verity(&root_img, &verity_img, &salt, &layout::derive_uuid(&seed, "root verity"))
+        disk::make_verity(&w.root_img, &w.verity_img, &salt, &layout::derive_uuid(&seed, "root verity"))
     })?;
-    let root_len = fs_err::metadata(&root_img)?.len();
+    Ok(Root { hash, size: fs_err::metadata(&w.root_img)?.len(), verity_size: fs_err::metadata(&w.verity_img)?.len() })
+}
+
+/// The partition table: the root partition fits the root exactly unless the image asks more.
+fn plan_disk(plan: &BuildPlan, root: &Root) -> Result<layout::Layout> {
     let root_size = match plan.spec.partitions.root {
-        Some(s) if s.0 < root_len => anyhow::bail!(
-            "{}: `[partitions] root` is {} bytes, but the root file system takes {root_len} bytes; raise it or remove the key (the default fits the root exactly)",
+        Some(s) if s.0 < root.size => anyhow::bail!(
+            "{}: `[partitions] root` is {} bytes, but the root file system takes {} bytes; raise it or remove the key (the default fits the root exactly)",
             plan.spec.file.display(),
-            s.0
+            s.0,
+            root.size
         ),
         Some(s) => s.0,
-        None => root_len,
+        None => root.size,
     };
-    let verity_size = fs_err::metadata(&verity_img)?.len();
-    let layout = layout::plan(plan.spec.partitions.esp.0, root_size, verity_size, plan.spec.partitions.data.0, &seed);
-    let cmdline = kernel_cmdline(plan, &layout, &root_hash);
+    Ok(layout::plan(plan.spec.partitions.esp.0, root_size, root.verity_size, plan.spec.partitions.data.0, &seed_of(plan)))
+}
 
-    let esp_dir = work.path().join("esp");
-    let esp_img = work.path().join("esp.img");
-    let disk_file = crate::files::partial(raw);
-    p.stage("writing the disk", || {
-        disk::create(&layout, &disk_file)?;
-        disk::copy_into(&layout, Role::Root, &root_img, &disk_file)?;
-        disk::copy_into(&layout, Role::RootVerity, &verity_img, &disk_file)?;
-        disk::stage_esp(&tree, &esp_dir, &cmdline, &plan.image)?;
+/// The raw disk: the GPT, then each partition's image copied into place.
+fn write_disk(ctx: &Ctx, plan: &BuildPlan, w: &Work, layout: &layout::Layout, cmdline: &str, disk_file: &Path) -> Result<()> {
+    ctx.progress.stage("writing the disk", || {
+        disk::create(layout, disk_file)?;
+        disk::copy_into(layout, Role::Root, &w.root_img, disk_file)?;
+        disk::copy_into(layout, Role::RootVerity, &w.verity_img, disk_file)?;
+        disk::stage_esp(&w.tree, &w.esp_dir, cmdline, &plan.image)?;
+        let esp_img = w.dir.join("esp.img");
         let serial = u32::from_be_bytes(layout.disk_guid.as_bytes()[..4].try_into().expect("4 bytes"));
-        disk::make_fat(&esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)?;
-        disk::copy_into(&layout, Role::Esp, &esp_img, &disk_file)?;
+        disk::make_fat(&w.esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)?;
+        disk::copy_into(layout, Role::Esp, &esp_img, disk_file)?;
         // An empty seed (README and an example): the image boots with its own defaults until
         // `outpost personalize`, or someone with a laptop, puts a site.toml there.
         let seed = layout.get(Role::Seed);
         let seed_serial = u32::from_be_bytes(seed.guid.as_bytes()[..4].try_into().expect("4 bytes"));
-        let seed_img = crate::format::seed::image(seed.size(), seed_serial, ctx.epoch, None)?;
-        fs_err::write(work.path().join("seed.img"), seed_img)?;
-        disk::copy_into(&layout, Role::Seed, &work.path().join("seed.img"), &disk_file)?;
+        let seed_img = w.dir.join("seed.img");
+        fs_err::write(&seed_img, crate::format::seed::image(seed.size(), seed_serial, ctx.epoch, None)?)?;
+        disk::copy_into(layout, Role::Seed, &seed_img, disk_file)?;
         // The data partition's blank marker: what the first boot may format, and nothing else.
-        let marker = work.path().join("data-marker.img");
-        fs_err::write(&marker, layout::blank_data_marker()).with_context(|| format!("writing {}", marker.display()))?;
-        disk::copy_into(&layout, Role::Data, &marker, &disk_file)
-    })?;
-    let iso = out_dir.join(format!("{}.iso", plan.image));
-    if plan.spec.outputs.contains(&OutputFormat::Iso) {
-        p.stage("writing the installer ISO", || {
-            let src = crate::output::iso::Source {
-                image: &plan.image,
-                description: &plan.spec.description,
-                hostname: &plan.spec.hostname,
-                raw: &disk_file,
-                layout: &layout,
-                esp_dir: &esp_dir,
-                rules: plan.spec.install.clone(),
-            };
-            let stage = work.path().join("iso/stage");
-            fs_err::create_dir_all(&stage)?;
-            crate::output::iso::build(&src, &stage, &crate::files::partial(&iso), ctx.epoch)
-        })?;
+        let marker = w.dir.join("data-marker.img");
+        fs_err::write(&marker, layout::blank_data_marker())?;
+        disk::copy_into(layout, Role::Data, &marker, disk_file)
+    })
+}
+
+fn write_installer_iso(ctx: &Ctx, plan: &BuildPlan, w: &Work, layout: &layout::Layout, out: &Outputs) -> Result<()> {
+    if !out.wants(OutputFormat::Iso) {
+        return Ok(());
     }
-    let packages = rootfs::installed_packages(&tree)?;
-    let containers = crate::container::records(&tree)?;
-    let usb_storage = kernel_has(&tree, "CONFIG_USB_STORAGE")?;
-    drop(work);
-    let mut finals = Vec::new();
-    let mut outputs = Vec::new();
-    p.stage("writing qcow2 and checksums", || {
+    ctx.progress.stage("writing the installer ISO", || {
+        let src = crate::output::iso::Source {
+            image: &plan.image,
+            description: &plan.spec.description,
+            hostname: &plan.spec.hostname,
+            raw: &out.raw_partial(),
+            layout,
+            esp_dir: &w.esp_dir,
+            rules: plan.spec.install.clone(),
+        };
+        let stage = w.dir.join("iso/stage");
+        fs_err::create_dir_all(&stage)?;
+        crate::output::iso::build(&src, &stage, &crate::files::partial(&out.file("iso")), ctx.epoch)
+    })
+}
+
+/// What the manifest and the summary say about the root's contents.
+struct Contents {
+    packages: Vec<(String, String)>,
+    containers: Vec<crate::container::Record>,
+    usb_storage: bool,
+}
+
+fn read_contents(w: &Work) -> Result<Contents> {
+    Ok(Contents {
+        packages: rootfs::installed_packages(&w.tree)?,
+        containers: crate::container::records(&w.tree)?,
+        usb_storage: kernel_has(&w.tree, "CONFIG_USB_STORAGE")?,
+    })
+}
+
+/// Every output the image asks for, from the raw disk, each with its checksum (still under
+/// their partial names).
+fn write_outputs(ctx: &Ctx, plan: &BuildPlan, layout: &layout::Layout, out: &Outputs) -> Result<Vec<(PathBuf, String)>> {
+    ctx.progress.stage("writing qcow2 and checksums", || {
+        let raw = out.file("raw");
+        let mut written = Vec::new();
         // Hash the raw disk on the second core while qemu-img compresses it.
         let raw_sum = std::thread::scope(|s| {
-            let sum = s.spawn(|| crate::files::sha256_file(&crate::files::partial(raw)));
-            if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
-                output::qcow2(&crate::files::partial(raw), &crate::files::partial(qcow2))?;
+            let sum = s.spawn(|| crate::files::sha256_file(&out.raw_partial()));
+            if out.wants(OutputFormat::Qcow2) {
+                output::qcow2(&out.raw_partial(), &crate::files::partial(&out.file("qcow2")))?;
             }
-            cloud_outputs(plan, ctx.epoch, &layout, raw, out_dir, &mut finals, &mut outputs)?;
+            cloud_outputs(plan, ctx.epoch, layout, out, &mut written)?;
             sum.join().map_err(|_| anyhow::anyhow!("hashing {} panicked", raw.display()))?
         })?;
         if let Some(key) = &ctx.encrypt_key {
-            let encrypted = out_dir.join(format!("{}.raw.luks", plan.image));
+            let encrypted = out.file("raw.luks");
             // Not reproducible by design (a fresh volume key and salt); the manifest's raw
             // checksum is what the decrypted disk must match.
-            crate::output::encrypt::encrypt(&crate::files::partial(raw), key, &encrypted)?;
-            outputs.push(output_file(&encrypted, crate::files::sha256_file(&crate::files::partial(&encrypted))?)?);
-            finals.push(encrypted);
+            crate::output::encrypt::encrypt(&out.raw_partial(), key, &encrypted)?;
+            written.push((encrypted.clone(), crate::files::sha256_file(&crate::files::partial(&encrypted))?));
         }
-        if plan.spec.outputs.contains(&OutputFormat::Raw) {
-            outputs.insert(0, output_file(raw, raw_sum)?);
-            finals.push(raw.to_path_buf());
+        if out.wants(OutputFormat::Raw) {
             // The block map beside it, for `outpost flash` and bmaptool.
-            let bmap = crate::format::bmap::path_for(raw);
-            crate::format::bmap::write(&crate::files::partial(raw), &crate::files::partial(&bmap))?;
-            outputs.insert(1, output_file(&bmap, crate::files::sha256_file(&crate::files::partial(&bmap))?)?);
-            finals.push(bmap);
+            let bmap = out.file("raw.bmap");
+            crate::format::bmap::write(&out.raw_partial(), &crate::files::partial(&bmap))?;
+            let bmap_sum = crate::files::sha256_file(&crate::files::partial(&bmap))?;
+            written.splice(0..0, [(raw.clone(), raw_sum), (bmap, bmap_sum)]);
         } else {
-            fs_err::remove_file(crate::files::partial(raw))?;
+            fs_err::remove_file(out.raw_partial())?;
         }
-        if plan.spec.outputs.contains(&OutputFormat::Qcow2) {
-            outputs.push(output_file(qcow2, crate::files::sha256_file(&crate::files::partial(qcow2))?)?);
-            finals.push(qcow2.to_path_buf());
+        for (f, ext) in [(OutputFormat::Qcow2, "qcow2"), (OutputFormat::Iso, "iso")] {
+            if out.wants(f) {
+                let file = out.file(ext);
+                let sum = crate::files::sha256_file(&crate::files::partial(&file))?;
+                written.push((file, sum));
+            }
         }
-        if plan.spec.outputs.contains(&OutputFormat::Iso) {
-            outputs.push(output_file(&iso, crate::files::sha256_file(&crate::files::partial(&iso))?)?);
-            finals.push(iso.clone());
-        }
-        anyhow::Ok(())
-    })?;
-    let warnings = warnings(plan, usb_storage);
-    p.stage("manifest", || {
+        Ok(written)
+    })
+}
+
+/// The manifest, SHA256SUMS, and every output renamed into place.
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    ctx: &Ctx,
+    plan: &BuildPlan,
+    out: &Outputs,
+    layout: &layout::Layout,
+    root: &Root,
+    cmdline: &str,
+    contents: Contents,
+    written: Vec<(PathBuf, String)>,
+    warnings: &[String],
+) -> Result<Vec<output::OutputFile>> {
+    ctx.progress.stage("manifest", || {
+        let outputs = written.iter().map(|(f, sum)| output_file(f, sum.clone())).collect::<Result<Vec<_>>>()?;
+        let finals: Vec<PathBuf> = written.iter().map(|(f, _)| f.clone()).collect();
         let manifest = Manifest {
             outpost_version: env!("CARGO_PKG_VERSION"),
             image: plan.image.clone(),
@@ -212,29 +344,19 @@ fn build_into(ctx: &Ctx, plan: &BuildPlan, out_dir: &Path, raw: &Path, qcow2: &P
             architecture: plan.base.architecture.clone(),
             hostname: plan.spec.hostname.clone(),
             source_date_epoch: ctx.epoch,
-            kernel_cmdline: cmdline.clone(),
-            root_hash: root_hash.clone(),
+            kernel_cmdline: cmdline.to_string(),
+            root_hash: root.hash.clone(),
             layers: plan.layers.iter().map(|l| output::LayerRecord { name: l.name.clone(), key: l.key.clone() }).collect(),
             partitions: layout.partitions.clone(),
             disk_guid: layout.disk_guid.to_string(),
-            packages: packages.iter().map(|(n, v)| output::Package { name: n.clone(), version: v.clone() }).collect(),
-            containers: containers.clone(),
+            packages: contents.packages.iter().map(|(n, v)| output::Package { name: n.clone(), version: v.clone() }).collect(),
+            containers: contents.containers,
             data: plan.spec.data.clone(),
-            warnings: warnings.clone(),
-            outputs: std::mem::take(&mut outputs),
+            warnings: warnings.to_vec(),
+            outputs,
         };
-        output::publish(out_dir, &manifest, &finals)?;
-        outputs = manifest.outputs;
-        anyhow::Ok(())
-    })?;
-    Ok(BuildReport {
-        image: plan.image.clone(),
-        built_layers: layers.built,
-        reused_layers: layers.reused,
-        stages: p.times(),
-        outputs,
-        out_dir: out_dir.to_path_buf(),
-        warnings,
+        output::publish(&out.dir, &manifest, &finals)?;
+        Ok(manifest.outputs)
     })
 }
 
@@ -270,38 +392,28 @@ fn warnings(plan: &BuildPlan, usb_storage: bool) -> Vec<String> {
 }
 
 /// NAME.vmdk and NAME.vhd as the image asks, and the EC2 import input for the first of them.
-fn cloud_outputs(
-    plan: &BuildPlan,
-    epoch: i64,
-    layout: &layout::Layout,
-    raw: &Path,
-    out_dir: &Path,
-    finals: &mut Vec<PathBuf>,
-    outputs: &mut Vec<output::OutputFile>,
-) -> Result<()> {
+fn cloud_outputs(plan: &BuildPlan, epoch: i64, layout: &layout::Layout, out: &Outputs, written: &mut Vec<(PathBuf, String)>) -> Result<()> {
     let id = layout::derive_uuid(&layout.disk_guid.to_string(), "cloud image");
     let mut import = None;
     for (format, ext) in [(OutputFormat::Vmdk, "vmdk"), (OutputFormat::Vhd, "vhd")] {
-        if !plan.spec.outputs.contains(&format) {
+        if !out.wants(format) {
             continue;
         }
-        let name = format!("{}.{ext}", plan.image);
-        let file = out_dir.join(&name);
+        let file = out.file(ext);
+        let name = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
         if format == OutputFormat::Vmdk {
-            output::cloud::vmdk(&crate::files::partial(raw), &crate::files::partial(&file), &name, &id)?;
+            output::cloud::vmdk(&out.raw_partial(), &crate::files::partial(&file), &name, &id)?;
         } else {
-            output::cloud::vhd(&crate::files::partial(raw), &crate::files::partial(&file), &id, epoch)?;
+            output::cloud::vhd(&out.raw_partial(), &crate::files::partial(&file), &id, epoch)?;
         }
-        outputs.push(output_file(&file, crate::files::sha256_file(&crate::files::partial(&file))?)?);
-        finals.push(file);
+        written.push((file.clone(), crate::files::sha256_file(&crate::files::partial(&file))?));
         import.get_or_insert((name, ext));
     }
     if let Some((disk_file, ext)) = import {
-        let json = out_dir.join(format!("{}.ec2-import.json", plan.image));
+        let json = out.file("ec2-import.json");
         let text = output::cloud::ec2_import(&plan.image, &plan.spec.description, &disk_file, ext);
-        fs_err::write(crate::files::partial(&json), &text).with_context(|| format!("writing {}", json.display()))?;
-        outputs.push(output_file(&json, hex::encode(sha2::Sha256::digest(text.as_bytes())))?);
-        finals.push(json);
+        fs_err::write(crate::files::partial(&json), &text)?;
+        written.push((json, hex::encode(sha2::Sha256::digest(text.as_bytes()))));
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! the partitions into the raw image.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -129,7 +129,7 @@ fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let mut at = offset;
     loop {
-        let n = read_full(&mut s, &mut buf)?;
+        let n = crate::files::read_full(&mut s, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -142,16 +142,6 @@ fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> Result<()> {
     Ok(())
 }
 
-fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
 
 #[cfg(test)]
 mod tests {

@@ -33,19 +33,45 @@ pub fn vmdk(raw: &Path, out: &Path, name: &str, id: &uuid::Uuid) -> Result<()> {
         .run()?;
     fs_err::rename(&named, out)?;
     drop(dir);
-    // The descriptor sits in the first grains, uncompressed, as text: `CID=xxxxxxxx`.
+    // The descriptor sits in the first grains, uncompressed, as text: `CID=...`. qemu-img
+    // writes the random CID as `%x`, so it has 1 to 8 digits: the whole descriptor is rewritten
+    // with the derived one (8 digits), within the descriptor's zero-padded area.
     let mut f = OpenOptions::new().read(true).write(true).open(out).with_context(|| format!("opening {}", out.display()))?;
-    let mut head = vec![0u8; 4096];
-    let n = f.read(&mut head)?;
-    let at = head[..n]
-        .windows(4)
-        .position(|w| w == b"CID=")
-        .with_context(|| format!("{}: qemu-img wrote no `CID=` in the vmdk descriptor", out.display()))?;
+    let mut head = vec![0u8; 64 << 10];
+    let n = crate::files::read_full(&mut f, &mut head)?;
     let cid = format!("{:08x}", u32::from_be_bytes(id.as_bytes()[..4].try_into().expect("4 bytes")));
-    f.seek(SeekFrom::Start(at as u64 + 4))?;
-    f.write_all(cid.as_bytes())?;
+    let (at, text) = with_cid(&head[..n], &cid).with_context(|| format!("{}: the vmdk descriptor has no `CID=` line within its area", out.display()))?;
+    f.seek(SeekFrom::Start(at as u64))?;
+    f.write_all(&text)?;
     f.sync_all()?;
     Ok(())
+}
+
+/// The descriptor of a streamOptimized vmdk's first bytes with its CID replaced: where it
+/// starts and its new text, padded with the zeros it replaces. The header gives the
+/// descriptor's place (descriptorOffset and descriptorSize, in sectors, at bytes 28 and 36).
+fn with_cid(head: &[u8], cid: &str) -> Option<(usize, Vec<u8>)> {
+    let sectors = |at: usize| head.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize * 512);
+    let (start, size) = (sectors(28)?, sectors(36)?);
+    let area = head.get(start..start + size)?;
+    let used = area.iter().position(|b| *b == 0).unwrap_or(area.len());
+    let text = std::str::from_utf8(&area[..used]).ok()?;
+    let mut out = String::with_capacity(size);
+    let mut found = false;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("CID=") && !found {
+            out.push_str(&format!("CID={cid}\n"));
+            found = true;
+        } else {
+            out.push_str(line);
+        }
+    }
+    if !found || out.len() > size {
+        return None;
+    }
+    let mut bytes = out.into_bytes();
+    bytes.resize(used.max(bytes.len()), 0);
+    Some((start, bytes))
 }
 
 pub fn vhd(raw: &Path, out: &Path, id: &uuid::Uuid, epoch: i64) -> Result<()> {
@@ -100,6 +126,23 @@ pub fn ec2_import(image: &str, description: &str, disk_file: &str, format: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// qemu-img writes its random CID with 1 to 8 digits; the derived one always has 8, and
+    /// the line after it stays whole.
+    #[test]
+    fn the_cid_is_replaced_whatever_its_length() {
+        for random in ["1a2b3c4", "ffffffff", "7"] {
+            let mut head = vec![0u8; 2048];
+            head[28..36].copy_from_slice(&1u64.to_le_bytes());
+            head[36..44].copy_from_slice(&2u64.to_le_bytes());
+            let desc = format!("# Disk DescriptorFile\nversion=1\nCID={random}\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n");
+            head[512..512 + desc.len()].copy_from_slice(desc.as_bytes());
+            let (at, text) = with_cid(&head, "0badc0de").unwrap();
+            assert_eq!(at, 512);
+            let text = String::from_utf8(text).unwrap();
+            assert!(text.starts_with("# Disk DescriptorFile\nversion=1\nCID=0badc0de\nparentCID=ffffffff\ncreateType"), "{text}");
+        }
+    }
 
     /// Real qemu-img: two conversions a second apart are byte-identical, and qemu-img reads
     /// both back as the raw disk's size and contents.
