@@ -16,17 +16,12 @@ use crate::spec::container::Container;
 pub const STACKS: &str = "usr/lib/outpost/stacks";
 const UNIT_DIR: &str = "usr/lib/systemd/system";
 
-pub fn service_unit(stack: &str, service: &str) -> String {
-    format!("outpost-{stack}-{service}.service")
-}
+pub use crate::spec::compose::{container_name, service_unit, volume_name};
 
 pub fn target_unit(stack: &str) -> String {
     format!("outpost-stack-{stack}.target")
 }
 
-pub fn container_name(stack: &str, service: &str) -> String {
-    format!("{stack}-{service}")
-}
 
 /// The container a compose `image:` names: by container name or by its reference.
 pub fn find_image<'a>(plan: &'a BuildPlan, image: &str) -> Option<&'a Container> {
@@ -59,7 +54,7 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
     for m in &s.mounts {
         match m {
             Mount::Volume { name: v, target, read_only } => {
-                args.push(format!("--volume={}-{v}:{target}{}", stack.name, if *read_only { ":ro" } else { "" }));
+                args.push(format!("--volume={}:{target}{}", volume_name(&stack.name, v), if *read_only { ":ro" } else { "" }));
             }
             Mount::File { source, target, read_only } => {
                 let src = Path::new("/").join(STACKS).join(&stack.name).join(source);

@@ -17,6 +17,9 @@ pub struct Iso {
     pub volume_id: String,
 }
 
+/// The most `read` and a directory lookup read whole (install.json is a few KiB).
+const MAX_READ: u64 = 16 << 20;
+
 impl Iso {
     /// Opens `dev` if it starts with an ISO 9660 volume; `None` when it does not.
     pub fn open(dev: &Path) -> Result<Option<Iso>> {
@@ -51,7 +54,14 @@ impl Iso {
         self.read_extents(&extents)
     }
 
+    /// Reads directories and small files whole. A medium whose records claim more than
+    /// `MAX_READ`, or extents past its end, is not one outpost wrote: refused before any
+    /// allocation (the installer runs in little memory, from any stick that is plugged in).
     fn read_extents(&mut self, extents: &[(u64, u64)]) -> Result<Vec<u8>> {
+        let size = self.file.seek(SeekFrom::End(0))?;
+        let total: u64 = extents.iter().map(|e| e.1).sum();
+        anyhow::ensure!(total <= MAX_READ, "the ISO's directory records claim {total} bytes for one directory or index; this medium is damaged or not an outpost installer");
+        anyhow::ensure!(extents.iter().all(|&(at, len)| at.checked_add(len).is_some_and(|end| end <= size)), "the ISO's directory records point past the end of the medium; it is damaged or not an outpost installer");
         let mut out = Vec::new();
         for &(at, len) in extents {
             self.file.seek(SeekFrom::Start(at))?;

@@ -193,6 +193,21 @@ fn check_containers(layers: &[PlannedLayer], loaded: &BTreeMap<String, Layer>, p
     }
     // port → (layer, service)
     let mut ports: BTreeMap<u16, (String, String)> = BTreeMap::new();
+    // container or volume name → (layer, what) : `a` + `b-web` and `a-b` + `web` meet here.
+    let mut names: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for l in layers {
+        let Some(stack) = &l.layer.stack else { continue };
+        let made = stack
+            .services
+            .iter()
+            .map(|s| ("container and unit", crate::spec::compose::container_name(&l.name, &s.name), format!("services.{}", s.name)))
+            .chain(stack.volumes.iter().map(|v| ("volume", crate::spec::compose::volume_name(&l.name, v), format!("volumes.{v}"))));
+        for (kind, name, key) in made {
+            if let Some((ol, ok)) = names.insert(format!("{kind} {name}"), (l.name.clone(), key.clone())) {
+                p.push(&stack.file, &key, format!("gives the {kind} name `{name}`, as `{ok}` of layer `{ol}` does: rename one"));
+            }
+        }
+    }
     for l in layers {
         let deps = closure(&l.name, loaded);
         if (!l.layer.containers.is_empty() || l.layer.stack.is_some()) && !deps.contains(RUNTIME_LAYER) {
@@ -286,3 +301,7 @@ fn closure(name: &str, loaded: &BTreeMap<String, Layer>) -> BTreeSet<String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "broken_tests.rs"]
+mod broken_tests;

@@ -180,6 +180,54 @@ fn words(w: Words, file: &Path, key: &str, p: &mut Problems) -> Vec<String> {
 }
 
 /// Reads and checks `file` (the layer `layer`'s compose file).
+/// The systemd unit of a stack's service. Stack (layer) and service names are checked names,
+/// and the plan refuses two that give the same unit, container or volume name.
+pub fn service_unit(stack: &str, service: &str) -> String {
+    format!("outpost-{stack}-{service}.service")
+}
+
+/// The podman container of a stack's service.
+pub fn container_name(stack: &str, service: &str) -> String {
+    format!("{stack}-{service}")
+}
+
+/// The podman volume of a stack's named volume.
+pub fn volume_name(stack: &str, volume: &str) -> String {
+    format!("{stack}-{volume}")
+}
+
+/// The largest compose file read (the ones health projects publish are a few KiB).
+const MAX_COMPOSE_BYTES: usize = 1 << 20;
+
+/// The YAML mapping keys leading to byte `at`, read from the indentation of the lines above
+/// (`services.couchdb.ports`): enough to point at the place in a compose file.
+fn yaml_key_at(text: &str, at: usize) -> String {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut keys = Vec::new();
+    let mut level = indent(line);
+    if let Some((k, _)) = line.trim_start().trim_start_matches("- ").split_once(':') {
+        keys.push(k.trim().to_string());
+    }
+    for l in text[..line_start].lines().rev() {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') || indent(l) >= level {
+            continue;
+        }
+        if let Some((k, _)) = t.trim_start_matches("- ").split_once(':') {
+            keys.push(k.trim().to_string());
+            level = indent(l);
+        }
+        if level == 0 {
+            break;
+        }
+    }
+    keys.reverse();
+    keys.join(".")
+}
+
 pub fn load(layer: &str, file: &Path, p: &mut Problems) -> Option<Stack> {
     let text = match fs_err::read_to_string(file) {
         Ok(t) => t,
@@ -188,13 +236,21 @@ pub fn load(layer: &str, file: &Path, p: &mut Problems) -> Option<Stack> {
             return None;
         }
     };
+    if text.len() > MAX_COMPOSE_BYTES {
+        p.push(file, "", format!("the compose file is {} bytes; outpost reads compose files of at most {MAX_COMPOSE_BYTES}", text.len()));
+        return None;
+    }
     let c: ComposeFile = match yaml_serde::from_str(&text) {
         Ok(c) => c,
         Err(e) => {
+            // The parser's location, where it has one (an alias bomb or a type error deep in a
+            // service has its line too).
+            let at = e.location().map(|l| format!("line {}, column {}: ", l.line(), l.column())).unwrap_or_default();
+            let key = e.location().map(|l| yaml_key_at(&text, l.index())).unwrap_or_default();
             p.push(
                 file,
-                "",
-                format!("{e} (outpost takes services with image, command, entrypoint, environment, ports, volumes, depends_on, healthcheck, restart, user and working_dir, and named volumes)"),
+                &key,
+                format!("{at}{e} (outpost takes services with image, command, entrypoint, environment, ports, volumes, depends_on, healthcheck, restart, user and working_dir, and named volumes)"),
             );
             return None;
         }
@@ -249,6 +305,7 @@ pub fn load(layer: &str, file: &Path, p: &mut Problems) -> Option<Stack> {
             let (host, container) = text.rsplit_once(':').map(|(h, c)| (h.rsplit(':').next().unwrap_or(h), c)).unwrap_or((&text, &text));
             let container = container.trim_end_matches("/tcp");
             match (host.parse::<u16>(), container.parse::<u16>()) {
+                (Ok(0), _) | (_, Ok(0)) => p.push(file, &key(&format!("ports[{i}]")), "port 0 is not a port a service can be reached on"),
                 (Ok(h), Ok(c)) if h == c => ports.push(c),
                 (Ok(h), Ok(c)) => p.push(
                     file,

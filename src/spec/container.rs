@@ -124,13 +124,20 @@ pub(super) fn convert(file: &Path, dir: &Path, name: &str, t: ContainerToml, p: 
         p.push(file, &key(""), "entrypoint, cmd, user, workdir, env, ports, volumes, remove and files describe an image outpost builds from `packages`; an archive or registry image carries its own");
     }
     if let Some(path) = &t.archive {
-        let full = dir.join(path);
+        let full = super::inside(dir, path).unwrap_or_else(|e| {
+            p.push(file, &key("archive"), e);
+            dir.join(path)
+        });
         if !full.exists() {
             p.push(file, &key("archive"), format!("{} does not exist", full.display()));
         }
         return Container { name: name.into(), source: Source::Archive { path: full } };
     }
     if let Some(r) = &t.reference {
+        if super::has_control(r) || r.len() > 512 {
+            p.push(file, &key("ref"), "an image reference is one line of at most 512 characters");
+            return Container { name: name.into(), source: Source::Registry { reference: String::new(), tls_verify: t.tls_verify } };
+        }
         match pinned_digest(r) {
             Some(d) if !valid_digest(d) => p.push(file, &key("ref"), format!("`{r}`: `{d}` is not a sha256 digest (sha256: and 64 lowercase hex digits)")),
             None if !t.allow_tag => p.push(
@@ -149,7 +156,10 @@ pub(super) fn convert(file: &Path, dir: &Path, name: &str, t: ContainerToml, p: 
         p.push(file, &key("entrypoint"), "an image built from packages needs an `entrypoint` or a `cmd`: what it runs");
     }
     let files = t.files.map(|f| {
-        let full = dir.join(&f);
+        let full = super::inside(dir, &f).unwrap_or_else(|e| {
+            p.push(file, &key("files"), e);
+            dir.join(&f)
+        });
         if !full.is_dir() {
             p.push(file, &key("files"), format!("{} is not a directory", full.display()));
         }

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::site::Unlock;
 use super::{Problems, SpecError, check_version, parse_toml, valid_hostname, valid_variable_name};
 
+
+/// Release code names, to catch an image that names the other distribution's suite.
+const DEBIAN_SUITES: &[&str] = &["buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid"];
+const UBUNTU_SUITES: &[&str] = &["focal", "jammy", "noble", "oracular", "plucky", "questing", "resolute"];
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Distro {
@@ -66,6 +70,7 @@ pub struct Size(pub u64);
 
 impl Size {
     pub const MIB: u64 = 1 << 20;
+    pub const GIB: u64 = 1 << 30;
 
     pub fn parse(s: &str) -> Result<Size, String> {
         let s = s.trim();
@@ -229,6 +234,25 @@ impl Image {
         if t.layers.is_empty() {
             p.push(file, "layers", "an image needs at least one layer");
         }
+        for (i, l) in t.layers.iter().enumerate() {
+            if !super::valid_name(l) {
+                p.push(file, &format!("layers[{i}]"), format!("`{}` is not a layer name (a directory of layers/: lowercase letters, digits and `-`, at most 40)", super::excerpt(l, 60)));
+            }
+        }
+        if let Some(suite) = &t.suite {
+            let other = match distro {
+                Distro::Debian => UBUNTU_SUITES.contains(&suite.as_str()).then_some("Ubuntu"),
+                Distro::Ubuntu => DEBIAN_SUITES.contains(&suite.as_str()).then_some("Debian"),
+            };
+            if suite.is_empty() || suite.len() > 40 || !suite.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+                p.push(file, "suite", format!("`{}` is not a suite name such as `bookworm` or `noble`", super::excerpt(suite, 60)));
+            } else if let Some(other) = other {
+                p.push(file, "suite", format!("`{suite}` is an {other} release, but the image's distro is {distro:?}; set `distro` or choose a suite of it"));
+            }
+        }
+        if super::has_control(&t.cmdline) || t.cmdline.len() > 1024 {
+            p.push(file, "cmdline", "the kernel command line is one line of at most 1024 characters");
+        }
         if !valid_hostname(&t.hostname) {
             p.push(file, "hostname", format!("`{}` is not a valid hostname (letters, digits and `-`, at most 63 characters)", t.hostname));
         }
@@ -252,6 +276,19 @@ impl Image {
         }
         if parts.data.0 < 16 * Size::MIB {
             p.push(file, "partitions.data", "the data partition must be at least 16M");
+        }
+        // The image is written whole before it is compressed: a data partition this large is a
+        // typo, and the installer grows it to the disk anyway.
+        if parts.data.0 > 64 * Size::GIB {
+            p.push(file, "partitions.data", "the data partition in the image may be at most 64G (the installer grows it to the clinic PC's disk)");
+        }
+        if parts.esp.0 > 4 * Size::GIB {
+            p.push(file, "partitions.esp", "the EFI system partition may be at most 4G");
+        }
+        if let Some(r) = parts.root
+            && !(Size::MIB..=64 * Size::GIB).contains(&r.0)
+        {
+            p.push(file, "partitions.root", "the root partition is between 1M and 64G (leave it out: the default fits the root exactly)");
         }
         if t.outputs.is_empty() {
             p.push(file, "outputs", "list at least one output: \"raw\", \"qcow2\", \"vmdk\", \"vhd\" or \"iso\"");

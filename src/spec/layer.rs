@@ -105,7 +105,9 @@ impl Layer {
             }
         }
         for (i, u) in t.units.iter().enumerate() {
-            if !u.contains('.') {
+            if super::has_control(u) || u.contains('/') || u.contains(' ') || u.len() > 100 {
+                p.push(&file, &format!("units[{i}]"), format!("`{}` is not a unit name", super::excerpt(u, 60)));
+            } else if !u.contains('.') {
                 p.push(&file, &format!("units[{i}]"), format!("`{u}` is not a unit name (expected e.g. `{u}.service`)"));
             }
         }
@@ -121,6 +123,12 @@ impl Layer {
             Keyring { file: path, fingerprint: fpr }
         });
         let files = list_tree(&dir.join("files"));
+        for f in &files {
+            let name = f.to_string_lossy();
+            if super::has_control(&name) {
+                p.push(&dir.join("files").join(f), "", "a file name with a newline or another control character cannot be installed; rename it");
+            }
+        }
         let scripts_dir = dir.join("scripts");
         let mut scripts: Vec<PathBuf> = fs_err::read_dir(&scripts_dir)
             .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
@@ -134,8 +142,17 @@ impl Layer {
         });
         scripts.sort();
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !super::valid_name(&name) {
+            p.push(&file, "", format!("the layer's directory name `{}` names its units, volumes and cache entries: use lowercase letters, digits and `-`, at most 40", super::excerpt(&name, 60)));
+        }
         let containers = t.containers.into_iter().map(|(n, c)| container::convert(&file, dir, &n, c, &mut p)).collect();
-        let stack = t.compose.and_then(|c| compose::load(&name, &dir.join(c), &mut p));
+        let stack = t.compose.and_then(|c| match super::inside(dir, &c) {
+            Ok(path) => compose::load(&name, &path, &mut p),
+            Err(e) => {
+                p.push(&file, "compose", e);
+                None
+            }
+        });
         let inputs = list_tree(dir)
             .into_iter()
             .filter(|r| !r.starts_with("files") && !r.starts_with("scripts") && r.as_os_str() != "layer.toml" && dir.join(r).is_file())

@@ -60,7 +60,7 @@ pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
     pub fn push(&mut self, file: &Path, key: &str, message: impl Into<String>) {
-        self.0.push(Problem { file: file.to_path_buf(), key: key.to_string(), message: message.into() });
+        self.0.push(Problem { file: file.to_path_buf(), key: excerpt(key, 80), message: excerpt(&message.into(), 400) });
     }
 
     pub fn into_result(self) -> Result<(), SpecError> {
@@ -71,8 +71,12 @@ impl Problems {
 /// Reads and parses one TOML definition; a syntax or type error becomes a [`Problem`] with the
 /// line and column toml reports.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, String), SpecError> {
-    let text = fs_err::read_to_string(path).map_err(|e| {
-        SpecError(vec![Problem { file: path.into(), key: String::new(), message: format!("cannot read the file: {e}") }])
+    let one = |message: String| SpecError(vec![Problem { file: path.into(), key: String::new(), message }]);
+    let bytes = fs_err::read(path).map_err(|e| one(format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        one(format!("line {line}: the file is not UTF-8 text (byte {at}); save it as UTF-8"))
     })?;
     let value = parse_toml_str(path, &text)?;
     Ok((value, text))
@@ -90,8 +94,85 @@ pub fn parse_toml_str<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -
             .unwrap_or((0, 0));
         let msg = e.message().trim().to_string();
         let message = if line > 0 { format!("line {line}, column {col}: {msg}") } else { msg };
-        SpecError(vec![Problem { file: path.into(), key: String::new(), message }])
+        let key = e.span().map(|s| toml_key_at(text, s.start)).unwrap_or_default();
+        SpecError(vec![Problem { file: path.into(), key: excerpt(&key, 80), message: excerpt(&message, 400) }])
     })
+}
+
+/// At most `max` characters of a text a user wrote, control characters shown escaped: what a
+/// message may quote of a value (never a whole 1 MB value, never a raw newline or NUL).
+pub fn excerpt(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push_str(&format!("… ({} characters in all)", s.chars().count()));
+            break;
+        }
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A name that becomes part of a unit, volume, container or path name: lowercase letters,
+/// digits and `-`, starting with a letter or digit, at most 40 characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 40
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Whether a value holds a control character (a newline or NUL where a single-line value
+/// goes: a kernel command line, a reference, a name).
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// A path a definition names, relative to `dir`, that must stay inside it: not absolute, no
+/// `..`, and (once it exists) not a symlink leading out. Anything a layer reads must be in its
+/// directory, because only that directory is part of its cache key.
+pub fn inside(dir: &Path, rel: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    if rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(format!("`{}` leaves the layer's directory; name a file inside it", excerpt(&rel.display().to_string(), 80)));
+    }
+    let full = dir.join(rel);
+    if let (Ok(real), Ok(base)) = (full.canonicalize(), dir.canonicalize())
+        && !real.starts_with(&base)
+    {
+        return Err(format!("`{}` is a link to {}, outside the layer's directory; copy the file into the layer", rel.display(), real.display()));
+    }
+    Ok(full)
+}
+
+/// The dotted key of the TOML line holding byte `at`: the last `[table]` or `[[array]]`
+/// header above it and the key left of `=` on the line, as far as they can be read.
+fn toml_key_at(text: &str, at: usize) -> String {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        return trimmed.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
+    }
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()).unwrap_or_default();
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key,
+        (false, false) => format!("{table}.{key}"),
+    }
 }
 
 fn check_version(p: &mut Problems, file: &Path, version: u32) {
@@ -122,3 +203,7 @@ pub fn project_root(definition: &Path) -> PathBuf {
 mod tests;
 #[cfg(test)]
 mod container_tests;
+
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod fuzz_tests;
