@@ -134,7 +134,11 @@ pub enum Command {
         command: CacheCommand,
     },
     /// List missing host tools and the Debian packages that provide them
-    Doctor,
+    Doctor {
+        /// Install every missing one (as root, with apt-get)
+        #[arg(long)]
+        install: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

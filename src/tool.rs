@@ -265,17 +265,29 @@ pub fn preflight(needed: &[&str]) -> Result<()> {
         }
         eprintln!("outpost: installing missing host packages: {}", pkgs.join(" "));
         apt_get(Tool::new("apt-get").describe("updating the host's package lists").arg("update"))?;
-        apt_get(
-            Tool::new("apt-get")
-                .describe(format!("installing the host packages {}", pkgs.join(" ")))
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&pkgs)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-        let still = missing(needed);
-        if still.is_empty() {
-            return Ok(());
+        // Twice at most: installing one package can remove another that conflicts with its
+        // version (Debian 12's qemu-system-x86 removes a backported qemu-utils, and qemu-img
+        // with it); the second round puts back what the first took away.
+        let mut round = pkgs.clone();
+        for _ in 0..2 {
+            apt_get(
+                Tool::new("apt-get")
+                    .describe(format!("installing the host packages {}", round.join(" ")))
+                    .args(["install", "-y", "--no-install-recommends"])
+                    .args(&round)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            let still = missing(needed);
+            if still.is_empty() {
+                return Ok(());
+            }
+            round = still.iter().map(|t| t.package).collect();
+            round.sort();
+            round.dedup();
         }
+        let still = missing(needed);
+        let list: Vec<String> = still.iter().map(|t| format!("{} ({}, for {})", t.program, t.package, t.why)).collect();
+        anyhow::bail!("apt-get installed the host packages, but these tools are still missing: {}", list.join(", "));
     }
     anyhow::bail!(
         "missing host tools: {}. Install them with: sudo apt-get install {}",

@@ -1,9 +1,13 @@
-//! `outpost doctor`: every host tool, whether it is installed, and the package that provides it.
+//! `outpost doctor`: every host tool, whether it is installed, and the package that provides it;
+//! `--install` installs the missing ones in one go (what a CI job runs first).
 
 use anyhow::Result;
 
-pub fn run() -> Result<i32> {
+pub fn run(install: bool) -> Result<i32> {
     let all: Vec<&str> = crate::tool::HOST_TOOLS.iter().map(|t| t.program).collect();
+    if install {
+        crate::tool::preflight(&all)?;
+    }
     let missing = crate::tool::missing(&all);
     for t in crate::tool::HOST_TOOLS {
         let ok = !missing.contains(t);

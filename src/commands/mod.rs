@@ -27,7 +27,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Flash { image, device, bmap, no_bmap, force, max_size } => flash::run(&cli, image, device, bmap.clone(), *no_bmap, *force, max_size),
         Command::Decrypt { image, key_file, out } => decrypt::run(image, key_file, out),
         Command::Cache { command } => cache::run(&cli, command),
-        Command::Doctor => doctor::run(),
+        Command::Doctor { install } => doctor::run(*install),
         Command::Seed { command } => agent::seed(command),
         Command::Data { command } => agent::data(command),
         Command::Root { command } => agent::root(command),

@@ -116,6 +116,14 @@ fn main() {
     for n in &not_run {
         eprintln!("not run: {n}");
     }
+    // Every host tool first, in one install: installing QEMU's system emulator can replace
+    // another package a build is using at that moment (a backported qemu-utils on Debian 12).
+    if (args.ignored || args.include_ignored) && !args.list {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost")).args(["doctor", "--install"]).output().expect("running outpost doctor");
+        if !out.status.success() {
+            eprintln!("outpost doctor --install failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+    }
     let started = Instant::now();
     let conclusion = libtest_mimic::run(&args, trials);
     let times = TIMES.lock().unwrap_or_else(|e| e.into_inner());
