@@ -1,6 +1,10 @@
-//! Progress on screen (an indicatif spinner per stage) and each stage's time for the summary.
+//! Progress on screen (an indicatif spinner per stage), or, when stderr is a log (CI, a file,
+//! `--json`), one line per stage and a line a minute while a long one runs; and each stage's
+//! time for the summary.
 
 use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,19 +22,39 @@ pub fn human(n: u64) -> String {
 }
 
 pub struct Progress {
-    quiet: bool,
+    /// Lines for a log instead of spinners.
+    lines: bool,
     bar: RefCell<Option<ProgressBar>>,
+    /// Stops the running stage's once-a-minute line.
+    ticker: RefCell<Option<Arc<AtomicBool>>>,
     times: RefCell<Vec<(String, f64)>>,
 }
 
 impl Progress {
-    /// `quiet`: no spinners (for `--json` and when stderr is not a terminal).
-    pub fn new(quiet: bool) -> Progress {
-        Progress { quiet, bar: RefCell::new(None), times: RefCell::new(Vec::new()) }
+    /// `lines`: plain lines for a log (for `--json` and when stderr is not a terminal).
+    pub fn new(lines: bool) -> Progress {
+        Progress { lines, bar: RefCell::new(None), ticker: RefCell::new(None), times: RefCell::new(Vec::new()) }
     }
 
     fn start(&self, name: &str) -> Instant {
-        if !self.quiet {
+        if self.lines {
+            eprintln!("outpost: {name} ...");
+            let stop = Arc::new(AtomicBool::new(false));
+            let (flag, name) = (stop.clone(), name.to_string());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut minutes = 0;
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let m = started.elapsed().as_secs() / 60;
+                    if m > minutes && !flag.load(Ordering::Relaxed) {
+                        minutes = m;
+                        eprintln!("outpost: {name}: still running after {m} min");
+                    }
+                }
+            });
+            *self.ticker.borrow_mut() = Some(stop);
+        } else {
             let bar = ProgressBar::new_spinner();
             bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed}").expect("valid template"));
             bar.set_prefix(name.to_string());
@@ -42,6 +66,10 @@ impl Progress {
 
     fn finish(&self, name: &str, started: Instant, ok: bool) {
         let secs = started.elapsed().as_secs_f64();
+        if let Some(stop) = self.ticker.borrow_mut().take() {
+            stop.store(true, Ordering::Relaxed);
+            eprintln!("outpost: {name} {} ({secs:.1} s)", if ok { "done" } else { "FAILED" });
+        }
         if let Some(bar) = self.bar.borrow_mut().take() {
             bar.finish_and_clear();
             eprintln!("{} {name} ({secs:.1} s)", if ok { "✓" } else { "✗" });
@@ -67,8 +95,8 @@ impl Progress {
     pub fn message(&self, msg: &str) {
         if let Some(bar) = self.bar.borrow().as_ref() {
             bar.set_message(msg.to_string());
-        } else if !self.quiet {
-            eprintln!("  {msg}");
+        } else if self.lines {
+            eprintln!("outpost:   {msg}");
         }
     }
 
