@@ -157,7 +157,8 @@ pub fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-fn walk(root: &Path) -> impl Iterator<Item = Result<walkdir::DirEntry>> + '_ {
+/// Every entry below `root` (not `root` itself), sorted by name, on one file system.
+pub fn walk(root: &Path) -> impl Iterator<Item = Result<walkdir::DirEntry>> + '_ {
     walkdir::WalkDir::new(root)
         .min_depth(1)
         .same_file_system(true)

@@ -551,6 +551,16 @@ pub fn forget_recovery_key() -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A LUKS2 header on a plain file, fast (the test's key derivation is cheap on purpose).
+    fn luks_format(key: &Path, dev: &Path, label: &str) {
+        Tool::new("cryptsetup")
+            .args(["luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768", "--label", label, "--key-file"])
+            .arg(key)
+            .arg(dev)
+            .run()
+            .unwrap();
+    }
+
     /// Real cryptsetup and mkfs on plain files: every state the first boot can leave behind is
     /// told apart, so a power cut at any point leads to a fresh start or to an unlock.
     #[test]
@@ -574,15 +584,7 @@ mod tests {
         };
         blank(&dev);
         assert_eq!(state(&dev).unwrap(), State::Blank);
-        let format = |label: &str| {
-            Tool::new("cryptsetup")
-                .args(["luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768", "--label", label, "--key-file"])
-                .arg(&key)
-                .arg(&dev)
-                .run()
-                .unwrap()
-        };
-        format(LABEL_PROVISIONING);
+        luks_format(&key, &dev, LABEL_PROVISIONING);
         assert_eq!(state(&dev).unwrap(), State::Interrupted);
         Tool::new("cryptsetup").args(["config", "--label", LABEL_READY]).arg(&dev).run().unwrap();
         assert_eq!(state(&dev).unwrap(), State::Luks { tpm2: false });
@@ -604,12 +606,7 @@ mod tests {
         let key = dir.path().join("key");
         fs_err::write(&key, "0123456789abcdef").unwrap();
         std::fs::File::create(&dev).unwrap().set_len(32 << 20).unwrap();
-        Tool::new("cryptsetup")
-            .args(["luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768", "--label", LABEL_READY, "--key-file"])
-            .arg(&key)
-            .arg(&dev)
-            .run()
-            .unwrap();
+        luks_format(&key, &dev, LABEL_READY);
         assert_eq!(state(&dev).unwrap(), State::Luks { tpm2: false });
         // Both binary headers' checksums broken: cryptsetup no longer reads it as LUKS at all
         // (the old probe then said "blank" and the first-boot path would have formatted it).

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::files::walk;
+
 const WHITEOUT: &str = ".wh.";
 
 /// What identifies an inode's state: any content or metadata change moves its ctime.
@@ -23,15 +25,6 @@ struct Stamp {
 
 /// The tree's state before a layer is applied, to tell afterwards what the layer changed.
 pub struct Snapshot(HashMap<PathBuf, Stamp>);
-
-fn walk(root: &Path) -> impl Iterator<Item = Result<walkdir::DirEntry>> + '_ {
-    walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .same_file_system(true)
-        .sort_by_file_name()
-        .into_iter()
-        .map(move |e| e.with_context(|| format!("walking {}", root.display())))
-}
 
 pub fn snapshot(root: &Path) -> Result<Snapshot> {
     let mut map = HashMap::new();

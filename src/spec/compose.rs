@@ -257,6 +257,13 @@ pub fn load(layer: &str, file: &Path, p: &mut Problems) -> Option<Stack> {
     };
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let volumes: BTreeSet<String> = c.volumes.keys().cloned().collect();
+    for v in &volumes {
+        // podman's rule for volume names, at most 63 characters.
+        let ok = v.len() <= 63 && v.starts_with(|c: char| c.is_ascii_alphanumeric()) && v.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            p.push(file, &format!("volumes.{}", super::excerpt(v, 60)), "volume names are letters, digits, `_`, `.` and `-`, starting with a letter or digit (they name podman volumes on the data partition)");
+        }
+    }
     let names: BTreeSet<String> = c.services.keys().cloned().collect();
     let mut services = Vec::new();
     for (name, s) in c.services {
@@ -332,8 +339,10 @@ pub fn load(layer: &str, file: &Path, p: &mut Problems) -> Option<Stack> {
             }
             if let Some(rel) = src.strip_prefix("./") {
                 let path = PathBuf::from(rel);
-                if path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) || !dir.join(&path).exists() {
-                    p.push(file, &key(&format!("volumes[{i}]")), format!("`{src}` is not a file or directory beside {}", file.display()));
+                match super::inside(&dir, &path) {
+                    Err(e) => p.push(file, &key(&format!("volumes[{i}]")), e),
+                    Ok(full) if !full.exists() => p.push(file, &key(&format!("volumes[{i}]")), format!("`{src}` is not a file or directory beside {}", file.display())),
+                    Ok(_) => {}
                 }
                 mounts.push(Mount::File { source: path, target: target.into(), read_only: ro });
             } else if src.starts_with('/') || src.starts_with('.') || src.starts_with('~') {
