@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::spec::{DataPolicy, NoTpm, RecoveryKey, Site, Unlock};
+use super::console::console_only;
 use super::{say as console, wait_for};
 use crate::tool::Tool;
 
@@ -32,14 +33,6 @@ const WORK: &str = "/run/outpost";
 /// Set when the partition could not be opened at this boot: units that need /var and are
 /// started later (at shutdown, too) fail at once instead of asking the TPM again.
 const CLOSED: &str = "/run/outpost/data-closed";
-
-/// Shown on the console only, never in the journal: the recovery key.
-fn console_only(msg: &str) -> Result<()> {
-    use std::io::Write;
-    let mut c = fs::OpenOptions::new().write(true).open("/dev/console").context("opening /dev/console")?;
-    c.write_all(msg.as_bytes())?;
-    Ok(())
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::console::Console;
 use crate::format::install::{INDEX_FILE, Index, PAYLOAD_DIR, VOLUME_ID};
 use crate::format::iso9660::Iso;
 use crate::format::layout::{Layout, Role};
@@ -19,25 +20,6 @@ use crate::format::bmap::{BLOCK, BlockMap, Range};
 
 /// How long USB sticks and discs get to appear after udev settled.
 const MEDIUM_WAIT: Duration = Duration::from_secs(60);
-
-/// The console: the kernel's (`/dev/console`, the screen) and the serial port, when there is
-/// one, so that a headless box and a test harness see the same lines.
-pub struct Console(Option<File>);
-
-impl Console {
-    fn open() -> Console {
-        let serial = fs_err::read_to_string("/proc/cmdline").unwrap_or_default().split_whitespace().any(|a| a.starts_with("console=ttyS0"));
-        Console(if serial { std::fs::OpenOptions::new().write(true).open("/dev/ttyS0").ok() } else { None })
-    }
-
-    fn say(&mut self, line: &str) {
-        println!("{line}");
-        let _ = std::io::stdout().flush();
-        if let Some(f) = &mut self.0 {
-            let _ = writeln!(f, "{}", line.replace('\n', "\r\n") + "\r");
-        }
-    }
-}
 
 pub fn run() -> ! {
     let mut con = Console::open();

@@ -3,6 +3,7 @@
 //! installer. It shares with the build only the formats in `crate::format`, and writes to the
 //! console through `say` alone.
 
+mod console;
 pub mod data;
 pub mod installer;
 pub mod power_on;
@@ -13,10 +14,7 @@ pub mod stack;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// One line for the operator: the units send stdout to the journal and the console.
-pub fn say(msg: &str) {
-    println!("outpost: {msg}");
-}
+pub use console::say;
 
 /// Waits up to `limit` for a path to appear (udev creating a device link).
 pub fn wait_for(p: &Path, limit: Duration) -> Option<PathBuf> {

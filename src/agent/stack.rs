@@ -13,7 +13,7 @@ pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
     while started.elapsed() < timeout {
         match Tool::new("podman").describe(format!("checking the health of container {name}")).args(["healthcheck", "run", name]).output() {
             Ok(_) => {
-                eprintln!("container {name} is healthy after {:.1} s", started.elapsed().as_secs_f64());
+                super::say(&format!("container {name} is healthy after {:.1} s", started.elapsed().as_secs_f64()));
                 return Ok(());
             }
             Err(e) => last = e.to_string(),
