@@ -122,6 +122,12 @@ impl Layer {
             }
             Keyring { file: path, fingerprint: fpr }
         });
+        // Whatever cannot be read in the layer's directory cannot be in its cache key either.
+        for e in walkdir::WalkDir::new(dir).min_depth(1) {
+            if let Err(e) = e {
+                p.push(e.path().unwrap_or(dir), "", format!("cannot be read, so it cannot be part of the layer's cache key: {e}"));
+            }
+        }
         let files = list_tree(&dir.join("files"));
         for f in &files {
             let name = f.to_string_lossy();
