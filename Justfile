@@ -8,9 +8,15 @@ build image="images/demo.toml":
 test:
     cargo test --release
 
-# Build the Debian test image twice, check it is byte-identical, rebuild warm, boot it under QEMU
+# Every build and boot test (one per scenario and per image, each image built once), with a
+# table of each test's time at the end
 boot-test:
-    cargo test --release -- --ignored --nocapture
+    cargo test --release -- --ignored
+
+# One end-to-end test alone, e.g. `just e2e scenario::encryption` (`just e2e images::` for all
+# reproducibility tests)
+e2e name:
+    cargo test --release --test e2e -- --include-ignored {{name}}
 
 # Debian test image: cold build, warm rebuild after editing the top layer, a bare mmdebstrap of
 # the same packages, their ratios, and output sizes; personalize; first-boot encryption of a
