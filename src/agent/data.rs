@@ -55,6 +55,57 @@ const LUKS_SECONDARY_OFFSETS: [u64; 9] = [16 << 10, 32 << 10, 64 << 10, 128 << 1
 const EXT4_MAGIC_AT: usize = 1024 + 56;
 const EXT4_LABEL_AT: usize = 1024 + 120;
 
+/// The last MiB of the data partition is never part of its file system: the first boot keeps
+/// its provisioning marker there, in the partition's last 4 KiB, from before it formats until
+/// just before its commit point. `luksFormat` first wipes the partition's start, so a power cut
+/// in it leaves zeros there: the marker at the end is what says "our first boot was here".
+const TAIL: u64 = 1 << 20;
+const MARKER_SIZE: u64 = 4096;
+
+fn provisioning_marker() -> Vec<u8> {
+    let mut b = b"OUTPOST-DATA-PROVISIONING\nversion 1\nA first boot is formatting this partition; it held no data yet.\n".to_vec();
+    b.resize(MARKER_SIZE as usize, 0);
+    b
+}
+
+/// The size of a partition or mapped device.
+fn device_size(dev: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    Ok(fs_err::File::open(dev)?.seek(SeekFrom::End(0))?)
+}
+
+/// Writes (or, with `false`, clears) the provisioning marker at the partition's end, through to
+/// the disk.
+fn set_provisioning(dev: &Path, on: bool) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let size = device_size(dev)?;
+    anyhow::ensure!(size > TAIL * 2, "the data partition {} is too small ({size} bytes)", dev.display());
+    let mut f = fs_err::OpenOptions::new().write(true).open(dev)?;
+    f.seek(SeekFrom::Start(size - MARKER_SIZE))?;
+    f.write_all(&if on { provisioning_marker() } else { vec![0u8; MARKER_SIZE as usize] })?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Whether the partition's last 4 KiB hold the provisioning marker.
+fn provisioning_started(dev: &Path) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let size = device_size(dev)?;
+    if size < MARKER_SIZE {
+        return Ok(false);
+    }
+    let mut f = fs_err::File::open(dev)?;
+    f.seek(SeekFrom::Start(size - MARKER_SIZE))?;
+    let mut tail = vec![0u8; MARKER_SIZE as usize];
+    f.read_exact(&mut tail)?;
+    Ok(tail == provisioning_marker())
+}
+
+/// The file system's size on `dev`, leaving the tail alone: `mkfs.ext4`'s size argument.
+fn fs_size(dev: &Path) -> Result<String> {
+    Ok(format!("{}k", (device_size(dev)? - TAIL) / 1024))
+}
+
 /// What the data partition holds, read from its first bytes. A partition is formatted only when
 /// it is positively what the image wrote (the blank marker) or what an interrupted first boot
 /// left (a LUKS2 header or ext4 file system with the provisioning label). Anything else, and any
@@ -79,17 +130,18 @@ fn state(dev: &Path) -> Result<State> {
     }
     if luks {
         // A header cryptsetup cannot read is a damaged encrypted partition, not a blank one.
-        let dump = Tool::new("cryptsetup")
-            .describe("reading the data partition's LUKS2 header")
-            .arg("luksDump")
-            .arg(dev)
-            .output()
-            .context("the data partition has a LUKS header that cannot be read")?;
+        let dump = match Tool::new("cryptsetup").describe("reading the data partition's LUKS2 header").arg("luksDump").arg(dev).output() {
+            Ok(d) => d,
+            // A header torn by a power cut while our first boot wrote it.
+            Err(_) if provisioning_started(dev)? => return Ok(State::Interrupted),
+            Err(e) => return Err(e).context("the data partition has a LUKS header that cannot be read"),
+        };
         let label = dump.lines().find_map(|l| l.strip_prefix("Label:")).map(str::trim).unwrap_or("");
         let tpm2 = dump.lines().any(|l| l.trim_end().ends_with(": systemd-tpm2"));
         return match label {
             LABEL_READY => Ok(State::Luks { tpm2 }),
             LABEL_PROVISIONING => Ok(State::Interrupted),
+            _ if provisioning_started(dev)? => Ok(State::Interrupted),
             other => bail!("the data partition is a LUKS2 volume labelled `{}` that this appliance did not make", excerpt(other)),
         };
     }
@@ -99,11 +151,15 @@ fn state(dev: &Path) -> Result<State> {
         return match label.as_str() {
             FS_READY => Ok(State::Plain),
             FS_NEW => Ok(State::Interrupted),
+            _ if provisioning_started(dev)? => Ok(State::Interrupted),
             other => bail!("the data partition holds an ext4 file system labelled `{}` that this appliance did not make", excerpt(other)),
         };
     }
     if head == crate::format::layout::blank_data_marker() {
         return Ok(State::Blank);
+    }
+    if provisioning_started(dev)? {
+        return Ok(State::Interrupted);
     }
     let shown = head.iter().take(16).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
     bail!("the data partition holds neither the blank marker the image wrote nor a volume this appliance made (it starts with {shown})")
@@ -272,10 +328,12 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     // The partition's UUID is this boot's machine ID, which the initramfs gives the system at
     // every later boot (/etc is rebuilt in memory at each boot).
     let uuid = machine_uuid(&fs_err::read_to_string("/etc/machine-id").unwrap_or_default())?;
+    set_provisioning(dev, true)?;
     if unlock == Unlock::None {
         console("WARNING: the data partition is NOT encrypted (the policy is `unlock = \"none\"`): anyone holding this disk can read the patient data");
-        Tool::new("mkfs.ext4").describe("formatting the data partition").args(["-q", "-F", "-L", FS_NEW, "-U", &uuid]).arg(dev).run()?;
+        Tool::new("mkfs.ext4").describe("formatting the data partition").args(["-q", "-F", "-L", FS_NEW, "-U", &uuid]).arg(dev).arg(fs_size(dev)?).run()?;
         fill(dev, &newvar, None)?;
+        set_provisioning(dev, false)?;
         Tool::new("e2label").describe("marking the data partition ready").arg(dev).arg(FS_READY).run()?;
         return Ok(());
     }
@@ -321,7 +379,7 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     console("copying the image's /var onto the encrypted partition");
     Tool::new("cryptsetup").describe("opening the new data partition").args(["open", "--key-file"]).arg(&tmp).arg(dev).arg(MAPPING).run()?;
     let mapped = Path::new("/dev/mapper").join(MAPPING);
-    Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).run()?;
+    Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).arg(fs_size(&mapped)?).run()?;
     fill(&mapped, &newvar, (recovery == RecoveryKey::File).then_some(recovery_key.as_str()))?;
     Tool::new("cryptsetup").describe("removing the first-boot key slot").args(["luksKillSlot", "--batch-mode"]).arg(dev).arg("0").run()?;
     fs_err::remove_file(&tmp)?;
@@ -340,7 +398,9 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     console_only(&format!(
         "\n==== outpost: RECOVERY KEY of this appliance's data partition (shown once) ====\n    {recovery_key}\nIt opens the patient data if the TPM or the USB key is lost; it is stored {where_}.\nA key shown by an earlier, interrupted first boot no longer works.\n\n"
     ))?;
-    // The commit point: from here on the partition is taken as ready.
+    // Then the commit point: from here on the partition is taken as ready, and only a readable
+    // header of ours is ever formatted again.
+    set_provisioning(dev, false)?;
     Tool::new("cryptsetup").describe("marking the data partition ready").args(["config", "--label", LABEL_READY]).arg(dev).run()?;
     Ok(())
 }
