@@ -1,6 +1,6 @@
-//! The disk: plan the partition table (pure, in `layout`), make each partition's file system as
-//! a plain file (`mkfs.* -d`, mtools: no mounts, no loop devices), then write the GPT and copy
-//! the partitions into the raw image.
+//! The disk: each partition's file system made as a plain file (`mkfs.erofs`, `veritysetup
+//! format`, mkfs.fat + mtools: no mounts, no loop devices), then the GPT written (the layout is
+//! planned in `format::layout`) and the partitions copied into the raw image.
 
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};

@@ -1,5 +1,7 @@
-//! Outputs: the raw disk turned into qcow2 (cloud formats in cloud.rs), the manifest, SHA256SUMS. Everything is written as
-//! `NAME.partial` and renamed only once all outputs are complete.
+//! Everything made from the raw disk: qcow2 (here), vmdk/vhd and the EC2 import input
+//! (cloud.rs), the installer ISO (iso.rs, cpio.rs), a personalized copy (personalize.rs), an
+//! encrypted copy (encrypt.rs), a USB stick (flash.rs); the manifest and SHA256SUMS. Everything
+//! is written as `NAME.partial` and renamed only once all outputs are complete.
 
 use std::fs::File;
 use std::io::Write;
