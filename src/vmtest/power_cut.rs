@@ -116,7 +116,7 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
                 s.emulator_stalls += 1;
                 stalled_before = true;
                 let kept = console.with_extension("stalled.log");
-                let _ = fs_err::rename(&console, &kept);
+                fs_err::rename(&console, &kept)?;
                 report.passed.push(format!("{label}: (the guest stalled under TCG, console silent for {} s; power-cycled and the round run again, console {})", super::STALL_SECONDS, kept.display()));
                 continue;
             }
@@ -134,6 +134,12 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
                 report.passed.push(format!("{label}: power cut {:.1} s after power-on, during the boot", started.elapsed().as_secs_f64()));
                 round += 1;
                 continue;
+            }
+            Answer::Degraded(verdict) => {
+                kill(&mut vm).await;
+                s.boots_needing_a_human += 1;
+                report.failed.push(format!("{label}: the guest came up without its application: `{verdict}`; console {}", console.display()));
+                break;
             }
             Answer::Timeout(why) => {
                 kill(&mut vm).await;
@@ -210,6 +216,9 @@ enum Answer {
     Cut,
     /// The console has been silent for `STALL_SECONDS` before any answer.
     Stalled,
+    /// The guest finished booting without the application (its verdict line, and why, e.g. a
+    /// TPM in dictionary-attack lockout): a box someone must come to.
+    Degraded(String),
     Timeout(String),
     /// Seconds from power-on, and the body of the first answer.
     Records(f64, String),
@@ -222,6 +231,15 @@ async fn wait_answer(port: u16, path: &str, console: &Path, started: Instant, li
         let now_size = fs_err::metadata(console).map(|m| m.len()).unwrap_or(0);
         if now_size != size {
             (size, changed) = (now_size, Instant::now());
+        }
+        if now_size != size || changed.elapsed() > Duration::from_secs(super::STALL_SECONDS) {
+            // A verdict other than `running` ends the wait: a quiet console after it is not a
+            // stalled emulator.
+            let text = fs_err::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with(super::VERDICT_PREFIX) && !l.contains("running")) {
+                let why = if text.contains("dictionary attack lockout") { " (the TPM is in dictionary-attack lockout)" } else { "" };
+                return Answer::Degraded(format!("{}{why}", line.trim()));
+            }
         }
         if changed.elapsed() > Duration::from_secs(super::STALL_SECONDS) {
             return Answer::Stalled;
