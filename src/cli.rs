@@ -30,6 +30,15 @@ pub enum Command {
         /// file, for images stored or shipped outside the clinic
         #[arg(long, value_name = "FILE", env = "OUTPOST_ENCRYPT_KEY_FILE")]
         encrypt_key_file: Option<PathBuf>,
+        /// Sign the boot chain and the data key's PCR policy with the keys in DIR (made by
+        /// `outpost keys init`); without them the image is for development only
+        #[arg(long, value_name = "DIR", env = "OUTPOST_KEYS")]
+        keys: Option<PathBuf>,
+    },
+    /// Signing keys for Secure Boot and the data key's PCR policy
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Decrypt NAME.raw.luks back into a raw disk
     Decrypt {
@@ -60,6 +69,9 @@ pub enum Command {
         /// below it when there are several [default: a new directory under /var/tmp]
         #[arg(long, value_name = "DIR")]
         work: Option<PathBuf>,
+        /// Build with the signing keys in DIR (as `outpost build --keys`)
+        #[arg(long, value_name = "DIR", env = "OUTPOST_KEYS")]
+        keys: Option<PathBuf>,
     },
     /// Write a site's settings into the seed partition of a copy of an image (the root is untouched)
     Personalize {
@@ -211,4 +223,17 @@ pub enum StackCommand {
 pub enum InstallerCommand {
     /// Find the installer medium, choose the disk, write and verify the appliance, restart
     Run,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new key directory: the Secure Boot db key and certificate, the PCR policy key pair.
+    /// Keep it outside the repository; back it up
+    Init {
+        /// The directory to create, e.g. ~/outpost-keys
+        dir: PathBuf,
+        /// The name in the certificate, e.g. the ministry or project
+        #[arg(long, default_value = "outpost")]
+        name: String,
+    },
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod blockdev;
+mod boot;
 mod cache;
 mod cli;
 mod commands;

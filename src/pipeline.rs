@@ -23,6 +23,8 @@ pub struct Ctx {
     pub progress: Progress,
     /// Also write the raw disk encrypted with this key (`NAME.raw.luks` and its header).
     pub encrypt_key: Option<PathBuf>,
+    /// Sign the boot chain and the PCR policy with these (checked before any work).
+    pub keys: Option<crate::boot::Keys>,
 }
 
 #[derive(Debug, Serialize)]
@@ -38,7 +40,7 @@ pub struct BuildReport {
 
 /// Host tools a build needs.
 pub fn build_tools(plan: &BuildPlan) -> Vec<&'static str> {
-    let mut t = vec!["mmdebstrap", "unshare", "chroot", "mkfs.erofs", "veritysetup", "mkfs.fat", "mcopy", "qemu-img"];
+    let mut t = vec!["mmdebstrap", "unshare", "chroot", "mkfs.erofs", "veritysetup", "mkfs.fat", "mcopy", "qemu-img", "objcopy"];
     if plan.base.keyring.is_some() {
         t.push("gpg");
     }
@@ -71,16 +73,17 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     resolve_containers(ctx, &plan)?;
     let layers = build_layers(ctx, &plan, &w)?;
     assemble_root(ctx, &plan, &w, layers.tree_complete)?;
+    install_public_keys(ctx, &w)?;
     let root = write_root(ctx, &plan, &w)?;
     let layout = plan_disk(&plan, &root)?;
     let cmdline = kernel_cmdline(&plan, &layout, &root.hash);
-    write_disk(ctx, &plan, &w, &layout, &cmdline, &out.raw_partial())?;
+    let boot = write_disk(ctx, &plan, &w, &layout, &cmdline, &out.raw_partial())?;
     write_installer_iso(ctx, &plan, &w, &layout, &out)?;
     let contents = read_contents(&w)?;
     drop(work);
     let written = write_outputs(ctx, &plan, &layout, &out)?;
-    let warnings = warnings(&plan, contents.usb_storage);
-    let outputs = publish(ctx, &plan, &out, &layout, &root, &cmdline, contents, written, &warnings)?;
+    let warnings = warnings(&plan, contents.usb_storage, &boot);
+    let outputs = publish(ctx, &plan, &out, &layout, &root, &cmdline, &boot, contents, written, &warnings)?;
     partials.keep();
     Ok(BuildReport {
         image: plan.image.clone(),
@@ -104,7 +107,11 @@ fn preflight(ctx: &Ctx, plan: &BuildPlan) -> Result<()> {
     if let Some(key) = &ctx.encrypt_key {
         crate::output::encrypt::check_key_file(key)?;
     }
-    tool::preflight(&build_tools(plan))?;
+    let mut tools = build_tools(plan);
+    if ctx.keys.is_some() {
+        tools.extend(crate::boot::keys::TOOLS);
+    }
+    tool::preflight(&tools)?;
     check_keyring(plan)
 }
 
@@ -182,6 +189,16 @@ fn assemble_root(ctx: &Ctx, plan: &BuildPlan, w: &Work, tree_complete: bool) -> 
     ctx.progress.stage("assembling the root filesystem", || rootfs::assemble(plan, &ctx.cache, &w.tree, tree_complete, ctx.epoch))
 }
 
+/// The PCR policy's public key, which the first boot enrols the data key against. Only the
+/// public half: the private keys never enter the tree.
+fn install_public_keys(ctx: &Ctx, w: &Work) -> Result<()> {
+    let Some(k) = &ctx.keys else { return Ok(()) };
+    let to = w.tree.join(crate::format::PCR_PUBLIC_KEY_PATH);
+    fs_err::create_dir_all(to.parent().expect("a file in a directory"))?;
+    fs_err::write(&to, &k.pcr_public_pem)?;
+    Ok(())
+}
+
 /// The read-only root and its dm-verity hash tree, as plain files.
 struct Root {
     hash: String,
@@ -218,13 +235,14 @@ fn plan_disk(plan: &BuildPlan, root: &Root) -> Result<layout::Layout> {
     Ok(layout::plan(plan.spec.partitions.esp.0, root_size, root.verity_size, plan.spec.partitions.data.0, &seed_of(plan)))
 }
 
-/// The raw disk: the GPT, then each partition's image copied into place.
-fn write_disk(ctx: &Ctx, plan: &BuildPlan, w: &Work, layout: &layout::Layout, cmdline: &str, disk_file: &Path) -> Result<()> {
+/// The raw disk: the GPT, then each partition's image copied into place; returns what the boot
+/// chain on its ESP is.
+fn write_disk(ctx: &Ctx, plan: &BuildPlan, w: &Work, layout: &layout::Layout, cmdline: &str, disk_file: &Path) -> Result<crate::boot::BootRecord> {
     ctx.progress.stage("writing the disk", || {
         disk::create(layout, disk_file)?;
         disk::copy_into(layout, Role::Root, &w.root_img, disk_file)?;
         disk::copy_into(layout, Role::RootVerity, &w.verity_img, disk_file)?;
-        disk::stage_esp(&w.tree, &w.esp_dir, cmdline, &plan.image)?;
+        let boot = crate::boot::stage_esp(&w.tree, &w.esp_dir, &w.dir, cmdline, &plan.image, ctx.keys.as_ref(), ctx.epoch)?;
         let esp_img = w.dir.join("esp.img");
         let serial = u32::from_be_bytes(layout.disk_guid.as_bytes()[..4].try_into().expect("4 bytes"));
         disk::make_fat(&w.esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)?;
@@ -239,7 +257,8 @@ fn write_disk(ctx: &Ctx, plan: &BuildPlan, w: &Work, layout: &layout::Layout, cm
         // The data partition's blank marker: what the first boot may format, and nothing else.
         let marker = w.dir.join("data-marker.img");
         fs_err::write(&marker, layout::blank_data_marker())?;
-        disk::copy_into(layout, Role::Data, &marker, disk_file)
+        disk::copy_into(layout, Role::Data, &marker, disk_file)?;
+        Ok(boot)
     })
 }
 
@@ -254,7 +273,7 @@ fn write_installer_iso(ctx: &Ctx, plan: &BuildPlan, w: &Work, layout: &layout::L
             hostname: &plan.spec.hostname,
             raw: &out.raw_partial(),
             layout,
-            esp_dir: &w.esp_dir,
+            boot_files: crate::rootfs::boot_files(&w.tree)?,
             rules: plan.spec.install.clone(),
         };
         let stage = w.dir.join("iso/stage");
@@ -329,6 +348,7 @@ fn publish(
     layout: &layout::Layout,
     root: &Root,
     cmdline: &str,
+    boot: &crate::boot::BootRecord,
     contents: Contents,
     written: Vec<(PathBuf, String)>,
     warnings: &[String],
@@ -346,6 +366,7 @@ fn publish(
             source_date_epoch: ctx.epoch,
             kernel_cmdline: cmdline.to_string(),
             root_hash: root.hash.clone(),
+            boot: boot.clone(),
             layers: plan.layers.iter().map(|l| output::LayerRecord { name: l.name.clone(), key: l.key.clone() }).collect(),
             partitions: layout.partitions.clone(),
             disk_guid: layout.disk_guid.to_string(),
@@ -374,8 +395,15 @@ fn kernel_has(tree: &Path, option: &str) -> Result<bool> {
 }
 
 /// What the build summary and the manifest must say about an image before it ships.
-fn warnings(plan: &BuildPlan, usb_storage: bool) -> Vec<String> {
+fn warnings(plan: &BuildPlan, usb_storage: bool, boot: &crate::boot::BootRecord) -> Vec<String> {
     let mut w = Vec::new();
+    if !boot.signed {
+        w.push(
+            "built without signing keys (--keys): the boot chain is unsigned, so Secure Boot must be off, and the data key is sealed to this exact build (PCRs 4, 7, 11, 12): \
+             no other build, not even an update, unlocks it. For development only; make keys with `outpost keys init DIR`"
+                .into(),
+        );
+    }
     let data = &plan.spec.data;
     if (data.unlock == crate::spec::Unlock::UsbKey || data.no_tpm == crate::spec::NoTpm::UsbKey) && !usb_storage {
         w.push(format!(

@@ -44,6 +44,9 @@ pub const HOST_TOOLS: &[HostTool] = &[
     HostTool { program: "mkfs.ext4", package: "e2fsprogs", why: "formatting data partitions in the test suite" },
     HostTool { program: "mkfs.fat", package: "dosfstools", why: "formatting the EFI system partition" },
     HostTool { program: "mcopy", package: "mtools", why: "filling the EFI system partition without mounting it" },
+    HostTool { program: "objcopy", package: "binutils", why: "assembling the unified kernel image" },
+    HostTool { program: "openssl", package: "openssl", why: "making and checking signing keys, signing the PCR policy" },
+    HostTool { program: "osslsigncode", package: "osslsigncode", why: "signing the boot loader and kernel image for Secure Boot, reproducibly" },
     HostTool { program: "qemu-img", package: "qemu-utils", why: "writing the qcow2 output" },
     HostTool { program: "xorriso", package: "xorriso", why: "writing the installer ISO without mounting it" },
     HostTool { program: "grub-mkimage", package: "grub-common", why: "making the installer ISO's boot loader" },
@@ -178,13 +181,18 @@ impl Tool {
 
     /// Runs to completion and returns stdout.
     pub fn output(&self) -> Result<String, ToolError> {
+        Ok(String::from_utf8_lossy(&self.output_bytes()?).into_owned())
+    }
+
+    /// Runs to completion and returns stdout as bytes (binary output: DER, signatures).
+    pub fn output_bytes(&self) -> Result<Vec<u8>, ToolError> {
         debug(&format!("+ {}", self.cmdline()));
         let out = self.command()?.stdout(Stdio::piped()).stderr(Stdio::piped()).output().map_err(|e| self.start_error(&e))?;
         // Tools such as mmdebstrap report on stdout what went wrong; keep both for the error.
         let mut both = out.stdout.clone();
         both.extend_from_slice(&out.stderr);
         self.check(out.status, &both)?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out.stdout)
     }
 }
 

@@ -222,7 +222,7 @@ fn open_inner(root: &Path) -> Result<()> {
                 console("the first boot's encryption of the data partition was interrupted; starting it again (the partition held no data yet)");
             }
             let started = Instant::now();
-            provision(&dev, unlock, recovery, &policy.tpm2_pcrs)?;
+            provision(root, &dev, unlock, recovery, &policy.tpm2_pcrs)?;
             console(&format!("data partition {} prepared in {:.1} s", dev.display(), started.elapsed().as_secs_f64()));
         }
         (State::Plain, Unlock::None) => {}
@@ -242,9 +242,10 @@ fn open_inner(root: &Path) -> Result<()> {
         (State::Luks { .. }, _) => {}
     }
     let started = Instant::now();
-    let volume = attach(&dev, unlock)?;
+    let (volume, tpm) = attach(root, &dev, unlock)?;
     if unlock != Unlock::None {
-        console(&format!("data partition unlocked ({}) in {:.1} s", unlock_name(unlock), started.elapsed().as_secs_f64()));
+        let tpm = tpm.map(|d| format!("; {}", d.describe())).unwrap_or_default();
+        console(&format!("data partition unlocked ({}) in {:.1} s{tpm}", unlock_name(unlock), started.elapsed().as_secs_f64()));
     }
     check_filesystem(&volume)?;
     fs_err::create_dir_all(WORK)?;
@@ -321,7 +322,7 @@ use std::os::unix::fs::OpenOptionsExt;
 /// First boot: LUKS2 with a fresh volume key, the unlock method and a recovery key enrolled,
 /// an ext4 file system inside holding a copy of the image's /var; the label is set to
 /// `outpost-data` last, so only a finished partition is ever taken as ready.
-fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> Result<()> {
+fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> Result<()> {
     fs_err::create_dir_all(WORK)?;
     let newvar = Path::new(WORK).join("newvar");
     fs_err::create_dir_all(&newvar)?;
@@ -355,15 +356,19 @@ fn provision(dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcrs: &[u8]) -> 
     let recovery_key = out.lines().map(str::trim).find(|l| l.len() == 71 && l.split('-').count() == 8).context("systemd-cryptenroll printed no recovery key")?.to_string();
     match unlock {
         Unlock::Tpm2 => {
-            console("sealing the key to the TPM");
-            let pcrs: Vec<String> = pcrs.iter().map(u8::to_string).collect();
-            Tool::new("systemd-cryptenroll")
+            let seal = super::tpm::seal_policy(root, pcrs);
+            let da = super::tpm::prepare()?;
+            console(&format!("sealing the key to the TPM: {}; {}", seal.describe(), da.describe()));
+            let list: Vec<String> = seal.pcrs.iter().map(u8::to_string).collect();
+            let mut enroll = Tool::new("systemd-cryptenroll")
                 .describe("sealing the data partition's key to the TPM")
                 .env("PASSWORD", &passphrase)
                 .arg("--tpm2-device=auto")
-                .arg(format!("--tpm2-pcrs={}", pcrs.join("+")))
-                .arg(dev)
-                .run()?;
+                .arg(format!("--tpm2-pcrs={}", list.join("+")));
+            if let Some((key, sig)) = &seal.signed {
+                enroll = enroll.arg(format!("--tpm2-public-key={}", key.display())).arg("--tpm2-public-key-pcrs=11").arg(format!("--tpm2-signature={}", sig.display()));
+            }
+            enroll.arg(dev).run()?;
         }
         Unlock::UsbKey => enroll_usb_key(dev, &tmp)?,
         Unlock::Passphrase => {
@@ -534,24 +539,33 @@ fn systemd_cryptsetup() -> Result<PathBuf> {
         .context("systemd-cryptsetup is not installed in the image (package systemd or systemd-cryptsetup)")
 }
 
-/// Opens the partition and returns the device to mount.
-fn attach(dev: &Path, unlock: Unlock) -> Result<PathBuf> {
+/// Opens the partition and returns the device to mount (and, unlocked by the TPM, its
+/// dictionary-attack state).
+fn attach(root: &Path, dev: &Path, unlock: Unlock) -> Result<(PathBuf, Option<super::tpm::Da>)> {
     let mapped = Path::new("/dev/mapper").join(MAPPING);
     if unlock == Unlock::None || mapped.exists() {
-        return Ok(if unlock == Unlock::None { dev.to_path_buf() } else { mapped });
+        return Ok((if unlock == Unlock::None { dev.to_path_buf() } else { mapped }, None));
     }
+    let mut tpm = None;
     match unlock {
         Unlock::Tpm2 => {
+            let da = super::tpm::prepare()?;
+            let mut options = "tpm2-device=auto,headless=true".to_string();
+            if Path::new(crate::format::PCR_SIGNATURE_RUN_PATH).is_file() {
+                options.push_str(&format!(",tpm2-signature={}", crate::format::PCR_SIGNATURE_RUN_PATH));
+            }
             let r = Tool::new(&systemd_cryptsetup()?.to_string_lossy())
                 .describe("unlocking the data partition with the TPM")
                 .args(["attach", MAPPING])
                 .arg(dev)
-                .args(["-", "tpm2-device=auto,headless=true"])
+                .args(["-", &options])
                 .run();
             if let Err(e) = r {
-                console("the data partition does NOT unlock with this machine's TPM: the disk was moved to another machine, the TPM was cleared, or the firmware's Secure Boot settings changed. The applications stay stopped. Open it with the recovery key (docs/encryption.md, \"Recovery\").");
+                let why = super::tpm::diagnose(root, tpm2_token_pubkey(dev).as_deref());
+                console(&format!("the data partition does NOT unlock with this machine's TPM: {why}. The applications stay stopped. Open it with the recovery key (docs/encryption.md, \"Recovery\")."));
                 return Err(e.into());
             }
+            tpm = Some(da);
         }
         Unlock::UsbKey => {
             let name = usb_key_name(dev)?;
@@ -582,7 +596,17 @@ fn attach(dev: &Path, unlock: Unlock) -> Result<PathBuf> {
         }
         Unlock::None => unreachable!("returned above"),
     }
-    Ok(mapped)
+    Ok((mapped, tpm))
+}
+
+/// The PCR policy public key recorded in the partition's systemd-tpm2 token, if any.
+fn tpm2_token_pubkey(dev: &Path) -> Option<Vec<u8>> {
+    use base64::Engine;
+    // Only for the message of a failed unlock: an unreadable header just gives the general one.
+    let json = Tool::new("cryptsetup").describe("reading the LUKS2 tokens").args(["luksDump", "--dump-json-metadata"]).arg(dev).output().ok()?;
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    let key = v["tokens"].as_object()?.values().find(|t| t["type"] == "systemd-tpm2")?["tpm2_pubkey"].as_str()?.to_string();
+    base64::engine::general_purpose::STANDARD.decode(key).ok()
 }
 
 /// `outpost data forget-recovery-key`: the administrator has the key; remove the copy.

@@ -73,11 +73,10 @@ fn installs_a_real_iso_onto_a_disk_file() {
     let root: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
     fs_err::write(t.join("root.img"), &root).unwrap();
     crate::disk::copy_into(&layout, Role::Root, &t.join("root.img"), &raw).unwrap();
-    let esp = t.join("esp");
-    fs_err::create_dir_all(esp.join("outpost")).unwrap();
-    fs_err::write(esp.join("outpost/vmlinuz"), b"kernel").unwrap();
-    fs_err::write(esp.join("outpost/initrd.img"), b"initrd").unwrap();
-    let src = crate::output::iso::Source { image: "clinic", description: "d", hostname: "h", raw: &raw, layout: &layout, esp_dir: &esp, rules: Rules::default() };
+    let (kernel, initrd) = (t.join("vmlinuz"), t.join("initrd.img"));
+    fs_err::write(&kernel, b"kernel").unwrap();
+    fs_err::write(&initrd, b"initrd").unwrap();
+    let src = crate::output::iso::Source { image: "clinic", description: "d", hostname: "h", raw: &raw, layout: &layout, boot_files: (kernel, initrd), rules: Rules::default() };
     let iso_path = t.join("clinic.iso");
     let stage = t.join("work/stage");
     fs_err::create_dir_all(&stage).unwrap();

@@ -10,6 +10,7 @@ pub mod power_on;
 pub mod root;
 pub mod site;
 pub mod stack;
+pub mod tpm;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

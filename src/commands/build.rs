@@ -8,8 +8,8 @@ use super::print_json;
 use crate::cli::Cli;
 use crate::progress::human;
 
-pub fn run(cli: &Cli, image: &Path, out: &Path, encrypt_key_file: Option<&Path>) -> Result<i32> {
-    let mut ctx = super::ctx(cli)?;
+pub fn run(cli: &Cli, image: &Path, out: &Path, encrypt_key_file: Option<&Path>, keys: Option<&Path>) -> Result<i32> {
+    let mut ctx = super::ctx(cli, keys)?;
     ctx.encrypt_key = encrypt_key_file.map(Path::to_path_buf);
     let report = crate::pipeline::build(&ctx, image, out)?;
     if cli.json {

@@ -7,6 +7,7 @@ mod cache;
 mod decrypt;
 mod doctor;
 mod flash;
+mod keys;
 mod personalize;
 mod plan;
 mod test;
@@ -20,9 +21,10 @@ use crate::cli::{Cli, Command};
 /// Runs the parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
-        Command::Build { image, out, encrypt_key_file } => build::run(&cli, image, out, encrypt_key_file.as_deref()),
+        Command::Build { image, out, encrypt_key_file, keys } => build::run(&cli, image, out, encrypt_key_file.as_deref(), keys.as_deref()),
+        Command::Keys { command } => keys::run(command),
         Command::Plan { image } => plan::run(&cli, image),
-        Command::Test { scenarios, image, work } => test::run(&cli, scenarios, image.as_deref(), work.as_deref()),
+        Command::Test { scenarios, image, work, keys } => test::run(&cli, scenarios, image.as_deref(), work.as_deref(), keys.as_deref()),
         Command::Personalize { image, site, out } => personalize::run(&cli, image, site, out),
         Command::Flash { image, device, bmap, no_bmap, force, max_size } => flash::run(&cli, image, device, bmap.clone(), *no_bmap, *force, max_size),
         Command::Decrypt { image, key_file, out } => decrypt::run(image, key_file, out),
@@ -37,9 +39,11 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// The build context of a command line: its cache, the build's time, progress to stderr.
-fn ctx(cli: &Cli) -> Result<crate::pipeline::Ctx> {
+/// The build context of a command line: its cache, the build's time, progress to stderr, and
+/// the signing keys, checked before any work.
+fn ctx(cli: &Cli, keys: Option<&std::path::Path>) -> Result<crate::pipeline::Ctx> {
     Ok(crate::pipeline::Ctx {
+        keys: keys.map(crate::boot::Keys::load).transpose()?,
         cache: open_cache(cli)?,
         epoch: crate::files::source_date_epoch()?,
         progress: crate::progress::Progress::new(cli.json || !std::io::stderr().is_terminal()),

@@ -12,8 +12,8 @@ use crate::cli::Cli;
 use crate::spec::Scenario;
 use crate::tool;
 
-pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Path>) -> Result<i32> {
-    let ctx = super::ctx(cli)?;
+pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Path>, keys: Option<&Path>) -> Result<i32> {
+    let ctx = super::ctx(cli, keys)?;
     let scenarios = paths.iter().map(|p| Scenario::load(p)).collect::<Result<Vec<_>, _>>()?;
     preflight(&scenarios)?;
     let several = scenarios.len() > 1;

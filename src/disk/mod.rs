@@ -12,32 +12,6 @@ use crate::format::layout::{self, Layout, Role};
 
 use crate::tool::Tool;
 
-/// The ESP's files: systemd-boot as the default loader, one entry with the kernel and initrd,
-/// and a loader.conf that never waits at a menu.
-pub fn stage_esp(root: &Path, esp: &Path, cmdline: &str, title: &str) -> Result<()> {
-    let (kernel, initrd) = crate::rootfs::boot_files(root)?;
-    let sdboot = root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
-    anyhow::ensure!(
-        sdboot.is_file(),
-        "{} is missing: add the package `systemd-boot-efi` to the image's base layer",
-        sdboot.display()
-    );
-    for d in ["EFI/BOOT", "EFI/systemd", "loader/entries", "outpost"] {
-        fs_err::create_dir_all(esp.join(d))?;
-    }
-    fs_err::copy(&sdboot, esp.join("EFI/BOOT/BOOTX64.EFI"))?;
-    fs_err::copy(&sdboot, esp.join("EFI/systemd/systemd-bootx64.efi"))?;
-    fs_err::copy(&kernel, esp.join("outpost/vmlinuz"))?;
-    fs_err::copy(&initrd, esp.join("outpost/initrd.img"))?;
-    // timeout 0: boot the default entry at once; the menu only shows while a key is held.
-    fs_err::write(esp.join("loader/loader.conf"), "timeout 0\neditor no\nauto-entries no\nauto-firmware no\ndefault outpost.conf\n")?;
-    fs_err::write(
-        esp.join("loader/entries/outpost.conf"),
-        format!("title {title}\nlinux /outpost/vmlinuz\ninitrd /outpost/initrd.img\noptions {cmdline}\n"),
-    )?;
-    Ok(())
-}
-
 /// Formats `img` as FAT (FAT32 from 64 MiB, as the ESP; smaller ones as mkfs.fat sees fit) and
 /// copies `src` into it with mtools.
 pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> Result<()> {

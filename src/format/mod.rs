@@ -14,5 +14,10 @@ pub mod seed;
 pub const AGENT_PATH: &str = "usr/lib/outpost/outpost";
 /// The image's `[data]` policy, written by the build, read by `outpost data open`.
 pub const DATA_POLICY_PATH: &str = "usr/lib/outpost/data.json";
+/// The PCR policy's public key in the image (absent when built without keys).
+pub const PCR_PUBLIC_KEY_PATH: &str = "usr/lib/outpost/tpm2-pcr-public-key.pem";
+/// The signed PCR 11 policy of the booted UKI, which systemd-stub hands the initramfs as
+/// /.extra/tpm2-pcr-signature.json and the initramfs keeps here for the agent.
+pub const PCR_SIGNATURE_RUN_PATH: &str = "/run/outpost/tpm2-pcr-signature.json";
 /// Device-mapper name of the verified root, opened by the initramfs.
 pub const VERITY_MAPPING: &str = "outpost-root";

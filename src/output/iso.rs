@@ -31,8 +31,8 @@ pub struct Source<'a> {
     pub hostname: &'a str,
     pub raw: &'a Path,
     pub layout: &'a Layout,
-    /// The ESP's staged files: `outpost/vmlinuz` and `outpost/initrd.img`.
-    pub esp_dir: &'a Path,
+    /// The image's kernel and initrd.
+    pub boot_files: (PathBuf, PathBuf),
     pub rules: Rules,
 }
 
@@ -42,8 +42,8 @@ pub fn build(src: &Source<'_>, stage: &Path, out: &Path, epoch: i64) -> Result<(
     let payload = stage.join(PAYLOAD_DIR);
     fs_err::create_dir_all(boot.join("grub"))?;
     fs_err::create_dir_all(&payload)?;
-    fs_err::copy(src.esp_dir.join("outpost/vmlinuz"), boot.join("vmlinuz")).context("copying the kernel into the ISO")?;
-    fs_err::copy(src.esp_dir.join("outpost/initrd.img"), boot.join("initrd.img")).context("copying the initrd into the ISO")?;
+    fs_err::copy(&src.boot_files.0, boot.join("vmlinuz")).context("copying the kernel into the ISO")?;
+    fs_err::copy(&src.boot_files.1, boot.join("initrd.img")).context("copying the initrd into the ISO")?;
     fs_err::write(boot.join("installer.img"), installer_initrd(epoch)?)?;
     let id = &src.layout.disk_guid.simple().to_string()[..12];
     let stamp = format!("/boot/grub/outpost-{id}.id");

@@ -65,6 +65,8 @@ pub struct Manifest {
     /// The dm-verity root hash of the root file system: what the device checks every block
     /// it reads against.
     pub root_hash: String,
+    /// The boot chain: the UKI, its predicted PCR 11, whether it and its policy are signed.
+    pub boot: crate::boot::BootRecord,
     pub layers: Vec<LayerRecord>,
     pub partitions: Vec<crate::format::layout::Partition>,
     pub disk_guid: String,

@@ -173,7 +173,8 @@ pub enum NoTpm {
 pub struct DataPolicy {
     pub unlock: Unlock,
     pub no_tpm: NoTpm,
-    /// PCRs the TPM2 key is sealed to.
+    /// PCRs whose literal values the TPM2 key is sealed to; empty: chosen at first boot from
+    /// the boot chain (docs/encryption.md, "Which PCRs").
     pub tpm2_pcrs: Vec<u8>,
 }
 
@@ -298,7 +299,7 @@ impl Image {
             no_tpm: t.data.no_tpm.unwrap_or(NoTpm::Refuse),
             // PCR 7 (Secure Boot state and keys): stays the same across kernel and initrd
             // updates, which PCRs 4, 8, 9 and 11 do not. docs/encryption.md says why.
-            tpm2_pcrs: t.data.tpm2_pcrs.unwrap_or_else(|| vec![7]),
+            tpm2_pcrs: t.data.tpm2_pcrs.unwrap_or_default(),
         };
         if let Some(bad) = data.tpm2_pcrs.iter().find(|n| **n > 23) {
             p.push(file, "data.tpm2-pcrs", format!("PCR {bad} does not exist; a TPM 2.0 has PCRs 0 to 23"));

@@ -24,7 +24,7 @@ fn image_defaults() {
     assert_eq!(i.partitions.root, None);
     assert_eq!(i.outputs, vec![OutputFormat::Raw, OutputFormat::Qcow2]);
     assert_eq!(i.project, std::path::absolute(tmp.path()).unwrap());
-    assert_eq!(i.data, DataPolicy { unlock: Unlock::Tpm2, no_tpm: NoTpm::Refuse, tpm2_pcrs: vec![7] });
+    assert_eq!(i.data, DataPolicy { unlock: Unlock::Tpm2, no_tpm: NoTpm::Refuse, tpm2_pcrs: vec![] });
 }
 
 #[test]
