@@ -38,6 +38,38 @@ pub fn run_dir() -> &'static Path {
     })
 }
 
+/// The run's signing keys, made by `outpost keys init` outside the work tree (where keys may
+/// not be made), with the Secure Boot db key replaced by Debian's OVMF test key ("snakeoil",
+/// package ovmf), which the firmware of `secure-boot = true` scenarios has enrolled. Every
+/// build of the run is signed with them.
+pub fn keys_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = std::env::temp_dir();
+        if let Ok(entries) = fs_err::read_dir(&base) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("outpost-e2e-keys-")
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    fs_err::remove_dir_all(e.path()).unwrap_or_else(|err| panic!("removing {}: {err}", e.path().display()));
+                }
+            }
+        }
+        let dir = base.join(format!("outpost-e2e-keys-{}", std::process::id()));
+        let _ = fs_err::remove_dir_all(&dir);
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(["keys", "init"]).arg(&dir).args(["--name", "outpost e2e"]).output().expect("running outpost keys init");
+        assert!(out.status.success(), "outpost keys init: {}", String::from_utf8_lossy(&out.stderr));
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::copy("/usr/share/ovmf/PkKek-1-snakeoil.key", dir.join("secure-boot-db.key")).expect("the ovmf package's test key");
+        fs_err::set_permissions(dir.join("secure-boot-db.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs_err::copy("/usr/share/ovmf/PkKek-1-snakeoil.pem", dir.join("secure-boot-db.crt")).expect("the ovmf package's test certificate");
+        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(dir.join("secure-boot-db.crt")).arg("-out").arg(dir.join("secure-boot-db.cer")).status().expect("running openssl");
+        assert!(der.success(), "openssl x509 -outform DER failed");
+        dir
+    })
+}
+
 /// The cache every shared build goes through.
 pub fn shared_cache() -> PathBuf {
     run_dir().join("cache")
@@ -84,7 +116,7 @@ pub fn vm_slot() -> MutexGuard<'static, ()> {
 
 /// Runs outpost with `args`; returns stdout, failing the test with stderr when it fails.
 pub fn outpost<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).output().expect("running outpost");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).env("OUTPOST_KEYS", keys_dir()).output().expect("running outpost");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let argv: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
     assert!(out.status.success(), "outpost {argv:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -93,7 +125,7 @@ pub fn outpost<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
 
 /// Runs outpost expecting it to fail; returns what it printed.
 pub fn outpost_fails<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).output().expect("running outpost");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).env("OUTPOST_KEYS", keys_dir()).output().expect("running outpost");
     let argv: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
     assert!(!out.status.success(), "outpost {argv:?} succeeded but must fail");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)

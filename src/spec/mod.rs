@@ -15,7 +15,7 @@ pub mod container;
 
 pub use image::{DataPolicy, Image, InstallRules, NoTpm, OutputFormat, PowerPolicy, Size};
 pub use layer::{Keyring, Layer, list_tree};
-pub use scenario::{Boot, DiskCheck, Firmware, Http, Install, PowerCuts, Scenario, Ssh, TpmState};
+pub use scenario::{Boot, DiskCheck, Firmware, Http, Install, PowerCuts, Scenario, Ssh, Thief, TpmState};
 pub use site::{Cidr, RecoveryKey, Site, Unlock};
 
 /// The only definition format version this outpost reads.

@@ -41,6 +41,11 @@ struct ScenarioToml {
     /// stick of `unlock = "usb-key"` (a virtio disk: the test kernel has no USB).
     #[serde(default)]
     key_disk: bool,
+    /// Secure Boot enforced: OVMF's variables with Debian's test key ("snakeoil", from the
+    /// ovmf package) enrolled as PK, KEK and db; the image must be signed with that key (the
+    /// test suite's key directory uses it as its db key).
+    #[serde(default)]
+    secure_boot: bool,
     #[serde(default)]
     command: Vec<Command>,
     #[serde(default)]
@@ -150,6 +155,9 @@ struct RebootToml {
     /// disk file), as a failing disk or a tamperer would.
     #[serde(default)]
     corrupt_root: bool,
+    /// Boot as a thief holding the whole PC would (same TPM): see `Thief`.
+    #[serde(default)]
+    thief: Option<Thief>,
     #[serde(default)]
     command: Vec<Command>,
     #[serde(default)]
@@ -160,6 +168,17 @@ struct RebootToml {
     http: Vec<Http>,
     #[serde(default)]
     disk: Vec<DiskCheck>,
+}
+
+/// A thief's boot of the appliance's own disk on the same machine (vmtest/thief.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Thief {
+    /// The kernel and initrd taken out of the UKI on the ESP, booted directly by the firmware
+    /// with the UKI's command line and one option more.
+    OwnKernel,
+    /// The UKI itself, with a command line added in its loader entry (`options`).
+    LoaderOptions,
 }
 
 /// The TPM a later boot gets.
@@ -284,6 +303,7 @@ pub struct Scenario {
     pub guest_address: Option<std::net::Ipv4Addr>,
     pub tpm: bool,
     pub key_disk: bool,
+    pub secure_boot: bool,
     /// The first boot, then each reboot.
     pub boots: Vec<Boot>,
     pub power_cuts: Option<PowerCuts>,
@@ -302,6 +322,7 @@ pub struct Boot {
     /// checked in that boot.
     pub power_cut_at: Option<String>,
     pub corrupt_root: bool,
+    pub thief: Option<Thief>,
     pub commands: Vec<Command>,
     pub ssh: Vec<Ssh>,
     pub console: Vec<Console>,
@@ -335,6 +356,7 @@ impl Scenario {
             verdict: t.verdict.unwrap_or_default(),
             power_cut_at: t.power_cut_at,
             corrupt_root: t.corrupt_root,
+            thief: None,
             commands: t.command,
             ssh: t.ssh,
             console: t.console,
@@ -347,6 +369,7 @@ impl Scenario {
             verdict: r.verdict.unwrap_or_default(),
             power_cut_at: r.power_cut_at,
             corrupt_root: r.corrupt_root,
+            thief: r.thief,
             commands: r.command,
             ssh: r.ssh,
             console: r.console,
@@ -439,6 +462,7 @@ impl Scenario {
             guest_address: t.guest_address,
             tpm: t.tpm,
             key_disk: t.key_disk,
+            secure_boot: t.secure_boot,
             boots,
             power_cuts: t.power_cuts,
             install: t.install,

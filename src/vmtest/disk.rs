@@ -68,9 +68,8 @@ fn copy_range(src: &Path, offset: u64, size: u64, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Flips one byte in the middle of the partition named `name` of a qcow2 disk, through
-/// qemu-io (the disk stays a qcow2 overlay; nothing is mounted). Returns the byte's offset.
-pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
+/// Where the partition named `name` is in the qcow2 `disk`: byte offset and length.
+pub fn partition_range(dir: &Path, disk: &Path, name: &str) -> Result<(u64, u64)> {
     // The primary GPT: header in LBA 1, 128 entries of 128 bytes from LBA 2.
     let head = dir.join("gpt-head.bin");
     Tool::new("qemu-img")
@@ -89,7 +88,14 @@ pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
             (String::from_utf16_lossy(&units) == name).then(|| (lba(32), lba(40)))
         })
         .with_context(|| format!("{} has no partition named `{name}`", disk.display()))?;
-    let offset = (first + (last - first) / 2) * 512 + 123;
+    Ok((first * 512, (last + 1 - first) * 512))
+}
+
+/// Flips one byte in the middle of the partition named `name` of a qcow2 disk, through
+/// qemu-io (the disk stays a qcow2 overlay; nothing is mounted). Returns the byte's offset.
+pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
+    let (start, len) = partition_range(dir, disk, name)?;
+    let offset = start + len / 2 / 512 * 512 + 123;
     let io = |cmd: String| Tool::new("qemu-io").describe("changing a byte of the guest's disk").args(["-f", "qcow2", "-c"]).arg(cmd).arg(disk).output();
     let shown = io(format!("read -v {offset} 1"))?;
     let byte = shown

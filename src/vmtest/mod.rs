@@ -6,6 +6,7 @@ mod agent;
 mod disk;
 mod install;
 mod power_cut;
+mod thief;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use crate::tool::Tool;
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Secure Boot enforced, Debian's test key enrolled (ovmf's README.Debian).
+const OVMF_VARS_SECURE_BOOT: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 /// Every guest unit that reports the system's state starts its line with this.
 const VERDICT_PREFIX: &str = "OUTPOST-VERDICT:";
 
@@ -151,7 +154,8 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
     let mut saved = std::collections::BTreeMap::new();
     let mut tpm_dir = dir.join("tpm");
     crate::files::remove_if_exists(&tpm_dir)?;
-    fs_err::copy(OVMF_VARS, &m.vars).with_context(|| format!("copying {OVMF_VARS} (package ovmf)"))?;
+    let vars = if scenario.secure_boot { OVMF_VARS_SECURE_BOOT } else { OVMF_VARS };
+    fs_err::copy(vars, &m.vars).with_context(|| format!("copying {vars} (package ovmf)"))?;
     if scenario.key_disk {
         let img = m.key_disk();
         crate::files::remove_if_exists(&img)?;
@@ -171,7 +175,7 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
         // The installer writes no UEFI boot entry: OVMF, whose variables list only the
         // stick now, would start its shell; fresh variables make it look for the disk's
         // \EFI\BOOT\BOOTX64.EFI, as most PC firmware does by itself.
-        fs_err::copy(OVMF_VARS, &m.vars)?;
+        fs_err::copy(vars, &m.vars)?;
     }
     let many = scenario.boots.len() > 1;
     for (n, boot) in scenario.boots.iter().enumerate() {
@@ -179,7 +183,7 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
             // Another machine: its own TPM and its own firmware variables.
             tpm_dir = dir.join(format!("tpm-{}", n + 1));
             crate::files::remove_if_exists(&tpm_dir)?;
-            fs_err::copy(OVMF_VARS, &m.vars)?;
+            fs_err::copy(vars, &m.vars)?;
         }
         let tpm = (scenario.tpm && boot.tpm != TpmState::None).then_some(tpm_dir.as_path());
         let console = dir.join(if n == 0 { "console.log".to_string() } else { format!("console-{}.log", n + 1) });
@@ -289,6 +293,14 @@ async fn boot_once(
         let at = tokio::task::block_in_place(|| disk::flip_byte(m.dir, &m.overlay, "root-x86-64"))?;
         passed.push(format!("flipped the byte at offset {at} of the disk, in the root partition"));
     }
+    let thief = match boot.thief {
+        Some(t) => {
+            let p = tokio::task::block_in_place(|| thief::prepare(m.dir, &m.overlay, t))?;
+            passed.push(format!("a thief's boot: {}", p.what));
+            Some(p)
+        }
+        None => None,
+    };
     let swtpm = match tpm {
         Some(state) => Some(start_swtpm(state).await?),
         None => None,
@@ -301,7 +313,10 @@ async fn boot_once(
     let mut attempt = 0;
     let needle = boot.power_cut_at.as_deref().unwrap_or(VERDICT_PREFIX);
     let found = loop {
-        let cmd = qemu_command(m, boot, console, swtpm.as_ref().map(|(_, s)| s.as_path()));
+        let mut cmd = qemu_command(m, boot, console, swtpm.as_ref().map(|(_, s)| s.as_path()));
+        if let Some((kernel, initrd, cmdline)) = thief.as_ref().and_then(|t| t.direct.as_ref()) {
+            cmd = cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(cmdline);
+        }
         started = Instant::now();
         vm = Vm(cmd.spawn(true)?);
         let deadline = started + Duration::from_secs(m.scenario.timeout);
@@ -351,6 +366,9 @@ async fn boot_once(
     let _ = vm.0.start_kill();
     let _ = vm.0.wait().await;
     drop(swtpm);
+    if let Some(t) = &thief {
+        tokio::task::block_in_place(|| thief::restore(&m.overlay, t))?;
+    }
     if failed.is_empty() {
         for d in &boot.disk {
             match tokio::task::block_in_place(|| disk::check(m.dir, &m.overlay, d, saved)) {

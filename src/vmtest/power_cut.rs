@@ -283,6 +283,23 @@ async fn final_checks(m: &Machine<'_>, vm: &mut Vm, console: &Path, report: &mut
         Ok((_, out)) => report.failed.push(format!("after the cuts: data file system `{}`", out.trim())),
         Err(e) => report.failed.push(format!("after the cuts: {e:#}")),
     }
+    // Every cut after the data key was unsealed would count as a failed authorization if the
+    // TPM's dictionary-attack protection were on (agent/tpm.rs): none may have counted.
+    if m.scenario.tpm {
+        let da = "TPM2TOOLS_TCTI=device:/dev/tpmrm0 tpm2_getcap properties-variable | grep -E '^TPM2_PT_(LOCKOUT_COUNTER|MAX_AUTH_FAIL|LOCKOUT_INTERVAL):'";
+        match agent::exec(&m.qga, da, Instant::now() + Duration::from_secs(60)).await {
+            Ok((0, out)) => {
+                let value = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok());
+                match (value("TPM2_PT_LOCKOUT_COUNTER:"), value("TPM2_PT_LOCKOUT_INTERVAL:")) {
+                    (Some(0), Some(interval)) => report.passed.push(format!("after the cuts: TPM dictionary-attack counter 0 (recovery time {interval} s)")),
+                    (Some(n), _) => report.failed.push(format!("after the cuts: the TPM counted {n} power cuts as failed authorizations: `{}`", out.trim())),
+                    _ => report.failed.push(format!("after the cuts: tpm2_getcap printed `{}`", out.trim())),
+                }
+            }
+            Ok((code, out)) => report.failed.push(format!("after the cuts: reading the TPM's dictionary-attack counter: exit {code}: {}", out.trim())),
+            Err(e) => report.failed.push(format!("after the cuts: reading the TPM's dictionary-attack counter: {e:#}")),
+        }
+    }
     if let Err(e) = power_off(vm, &m.qga).await {
         report.failed.push(format!("after the cuts: powering off: {e:#}"));
     }

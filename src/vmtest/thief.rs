@@ -1,0 +1,107 @@
+//! The thief's boots, prepared on the host from the guest's own disk as someone holding the
+//! stolen PC would: the appliance's kernel and initrd taken out of its UKI on the (unencrypted)
+//! ESP and booted directly, or the UKI booted with a command line added in its loader entry.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::spec::Thief;
+use crate::tool::Tool;
+
+/// What appended to the command line marks a thief's boot.
+pub const MARK: &str = "outpost.thief=1";
+
+/// How QEMU starts a thief's boot, and what to put back afterwards.
+pub struct Prepared {
+    /// `-kernel`, `-initrd`, `-append` for a direct kernel boot.
+    pub direct: Option<(PathBuf, PathBuf, String)>,
+    /// The original ESP and its byte offset, to write back after the boot.
+    restore: Option<(PathBuf, u64)>,
+    pub what: String,
+}
+
+pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
+    let (offset, size) = super::disk::partition_range(dir, disk, "esp")?;
+    let esp = dir.join("thief-esp.img");
+    Tool::new("qemu-img")
+        .describe("reading the guest's ESP")
+        .args(["dd", "-f", "qcow2", "-O", "raw", "bs=512"])
+        .arg(format!("skip={}", offset / 512))
+        .arg(format!("count={}", size / 512))
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", esp.display()))
+        .run()?;
+    let uki = dir.join("thief-uki.efi");
+    fs_err::write(&uki, read_fat_file(&esp, crate::boot::UKI_ON_ESP)?)?;
+    let cmdline_file = dir.join("thief-cmdline");
+    let (kernel, initrd) = (dir.join("thief-vmlinuz"), dir.join("thief-initrd.img"));
+    Tool::new("objcopy")
+        .describe("taking the kernel, initrd and command line out of the guest's UKI")
+        .arg(format!("--dump-section=.linux={}", kernel.display()))
+        .arg(format!("--dump-section=.initrd={}", initrd.display()))
+        .arg(format!("--dump-section=.cmdline={}", cmdline_file.display()))
+        .arg(&uki)
+        .arg(dir.join("thief-uki-copy.efi"))
+        .run()?;
+    let cmdline = format!("{} {MARK}", fs_err::read_to_string(&cmdline_file)?.trim_end_matches(['\0', '\n']));
+    Ok(match thief {
+        Thief::OwnKernel => {
+            fs_err::remove_file(&esp)?;
+            Prepared { direct: Some((kernel, initrd, cmdline)), restore: None, what: "the appliance's own kernel and initrd, taken from its UKI and booted directly with another command line".into() }
+        }
+        Thief::LoaderOptions => {
+            let original = dir.join("thief-esp-original.img");
+            fs_err::copy(&esp, &original)?;
+            let entry = "loader/entries/outpost.conf";
+            let text = String::from_utf8(read_fat_file(&esp, entry)?).context("the loader entry is not text")?;
+            write_fat_file(&esp, entry, format!("{}options {cmdline}\n", text).as_bytes())?;
+            write_back(disk, &esp, offset)?;
+            fs_err::remove_file(&esp)?;
+            Prepared { direct: None, restore: Some((original, offset)), what: format!("the UKI booted with a command line added in its loader entry ({MARK})") }
+        }
+    })
+}
+
+/// Puts the original ESP back after the thief's boot.
+pub fn restore(disk: &Path, p: &Prepared) -> Result<()> {
+    if let Some((original, offset)) = &p.restore {
+        write_back(disk, original, *offset)?;
+        fs_err::remove_file(original)?;
+    }
+    Ok(())
+}
+
+fn write_back(disk: &Path, img: &Path, offset: u64) -> Result<()> {
+    let len = fs_err::metadata(img)?.len();
+    Tool::new("qemu-io")
+        .describe("writing the ESP back into the guest's disk")
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -s {} {offset} {len}", img.display()))
+        .arg(disk)
+        .run()?;
+    Ok(())
+}
+
+fn read_fat_file(img: &Path, path: &str) -> Result<Vec<u8>> {
+    let f = fs_err::File::open(img)?;
+    let fs = fatfs::FileSystem::new(f.into_parts().0, fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system in {}", img.display()))?;
+    let mut file = fs.root_dir().open_file(path).with_context(|| format!("opening {path} in the ESP"))?;
+    let mut out = Vec::new();
+    file.read_to_end(&mut out).with_context(|| format!("reading {path} in the ESP"))?;
+    Ok(out)
+}
+
+fn write_fat_file(img: &Path, path: &str, body: &[u8]) -> Result<()> {
+    let f = fs_err::OpenOptions::new().read(true).write(true).open(img)?;
+    let fs = fatfs::FileSystem::new(f.into_parts().0, fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system in {}", img.display()))?;
+    let mut file = fs.root_dir().create_file(path).with_context(|| format!("opening {path} in the ESP"))?;
+    file.seek(SeekFrom::Start(0))?;
+    file.truncate()?;
+    file.write_all(body).with_context(|| format!("writing {path} in the ESP"))?;
+    file.flush()?;
+    drop(file);
+    fs.unmount().context("closing the ESP")?;
+    Ok(())
+}
