@@ -59,6 +59,7 @@ pub const HOST_TOOLS: &[HostTool] = &[
     HostTool { program: "swtpm", package: "swtpm", why: "a software TPM 2.0 for test guests in `outpost test`" },
     HostTool { program: "cryptsetup", package: "cryptsetup-bin", why: "checking encrypted partitions of test guests" },
     HostTool { program: "/usr/share/OVMF/OVMF_CODE_4M.fd", package: "ovmf", why: "UEFI firmware for `outpost test`" },
+    HostTool { program: "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd", package: "ovmf", why: "UEFI variables with Secure Boot enforced for `outpost test`" },
 ];
 
 pub fn host_tool(program: &str) -> HostTool {

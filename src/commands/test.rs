@@ -53,13 +53,22 @@ pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Pat
             }
             None => disk,
         };
-        let report = rt.block_on(ctx.progress.stage_async("booting and checking", crate::vmtest::run(scenario, &disk, &dir.join("vm"))))?;
+        // The update a scenario boots into: built through the same cache and keys.
+        let update = match &scenario.update_image {
+            Some(u) => {
+                let out = dir.join("update-image");
+                let report = crate::pipeline::build(&ctx, u, &out)?;
+                Some(out.join(bootable(scenario, &report)?))
+            }
+            None => None,
+        };
+        let report = rt.block_on(ctx.progress.stage_async("booting and checking", crate::vmtest::run(scenario, &disk, update.as_deref(), &dir.join("vm"))))?;
         if !cli.json {
             print_report(&report);
         }
         if report.failed.is_empty() && work.is_none() {
             // The disks of a passed test are not worth their gigabyte; the log stays.
-            for d in ["personalized.raw", "personalized.iso"] {
+            for d in ["personalized.raw", "personalized.iso", "update-image"] {
                 remove(&dir.join(d))?;
             }
         }
@@ -100,8 +109,14 @@ fn preflight(scenarios: &[Scenario]) -> Result<()> {
         if s.boots.iter().any(|b| !b.disk.is_empty()) {
             need.push("cryptsetup");
         }
-        if s.boots.iter().any(|b| b.corrupt_root) {
+        if s.boots.iter().any(|b| b.corrupt_root || b.thief.is_some() || b.update) {
             need.push("qemu-io");
+        }
+        if s.boots.iter().any(|b| b.thief.is_some()) {
+            need.push("objcopy");
+        }
+        if s.secure_boot {
+            need.push("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd");
         }
     }
     tool::preflight(&need)

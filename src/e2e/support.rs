@@ -22,20 +22,24 @@ pub fn run_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        if let Ok(entries) = fs_err::read_dir(&base) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_prefix("e2e-")
-                    && !Path::new("/proc").join(pid).exists()
-                {
-                    fs_err::remove_dir_all(e.path()).unwrap_or_else(|err| panic!("removing {}: {err}", e.path().display()));
-                }
-            }
-        }
+        remove_stale(&base, "e2e-");
         let dir = base.join(format!("e2e-{}", std::process::id()));
         fs_err::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         dir
     })
+}
+
+/// Removes the directories `PREFIX<pid>` in `base` whose run (process) is gone.
+fn remove_stale(base: &Path, prefix: &str) {
+    let Ok(entries) = fs_err::read_dir(base) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(prefix)
+            && !Path::new("/proc").join(pid).exists()
+        {
+            fs_err::remove_dir_all(e.path()).unwrap_or_else(|err| panic!("removing {}: {err}", e.path().display()));
+        }
+    }
 }
 
 /// The run's signing keys, made by `outpost keys init` outside the work tree (where keys may
@@ -46,16 +50,7 @@ pub fn keys_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let base = std::env::temp_dir();
-        if let Ok(entries) = fs_err::read_dir(&base) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_prefix("outpost-e2e-keys-")
-                    && !Path::new("/proc").join(pid).exists()
-                {
-                    fs_err::remove_dir_all(e.path()).unwrap_or_else(|err| panic!("removing {}: {err}", e.path().display()));
-                }
-            }
-        }
+        remove_stale(&base, "outpost-e2e-keys-");
         let dir = base.join(format!("outpost-e2e-keys-{}", std::process::id()));
         let _ = fs_err::remove_dir_all(&dir);
         let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(["keys", "init"]).arg(&dir).args(["--name", "outpost e2e"]).output().expect("running outpost keys init");

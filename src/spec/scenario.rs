@@ -46,6 +46,10 @@ struct ScenarioToml {
     /// test suite's key directory uses it as its db key).
     #[serde(default)]
     secure_boot: bool,
+    /// A later build of the image (e.g. one layer file changed), signed with the same keys,
+    /// which boots marked with `update = true` use.
+    #[serde(default)]
+    update_image: Option<PathBuf>,
     #[serde(default)]
     command: Vec<Command>,
     #[serde(default)]
@@ -158,6 +162,11 @@ struct RebootToml {
     /// Boot as a thief holding the whole PC would (same TPM): see `Thief`.
     #[serde(default)]
     thief: Option<Thief>,
+    /// Before this boot, replace the disk by the scenario's `update-image` and carry this
+    /// disk's data partition over, byte for byte: the boot chain and root of an update, the
+    /// same data, TPM and firmware.
+    #[serde(default)]
+    update: bool,
     #[serde(default)]
     command: Vec<Command>,
     #[serde(default)]
@@ -304,6 +313,7 @@ pub struct Scenario {
     pub tpm: bool,
     pub key_disk: bool,
     pub secure_boot: bool,
+    pub update_image: Option<PathBuf>,
     /// The first boot, then each reboot.
     pub boots: Vec<Boot>,
     pub power_cuts: Option<PowerCuts>,
@@ -323,6 +333,7 @@ pub struct Boot {
     pub power_cut_at: Option<String>,
     pub corrupt_root: bool,
     pub thief: Option<Thief>,
+    pub update: bool,
     pub commands: Vec<Command>,
     pub ssh: Vec<Ssh>,
     pub console: Vec<Console>,
@@ -350,6 +361,11 @@ impl Scenario {
         if !image.is_file() {
             p.push(file, "image", format!("{} does not exist", image.display()));
         }
+        if let Some(u) = &t.update_image
+            && !base.join(u).is_file()
+        {
+            p.push(file, "update-image", format!("{} does not exist", base.join(u).display()));
+        }
         let mut boots = vec![Boot {
             tpm: TpmState::Same,
             key_disk: t.key_disk,
@@ -357,6 +373,7 @@ impl Scenario {
             power_cut_at: t.power_cut_at,
             corrupt_root: t.corrupt_root,
             thief: None,
+            update: false,
             commands: t.command,
             ssh: t.ssh,
             console: t.console,
@@ -370,6 +387,7 @@ impl Scenario {
             power_cut_at: r.power_cut_at,
             corrupt_root: r.corrupt_root,
             thief: r.thief,
+            update: r.update,
             commands: r.command,
             ssh: r.ssh,
             console: r.console,
@@ -387,6 +405,9 @@ impl Scenario {
                 }
                 Some(t) if t.trim().is_empty() => p.push(file, &at("power-cut-at"), "give the console text at which the power is cut"),
                 _ => {}
+            }
+            if b.update && t.update_image.is_none() {
+                p.push(file, &at("update"), "the scenario has no `update-image` to update to");
             }
             if b.key_disk && !t.key_disk {
                 p.push(file, &at("key-disk"), "the scenario has no key disk (`key-disk = true` at the top)");
@@ -463,6 +484,7 @@ impl Scenario {
             tpm: t.tpm,
             key_disk: t.key_disk,
             secure_boot: t.secure_boot,
+            update_image: t.update_image.map(|u| base.join(u)),
             boots,
             power_cuts: t.power_cuts,
             install: t.install,

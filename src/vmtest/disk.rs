@@ -107,3 +107,51 @@ pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
     io(format!("write -P {:#04x} {offset} 1", byte ^ 0xff))?;
     Ok(offset)
 }
+
+/// An update, as the disk sees it: `overlay` replaced by a new overlay of `image`, with the
+/// old overlay's data partition copied into the new one's byte for byte (both images give the
+/// data partition the same size). Returns the bytes carried over.
+pub fn carry_data_over(dir: &Path, overlay: &Path, image: &Path) -> Result<u64> {
+    let data = dir.join("update-data.img");
+    let (_, old_len) = read_partition(dir, overlay, "data", &data)?;
+    let fmt = if image.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
+    fs_err::remove_file(overlay)?;
+    Tool::new("qemu-img")
+        .describe("creating the updated test disk")
+        .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
+        .arg(std::path::absolute(image)?)
+        .arg(overlay)
+        .run()?;
+    let (new_at, new_len) = partition_range(dir, overlay, "data")?;
+    anyhow::ensure!(new_len == old_len, "the update's data partition is {new_len} bytes, the disk's {old_len}: give both images the same `[partitions] data`");
+    write_at(overlay, &data, new_at)?;
+    fs_err::remove_file(&data)?;
+    Ok(old_len)
+}
+
+/// Copies the partition named `name` of the qcow2 `disk` into the file `out`; returns where it
+/// is in the disk (byte offset and length).
+pub fn read_partition(dir: &Path, disk: &Path, name: &str, out: &Path) -> Result<(u64, u64)> {
+    let (at, len) = partition_range(dir, disk, name)?;
+    Tool::new("qemu-img")
+        .describe(format!("reading the guest's {name} partition"))
+        .args(["dd", "-f", "qcow2", "-O", "raw", "bs=512"])
+        .arg(format!("skip={}", at / 512))
+        .arg(format!("count={}", len / 512))
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", out.display()))
+        .run()?;
+    Ok((at, len))
+}
+
+/// Writes the whole file `img` into the qcow2 `disk` at byte `offset`.
+pub fn write_at(disk: &Path, img: &Path, offset: u64) -> Result<()> {
+    let len = fs_err::metadata(img)?.len();
+    Tool::new("qemu-io")
+        .describe("writing into the guest's disk")
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -s {} {offset} {len}", img.display()))
+        .arg(disk)
+        .run()?;
+    Ok(())
+}

@@ -106,7 +106,7 @@ impl Machine<'_> {
     }
 }
 
-pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report> {
+pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: &Path) -> Result<Report> {
     fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let accel = detect_accel(dir);
     if accel == Accel::Tcg {
@@ -184,6 +184,11 @@ pub async fn run(scenario: &Scenario, image: &Path, dir: &Path) -> Result<Report
             tpm_dir = dir.join(format!("tpm-{}", n + 1));
             crate::files::remove_if_exists(&tpm_dir)?;
             fs_err::copy(vars, &m.vars)?;
+        }
+        if boot.update {
+            let to = update.context("the scenario updates, but no update image was built")?;
+            let carried = tokio::task::block_in_place(|| disk::carry_data_over(dir, &m.overlay, to))?;
+            report.passed.push(format!("boot {}: updated: the disk replaced by {}, its data partition carried over ({carried} bytes)", n + 1, to.display()));
         }
         let tpm = (scenario.tpm && boot.tpm != TpmState::None).then_some(tpm_dir.as_path());
         let console = dir.join(if n == 0 { "console.log".to_string() } else { format!("console-{}.log", n + 1) });

@@ -23,16 +23,8 @@ pub struct Prepared {
 }
 
 pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
-    let (offset, size) = super::disk::partition_range(dir, disk, "esp")?;
     let esp = dir.join("thief-esp.img");
-    Tool::new("qemu-img")
-        .describe("reading the guest's ESP")
-        .args(["dd", "-f", "qcow2", "-O", "raw", "bs=512"])
-        .arg(format!("skip={}", offset / 512))
-        .arg(format!("count={}", size / 512))
-        .arg(format!("if={}", disk.display()))
-        .arg(format!("of={}", esp.display()))
-        .run()?;
+    let (offset, _) = super::disk::read_partition(dir, disk, "esp", &esp)?;
     let uki = dir.join("thief-uki.efi");
     fs_err::write(&uki, read_fat_file(&esp, crate::boot::UKI_ON_ESP)?)?;
     let cmdline_file = dir.join("thief-cmdline");
@@ -57,7 +49,7 @@ pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
             let entry = "loader/entries/outpost.conf";
             let text = String::from_utf8(read_fat_file(&esp, entry)?).context("the loader entry is not text")?;
             write_fat_file(&esp, entry, format!("{}options {cmdline}\n", text).as_bytes())?;
-            write_back(disk, &esp, offset)?;
+            super::disk::write_at(disk, &esp, offset)?;
             fs_err::remove_file(&esp)?;
             Prepared { direct: None, restore: Some((original, offset)), what: format!("the UKI booted with a command line added in its loader entry ({MARK})") }
         }
@@ -67,20 +59,9 @@ pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
 /// Puts the original ESP back after the thief's boot.
 pub fn restore(disk: &Path, p: &Prepared) -> Result<()> {
     if let Some((original, offset)) = &p.restore {
-        write_back(disk, original, *offset)?;
+        super::disk::write_at(disk, original, *offset)?;
         fs_err::remove_file(original)?;
     }
-    Ok(())
-}
-
-fn write_back(disk: &Path, img: &Path, offset: u64) -> Result<()> {
-    let len = fs_err::metadata(img)?.len();
-    Tool::new("qemu-io")
-        .describe("writing the ESP back into the guest's disk")
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -s {} {offset} {len}", img.display()))
-        .arg(disk)
-        .run()?;
     Ok(())
 }
 
