@@ -62,6 +62,12 @@ impl Keys {
         };
         crate::tool::preflight(TOOLS)?;
         for private in [&keys.db_key, &keys.pcr_key] {
+            anyhow::ensure!(
+                !fs_err::read_to_string(private)?.contains("ENCRYPTED PRIVATE KEY"),
+                "{} is protected by a passphrase: builds sign unattended, so the key must be stored decrypted (`openssl pkey -in KEY -out {}`), in a directory only the build can read",
+                private.display(),
+                private.display()
+            );
             let mode = fs_err::metadata(private)?.permissions().mode() & 0o777;
             anyhow::ensure!(
                 mode & 0o077 == 0,

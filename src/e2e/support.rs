@@ -55,8 +55,14 @@ pub fn keys_dir() -> &'static Path {
         let _ = fs_err::remove_dir_all(&dir);
         let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(["keys", "init"]).arg(&dir).args(["--name", "outpost e2e"]).output().expect("running outpost keys init");
         assert!(out.status.success(), "outpost keys init: {}", String::from_utf8_lossy(&out.stderr));
+        // The test key is stored encrypted, with the passphrase `snakeoil` (ovmf's README.Debian).
+        let key = Command::new("openssl")
+            .args(["pkey", "-in", "/usr/share/ovmf/PkKek-1-snakeoil.key", "-passin", "pass:snakeoil", "-out"])
+            .arg(dir.join("secure-boot-db.key"))
+            .status()
+            .expect("running openssl");
+        assert!(key.success(), "decrypting the ovmf package's test key failed");
         use std::os::unix::fs::PermissionsExt;
-        fs_err::copy("/usr/share/ovmf/PkKek-1-snakeoil.key", dir.join("secure-boot-db.key")).expect("the ovmf package's test key");
         fs_err::set_permissions(dir.join("secure-boot-db.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
         fs_err::copy("/usr/share/ovmf/PkKek-1-snakeoil.pem", dir.join("secure-boot-db.crt")).expect("the ovmf package's test certificate");
         let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(dir.join("secure-boot-db.crt")).arg("-out").arg(dir.join("secure-boot-db.cer")).status().expect("running openssl");
@@ -203,6 +209,7 @@ pub fn boot(scenario: &Path, image: &Path, work: &Path) -> serde_json::Value {
         .arg(shared_cache())
         .arg("--json")
         .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("OUTPOST_KEYS", keys_dir())
         .output()
         .expect("running outpost test");
     let stdout = String::from_utf8_lossy(&out.stdout);
