@@ -133,14 +133,20 @@ pub fn carry_data_over(dir: &Path, overlay: &Path, image: &Path) -> Result<u64> 
 /// is in the disk (byte offset and length).
 pub fn read_partition(dir: &Path, disk: &Path, name: &str, out: &Path) -> Result<(u64, u64)> {
     let (at, len) = partition_range(dir, disk, name)?;
+    // QEMU 7.2's `qemu-img dd` counts `count` from the start of the input, skipped blocks
+    // included; later versions count after `skip`. Asking for the partition's end either way
+    // and cutting the file to the partition's length gives the partition under both.
     Tool::new("qemu-img")
         .describe(format!("reading the guest's {name} partition"))
         .args(["dd", "-f", "qcow2", "-O", "raw", "bs=512"])
         .arg(format!("skip={}", at / 512))
-        .arg(format!("count={}", len / 512))
+        .arg(format!("count={}", (at + len) / 512))
         .arg(format!("if={}", disk.display()))
         .arg(format!("of={}", out.display()))
         .run()?;
+    let f = fs_err::OpenOptions::new().write(true).open(out)?;
+    anyhow::ensure!(f.metadata()?.len() >= len, "qemu-img dd read {} bytes of the {len}-byte {name} partition", f.metadata()?.len());
+    f.set_len(len)?;
     Ok((at, len))
 }
 
