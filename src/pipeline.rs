@@ -35,6 +35,7 @@ pub struct BuildReport {
     pub stages: Vec<(String, f64)>,
     pub outputs: Vec<output::OutputFile>,
     pub out_dir: PathBuf,
+    pub boot: crate::boot::BootRecord,
     pub warnings: Vec<String>,
 }
 
@@ -92,6 +93,7 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
         stages: ctx.progress.times(),
         outputs,
         out_dir: out_dir.to_path_buf(),
+        boot,
         warnings,
     })
 }

@@ -29,6 +29,7 @@ pub struct BootRecord {
     /// The UKI's path on the ESP and its sha256.
     pub uki: String,
     pub uki_sha256: String,
+    pub uki_size: u64,
     /// The systemd-stub version the UKI was made with.
     pub stub: String,
     /// PCR 11 (sha256 bank) as the stub leaves it, before any boot phase is measured.
@@ -114,6 +115,7 @@ fn make_uki(tree: &Path, stub: &Path, work: &Path, cmdline: &str, keys: Option<&
     let record = BootRecord {
         uki: format!("/{UKI_ON_ESP}"),
         uki_sha256: crate::files::sha256_file(out)?,
+        uki_size: fs_err::metadata(out)?.len(),
         stub: version,
         pcr11: hex::encode(pcr11),
         signed: keys.is_some(),

@@ -30,6 +30,15 @@ fn print_build_summary(r: &crate::pipeline::BuildReport) {
     for o in &r.outputs {
         println!("  {:<36} {:>10}  sha256 {}", o.file, human(o.size), &o.sha256[..16]);
     }
+    let b = &r.boot;
+    println!(
+        "boot: {} ({}, systemd-stub {}), {}; predicted PCR 11 {}",
+        b.uki,
+        human(b.uki_size),
+        b.stub,
+        if b.signed { "signed for Secure Boot, PCR policy signed" } else { "UNSIGNED" },
+        &b.pcr11[..16]
+    );
     for w in &r.warnings {
         println!("WARNING: {w}");
     }

@@ -156,6 +156,9 @@ fn scenario_reboots_and_power_cuts() {
         ("verdict = \"OK\"\n[[disk]]\npartition = \"data\"\nopens-with = \"nothing\"\n", "key `disk[0].opens-with`: no command"),
         ("verdict = \"OK\"\ntpm = false\n[[reboot]]\ntpm = \"fresh\"\nverdict = \"OK\"\n", "key `reboot[0].tpm`"),
         ("verdict = \"OK\"\n[[reboot]]\nkey-disk = true\nverdict = \"OK\"\n", "key `reboot[0].key-disk`"),
+        ("verdict = \"OK\"\n[[reboot]]\nupdate = true\nverdict = \"OK\"\n", "key `reboot[0].update`: the scenario has no `update-image`"),
+        ("verdict = \"OK\"\nupdate-image = \"../images/none.toml\"\n", "key `update-image`"),
+        ("verdict = \"OK\"\n[[reboot]]\nthief = \"usb-stick\"\nverdict = \"OK\"\n", "unknown variant `usb-stick`"),
     ];
     for (body, want) in cases {
         let f = write(tmp.path(), "qemu-tests/y.toml", &format!("version = 1\nimage = \"../images/x.toml\"\n{body}"));
