@@ -357,8 +357,8 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
     match unlock {
         Unlock::Tpm2 => {
             let seal = super::tpm::seal_policy(root, pcrs);
-            let da = super::tpm::prepare()?;
-            console(&format!("sealing the key to the TPM: {}; {}", seal.describe(), da.describe()));
+            let da = super::tpm::prepare_or_say();
+            console(&format!("sealing the key to the TPM: {}{}", seal.describe(), da.map(|d| format!("; {}", d.describe())).unwrap_or_default()));
             let list: Vec<String> = seal.pcrs.iter().map(u8::to_string).collect();
             let mut enroll = Tool::new("systemd-cryptenroll")
                 .describe("sealing the data partition's key to the TPM")
@@ -549,7 +549,7 @@ fn attach(root: &Path, dev: &Path, unlock: Unlock) -> Result<(PathBuf, Option<su
     let mut tpm = None;
     match unlock {
         Unlock::Tpm2 => {
-            let da = super::tpm::prepare()?;
+            let da = super::tpm::prepare_or_say();
             let mut options = "tpm2-device=auto,headless=true".to_string();
             if Path::new(crate::format::PCR_SIGNATURE_RUN_PATH).is_file() {
                 options.push_str(&format!(",tpm2-signature={}", crate::format::PCR_SIGNATURE_RUN_PATH));
@@ -565,7 +565,7 @@ fn attach(root: &Path, dev: &Path, unlock: Unlock) -> Result<(PathBuf, Option<su
                 console(&format!("the data partition does NOT unlock with this machine's TPM: {why}. The applications stay stopped. Open it with the recovery key (docs/encryption.md, \"Recovery\")."));
                 return Err(e.into());
             }
-            tpm = Some(da);
+            tpm = da;
         }
         Unlock::UsbKey => {
             let name = usb_key_name(dev)?;

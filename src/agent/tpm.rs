@@ -157,6 +157,12 @@ pub fn prepare() -> Result<Da> {
     Ok(da)
 }
 
+/// `prepare`, whose failure (a TPM that tpm2-tools cannot talk to) is said on the console but
+/// does not stop the unlock from being tried: the key may still be released.
+pub fn prepare_or_say() -> Option<Da> {
+    prepare().inspect_err(|e| console(&format!("the TPM's dictionary-attack settings could not be read or set ({e:#}); unlocking anyway"))).ok()
+}
+
 /// Why a TPM unlock failed, for the console: the key set the disk was sealed under against the
 /// image's, and whether this boot came through a signed UKI at all.
 pub fn diagnose(root: &Path, token_pubkey: Option<&[u8]>) -> String {

@@ -16,11 +16,7 @@ pub use keys::Keys;
 
 use crate::tool::Tool;
 
-/// Where the UKI sits on the ESP. Not in /EFI/Linux: systemd-boot would list it twice (found
-/// there and named by our entry).
-pub const UKI_ON_ESP: &str = "outpost/outpost.efi";
-/// The db certificate on the ESP, for firmware menus that enrol a key from a file.
-pub const DB_CERT_ON_ESP: &str = "outpost/secure-boot-db.cer";
+use crate::format::{DB_CERT_ON_ESP, UKI_ON_ESP};
 
 /// What the manifest records of the boot chain.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -26,7 +26,7 @@ pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
     let esp = dir.join("thief-esp.img");
     let (offset, _) = super::disk::read_partition(dir, disk, "esp", &esp)?;
     let uki = dir.join("thief-uki.efi");
-    fs_err::write(&uki, read_fat_file(&esp, crate::boot::UKI_ON_ESP)?)?;
+    fs_err::write(&uki, read_fat_file(&esp, crate::format::UKI_ON_ESP)?)?;
     let cmdline_file = dir.join("thief-cmdline");
     let (kernel, initrd) = (dir.join("thief-vmlinuz"), dir.join("thief-initrd.img"));
     Tool::new("objcopy")
