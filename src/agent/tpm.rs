@@ -205,6 +205,20 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_sealed_under_another_key_set_is_named() {
+        let root = std::env::temp_dir().join(format!("outpost-tpm-diagnose-{}", std::process::id()));
+        let key = root.join(crate::format::PCR_PUBLIC_KEY_PATH);
+        fs_err::create_dir_all(key.parent().unwrap()).unwrap();
+        fs_err::write(&key, "-----BEGIN PUBLIC KEY-----\nAAEC\n-----END PUBLIC KEY-----\n").unwrap();
+        let other = diagnose(&root, Some(b"-----BEGIN PUBLIC KEY-----\nAAED\n-----END PUBLIC KEY-----\n"));
+        assert!(other.contains("ANOTHER PCR policy key") && other.contains("Recovery procedure"), "{other}");
+        // The same key (as systemd stores it, DER or PEM): not the key set's fault.
+        let same = diagnose(&root, Some(&[0, 1, 2]));
+        assert!(!same.contains("ANOTHER"), "{same}");
+        fs_err::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn keys_compare_as_pem_or_der() {
         let pem = "-----BEGIN PUBLIC KEY-----\nAAEC\n-----END PUBLIC KEY-----\n";
         assert_eq!(der_of(pem.as_bytes()), Some(vec![0, 1, 2]));
