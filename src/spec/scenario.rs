@@ -188,6 +188,9 @@ pub enum Thief {
     OwnKernel,
     /// The UKI itself, with a command line added in its loader entry (`options`).
     LoaderOptions,
+    /// The UKI with its `.cmdline` section changed on the ESP (its signature no longer
+    /// matches): with Secure Boot on, the firmware refuses to run it.
+    TamperedUki,
 }
 
 /// The TPM a later boot gets.

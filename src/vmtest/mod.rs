@@ -349,6 +349,9 @@ async fn boot_once(
             }
             Err(e) => failed.push(format!("{e:#}")),
         }
+        if let Some(t) = &thief {
+            tokio::task::block_in_place(|| thief::restore(&m.overlay, t))?;
+        }
         return Ok((passed, failed));
     }
     let verdict = found;

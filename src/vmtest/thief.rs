@@ -44,16 +44,30 @@ pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
             Prepared { direct: Some((kernel, initrd, cmdline)), restore: None, what: "the appliance's own kernel and initrd, taken from its UKI and booted directly with another command line".into() }
         }
         Thief::LoaderOptions => {
-            let original = dir.join("thief-esp-original.img");
-            fs_err::copy(&esp, &original)?;
             let entry = "loader/entries/outpost.conf";
             let text = String::from_utf8(read_fat_file(&esp, entry)?).context("the loader entry is not text")?;
-            write_fat_file(&esp, entry, format!("{}options {cmdline}\n", text).as_bytes())?;
-            super::disk::write_at(disk, &esp, offset)?;
-            fs_err::remove_file(&esp)?;
-            Prepared { direct: None, restore: Some((original, offset)), what: format!("the UKI booted with a command line added in its loader entry ({MARK})") }
+            let restore = replace_in_esp(disk, &esp, offset, entry, format!("{text}options {cmdline}\n").as_bytes())?;
+            Prepared { direct: None, restore: Some(restore), what: format!("the UKI booted with a command line added in its loader entry ({MARK})") }
+        }
+        Thief::TamperedUki => {
+            fs_err::write(&cmdline_file, &cmdline)?;
+            let tampered = dir.join("thief-uki-tampered.efi");
+            Tool::new("objcopy").describe("changing the UKI's command line").arg(format!("--update-section=.cmdline={}", cmdline_file.display())).arg(&uki).arg(&tampered).run()?;
+            let restore = replace_in_esp(disk, &esp, offset, crate::format::UKI_ON_ESP, &fs_err::read(&tampered)?)?;
+            Prepared { direct: None, restore: Some(restore), what: format!("the UKI on the ESP replaced by a copy with a changed command line ({MARK})") }
         }
     })
+}
+
+/// Writes `body` as `path` into the ESP image `esp` and the ESP into the disk; returns the
+/// original ESP to put back.
+fn replace_in_esp(disk: &Path, esp: &Path, offset: u64, path: &str, body: &[u8]) -> Result<(PathBuf, u64)> {
+    let original = esp.with_file_name("thief-esp-original.img");
+    fs_err::copy(esp, &original)?;
+    write_fat_file(esp, path, body)?;
+    super::disk::write_at(disk, esp, offset)?;
+    fs_err::remove_file(esp)?;
+    Ok((original, offset))
 }
 
 /// Puts the original ESP back after the thief's boot.
