@@ -554,12 +554,21 @@ fn attach(root: &Path, dev: &Path, unlock: Unlock) -> Result<(PathBuf, Option<su
             if Path::new(crate::format::PCR_SIGNATURE_RUN_PATH).is_file() {
                 options.push_str(&format!(",tpm2-signature={}", crate::format::PCR_SIGNATURE_RUN_PATH));
             }
-            let r = Tool::new(&systemd_cryptsetup()?.to_string_lossy())
-                .describe("unlocking the data partition with the TPM")
-                .args(["attach", MAPPING])
-                .arg(dev)
-                .args(["-", &options])
-                .run();
+            let attach = Tool::new(&systemd_cryptsetup()?.to_string_lossy()).describe("unlocking the data partition with the TPM").args(["attach", MAPPING]).arg(dev).args(["-", &options]);
+            // A PCR extended by anyone between the policy's PCR checks (the kernel measuring
+            // a module it loads while udev is busy) fails the unseal with TPM_RC_PCR_CHANGED;
+            // systemd 252 does not retry it (later versions do), so we do.
+            let mut r = attach.run();
+            for _ in 0..5 {
+                match &r {
+                    Err(e) if e.to_string().contains("PCR have changed since checked") => {
+                        console("the TPM saw a PCR change while it checked the policy (a measurement elsewhere in the boot); trying again");
+                        std::thread::sleep(Duration::from_millis(500));
+                        r = attach.run();
+                    }
+                    _ => break,
+                }
+            }
             if let Err(e) = r {
                 let why = super::tpm::diagnose(root, tpm2_token_pubkey(dev).as_deref());
                 console(&format!("the data partition does NOT unlock with this machine's TPM: {why}. The applications stay stopped. Open it with the recovery key (docs/encryption.md, \"Recovery\")."));
