@@ -35,6 +35,23 @@ pub enum Command {
         #[arg(long, value_name = "DIR", env = "OUTPOST_KEYS")]
         keys: Option<PathBuf>,
     },
+    /// Build an image and write an update bundle for the appliances that run an earlier release
+    /// of it: NAME-RELEASE.update, signed with the project's keys; with --from, a delta holding
+    /// only what that earlier build does not have
+    Bundle {
+        /// Image definition, e.g. images/demo.toml (its `release` must be above --from's)
+        image: PathBuf,
+        /// Output directory (the build's outputs and the bundle)
+        #[arg(long, value_name = "DIR", default_value = "out")]
+        out: PathBuf,
+        /// An earlier build's output directory (its manifest.json and NAME.raw): write a delta
+        /// that applies to appliances running that release
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// The keys the image is signed with (`outpost keys init`); bundles are signed with them
+        #[arg(long, value_name = "DIR", env = "OUTPOST_KEYS", required = true)]
+        keys: Option<PathBuf>,
+    },
     /// Signing keys for Secure Boot and the data key's PCR policy
     Keys {
         #[command(subcommand)]
@@ -134,6 +151,12 @@ pub enum Command {
         #[command(subcommand)]
         command: StackCommand,
     },
+    /// The appliance's updates (runs inside the image)
+    #[command(hide = true)]
+    Update {
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
     /// The USB installer (runs as the first process of the installer ISO's initrd)
     #[command(hide = true)]
     Installer {
@@ -217,6 +240,30 @@ pub enum StackCommand {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Check a bundle and write it into the inactive root slot; the next boot tries it
+    Apply {
+        /// The bundle (NAME-RELEASE.update), or an http(s) URL to fetch it from (resumed
+        /// where a dropped connection left it)
+        bundle: String,
+        /// Reboot into it once staged
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Apply the newest applicable bundle on a USB stick labelled OUTPOSTUPDATE (started by
+    /// udev when one is plugged in)
+    Stick {
+        /// The stick's block device
+        device: PathBuf,
+    },
+    /// At every boot: keep a release on probation once the appliance is healthy, give it up
+    /// (reboot) when it is not, and say when the previous release took over
+    BootCheck,
+    /// Print the update status (/run/outpost/update.json)
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

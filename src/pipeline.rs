@@ -25,6 +25,12 @@ pub struct Ctx {
     pub encrypt_key: Option<PathBuf>,
     /// Sign the boot chain and the PCR policy with these (checked before any work).
     pub keys: Option<crate::boot::Keys>,
+    /// Also write an update bundle: full, or a delta against the earlier build in this directory.
+    pub bundle: Option<BundleRequest>,
+}
+
+pub struct BundleRequest {
+    pub from: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,6 +42,8 @@ pub struct BuildReport {
     pub outputs: Vec<output::OutputFile>,
     pub out_dir: PathBuf,
     pub boot: crate::boot::BootRecord,
+    pub release: String,
+    pub bundle: Option<output::bundle::BundleReport>,
     pub warnings: Vec<String>,
 }
 
@@ -67,6 +75,7 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     let plan = ctx.progress.stage("planning", || load_plan(image_path))?;
     preflight(ctx, &plan)?;
     let out = Outputs::new(&plan, out_dir)?;
+    let old = read_bundle_base(ctx, &plan, &out)?;
     // Until publish: a failed or interrupted build leaves no output that looks finished.
     let partials = crate::files::Partials::new(out.every_final());
     let work = ctx.cache.work_dir("build")?;
@@ -74,18 +83,19 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     resolve_containers(ctx, &plan)?;
     let layers = build_layers(ctx, &plan, &w)?;
     assemble_root(ctx, &plan, &w, layers.tree_complete)?;
-    install_public_keys(ctx, &w)?;
+    install_public_keys(ctx, &plan, &w)?;
     let root = write_root(ctx, &plan, &w)?;
     let layout = plan_disk(&plan, &root)?;
     let cmdline = kernel_cmdline(&plan, &layout, &root.hash);
     let boot = write_disk(ctx, &plan, &w, &layout, &cmdline, &out.raw_partial())?;
     write_installer_iso(ctx, &plan, &w, &layout, &out)?;
     let contents = read_contents(&w)?;
-    drop(work);
     let written = write_outputs(ctx, &plan, &layout, &out)?;
     let warnings = warnings(&plan, contents.usb_storage, &boot);
     let outputs = publish(ctx, &plan, &out, &layout, &root, &cmdline, &boot, contents, written, &warnings)?;
     partials.keep();
+    let bundle = write_bundle(ctx, &plan, &w, &out, &root, old.as_ref())?;
+    drop(work);
     Ok(BuildReport {
         image: plan.image.clone(),
         built_layers: layers.built,
@@ -94,7 +104,47 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
         outputs,
         out_dir: out_dir.to_path_buf(),
         boot,
+        release: plan.spec.release.clone(),
+        bundle,
         warnings,
+    })
+}
+
+/// The earlier build a delta bundle applies to, read before any work so that a wrong one fails
+/// at once.
+fn read_bundle_base(ctx: &Ctx, plan: &BuildPlan, out: &Outputs) -> Result<Option<output::bundle::Old>> {
+    let Some(from) = ctx.bundle.as_ref().and_then(|b| b.from.as_ref()) else { return Ok(None) };
+    let old = output::bundle::read_old(from, &plan.image, &out.dir)?;
+    anyhow::ensure!(
+        crate::format::update::release_cmp(&plan.spec.release, &old.release) == std::cmp::Ordering::Greater,
+        "{}: `release` is {}, and the earlier build (--from {}) is release {}: an update must raise the release",
+        plan.spec.file.display(),
+        plan.spec.release,
+        from.display(),
+        old.release
+    );
+    Ok(Some(old))
+}
+
+/// `NAME-RELEASE.update` (or `NAME-RELEASE-from-OLD.update`) beside the other outputs.
+fn write_bundle(ctx: &Ctx, plan: &BuildPlan, w: &Work, out: &Outputs, root: &Root, old: Option<&output::bundle::Old>) -> Result<Option<output::bundle::BundleReport>> {
+    if ctx.bundle.is_none() {
+        return Ok(None);
+    }
+    let keys = ctx.keys.as_ref().context("an update bundle is signed with the project's keys: give --keys DIR (made by `outpost keys init`)")?;
+    ctx.progress.stage("writing the update bundle", || {
+        let build: serde_json::Value = serde_json::from_slice(&fs_err::read(out.dir.join("manifest.json"))?)?;
+        let new = output::bundle::New {
+            image: &plan.image,
+            release: &plan.spec.release,
+            root_img: &w.root_img,
+            root_hash: &root.hash,
+            verity_salt: &root.salt,
+            verity_uuid: root.verity_uuid.to_string(),
+            uki: &w.esp_dir.join(crate::format::update::uki_on_esp("a")),
+            build,
+        };
+        output::bundle::write(&new, old, keys, &out.dir, &w.dir, ctx.epoch).map(Some)
     })
 }
 
@@ -193,11 +243,18 @@ fn assemble_root(ctx: &Ctx, plan: &BuildPlan, w: &Work, tree_complete: bool) -> 
 
 /// The PCR policy's public key, which the first boot enrols the data key against. Only the
 /// public half: the private keys never enter the tree.
-fn install_public_keys(ctx: &Ctx, w: &Work) -> Result<()> {
-    let Some(k) = &ctx.keys else { return Ok(()) };
-    let to = w.tree.join(crate::format::PCR_PUBLIC_KEY_PATH);
+fn install_public_keys(ctx: &Ctx, plan: &BuildPlan, w: &Work) -> Result<()> {
+    use crate::format::update;
+    let release = update::Release { image: plan.image.clone(), release: plan.spec.release.clone() };
+    let to = w.tree.join(update::RELEASE_PATH);
     fs_err::create_dir_all(to.parent().expect("a file in a directory"))?;
-    fs_err::write(&to, &k.pcr_public_pem)?;
+    fs_err::write(&to, serde_json::to_vec_pretty(&release)?)?;
+    let Some(k) = &ctx.keys else { return Ok(()) };
+    fs_err::write(w.tree.join(crate::format::PCR_PUBLIC_KEY_PATH), &k.pcr_public_pem)?;
+    // Bundles are signed with the db key: whoever may sign what the firmware boots may sign an
+    // update, and nobody else.
+    let public = Tool::new("openssl").describe("reading the db certificate's public key").args(["x509", "-noout", "-pubkey", "-in"]).arg(&k.db_cert).output()?;
+    fs_err::write(w.tree.join(update::UPDATE_PUBLIC_KEY_PATH), public)?;
     Ok(())
 }
 
@@ -205,7 +262,10 @@ fn install_public_keys(ctx: &Ctx, w: &Work) -> Result<()> {
 struct Root {
     hash: String,
     size: u64,
-    verity_size: u64,
+    /// dm-verity's salt and superblock UUID: an update's device recomputes the hash tree with
+    /// them and must arrive at `hash`.
+    salt: String,
+    verity_uuid: uuid::Uuid,
 }
 
 fn seed_of(plan: &BuildPlan) -> String {
@@ -214,27 +274,29 @@ fn seed_of(plan: &BuildPlan) -> String {
 
 fn write_root(ctx: &Ctx, plan: &BuildPlan, w: &Work) -> Result<Root> {
     let seed = seed_of(plan);
+    let salt = hex::encode(sha2::Sha256::digest(format!("{seed}\0verity salt")));
+    let verity_uuid = layout::derive_uuid(&seed, "root verity");
     let hash = ctx.progress.stage("writing the root filesystem", || {
         disk::make_erofs(&w.tree, &w.root_img, &layout::derive_uuid(&seed, "root filesystem"), ctx.epoch)?;
-        let salt = hex::encode(sha2::Sha256::digest(format!("{seed}\0verity salt")));
-        disk::make_verity(&w.root_img, &w.verity_img, &salt, &layout::derive_uuid(&seed, "root verity"))
+        disk::make_verity(&w.root_img, &w.verity_img, &salt, &verity_uuid)
     })?;
-    Ok(Root { hash, size: fs_err::metadata(&w.root_img)?.len(), verity_size: fs_err::metadata(&w.verity_img)?.len() })
+    Ok(Root { hash, size: fs_err::metadata(&w.root_img)?.len(), salt, verity_uuid })
 }
 
-/// The partition table: the root partition fits the root exactly unless the image asks more.
+/// The partition table: each root slot holds the root and half as much again (for the
+/// releases to come) unless the image sets its size.
 fn plan_disk(plan: &BuildPlan, root: &Root) -> Result<layout::Layout> {
-    let root_size = match plan.spec.partitions.root {
+    let slot = match plan.spec.partitions.root {
         Some(s) if s.0 < root.size => anyhow::bail!(
-            "{}: `[partitions] root` is {} bytes, but the root file system takes {} bytes; raise it or remove the key (the default fits the root exactly)",
+            "{}: `[partitions] root` is {} bytes, but the root file system takes {} bytes; raise it or remove the key (the default is the root and half as much again)",
             plan.spec.file.display(),
             s.0,
             root.size
         ),
         Some(s) => s.0,
-        None => root.size,
+        None => layout::default_slot_size(root.size),
     };
-    Ok(layout::plan(plan.spec.partitions.esp.0, root_size, root.verity_size, plan.spec.partitions.data.0, &seed_of(plan)))
+    Ok(layout::plan(plan.spec.partitions.esp.0, slot, plan.spec.partitions.data.0, &seed_of(plan), &root.hash))
 }
 
 /// The raw disk: the GPT, then each partition's image copied into place; returns what the boot
@@ -244,7 +306,7 @@ fn write_disk(ctx: &Ctx, plan: &BuildPlan, w: &Work, layout: &layout::Layout, cm
         disk::create(layout, disk_file)?;
         disk::copy_into(layout, Role::Root, &w.root_img, disk_file)?;
         disk::copy_into(layout, Role::RootVerity, &w.verity_img, disk_file)?;
-        let boot = crate::boot::stage_esp(&w.tree, &w.esp_dir, &w.dir, cmdline, &plan.image, ctx.keys.as_ref(), ctx.epoch)?;
+        let boot = crate::boot::stage_esp(&w.tree, &w.esp_dir, &w.dir, cmdline, &plan.image, &plan.spec.release, ctx.keys.as_ref(), ctx.epoch)?;
         let esp_img = w.dir.join("esp.img");
         let serial = u32::from_be_bytes(layout.disk_guid.as_bytes()[..4].try_into().expect("4 bytes"));
         disk::make_fat(&w.esp_dir, &esp_img, layout.get(Role::Esp).size(), serial, ctx.epoch)?;
@@ -361,6 +423,7 @@ fn publish(
         let manifest = Manifest {
             outpost_version: env!("CARGO_PKG_VERSION"),
             image: plan.image.clone(),
+            release: plan.spec.release.clone(),
             distro: plan.base.distro.clone(),
             suite: plan.base.suite.clone(),
             architecture: plan.base.architecture.clone(),

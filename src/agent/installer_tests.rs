@@ -6,7 +6,7 @@ fn disk(name: &str, gib: u64, removable: bool, usb: bool) -> Disk {
 }
 
 fn index(image_size: u64, rules: Rules) -> Index {
-    let layout = crate::format::layout::plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
+    let layout = crate::format::layout::plan(64 << 20, 64 << 20, 16 << 20, "t", "");
     Index {
         image: "clinic".into(),
         description: String::new(),
@@ -67,7 +67,7 @@ fn installs_a_real_iso_onto_a_disk_file() {
     crate::tool::preflight(&["sgdisk"]).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let layout = crate::format::layout::plan(64 << 20, 8 << 20, 1 << 20, 32 << 20, "install-test");
+    let layout = crate::format::layout::plan(64 << 20, 8 << 20, 32 << 20, "install-test", "");
     let raw = t.join("img.raw");
     crate::disk::create(&layout, &raw).unwrap();
     let root: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
@@ -84,7 +84,7 @@ fn installs_a_real_iso_onto_a_disk_file() {
 
     let mut iso = Iso::open(&iso_path).unwrap().unwrap();
     let idx: Index = serde_json::from_slice(&iso.read("outpost/install.json").unwrap()).unwrap();
-    assert_eq!(idx.pieces.iter().map(|p| p.what.as_str()).collect::<Vec<_>>(), ["esp", "root", "verity", "seed", "data"]);
+    assert_eq!(idx.pieces.iter().map(|p| p.what.as_str()).collect::<Vec<_>>(), ["esp", "root", "verity", "seed", "rootb", "verityb", "data"]);
     let target = t.join("disk.img");
     let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&target).unwrap();
     f.set_len(1 << 30).unwrap();
@@ -95,7 +95,7 @@ fn installs_a_real_iso_onto_a_disk_file() {
     assert!(bytes[r.offset() as usize..(r.offset() as usize + root.len())] == root[..]);
     let v = crate::tool::Tool::new("sgdisk").arg("-v").arg(&target).output().unwrap();
     assert!(v.contains("No problems found"), "{v}");
-    let info = crate::tool::Tool::new("sgdisk").args(["-i", "5"]).arg(&target).output().unwrap();
+    let info = crate::tool::Tool::new("sgdisk").args(["-i", "7"]).arg(&target).output().unwrap();
     assert!(info.contains("Partition name: 'data'"), "{info}");
 
     // A piece whose sha256 does not match: the install stops, and the disk has no table.

@@ -11,6 +11,7 @@ pub mod root;
 pub mod site;
 pub mod stack;
 pub mod tpm;
+pub mod update;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

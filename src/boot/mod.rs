@@ -16,7 +16,8 @@ pub use keys::Keys;
 
 use crate::tool::Tool;
 
-use crate::format::{DB_CERT_ON_ESP, UKI_ON_ESP};
+use crate::format::DB_CERT_ON_ESP;
+use crate::format::update::{entry, uki_on_esp};
 
 /// What the manifest records of the boot chain.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,8 +40,9 @@ pub struct BootRecord {
 }
 
 /// Makes the UKI (signed when `keys` are given) and stages the ESP: systemd-boot as the default
-/// loader, one entry for the UKI, a loader.conf that never waits at a menu.
-pub fn stage_esp(tree: &Path, esp: &Path, work: &Path, cmdline: &str, title: &str, keys: Option<&Keys>, epoch: i64) -> Result<BootRecord> {
+/// loader, the UKI as root slot A's, its entry, a loader.conf that never waits at a menu. An
+/// update adds slot B's UKI and entry beside them (`crate::agent::update`).
+pub fn stage_esp(tree: &Path, esp: &Path, work: &Path, cmdline: &str, title: &str, release: &str, keys: Option<&Keys>, epoch: i64) -> Result<BootRecord> {
     let efi = tree.join("usr/lib/systemd/boot/efi");
     let (stub, sdboot) = (efi.join("linuxx64.efi.stub"), efi.join("systemd-bootx64.efi"));
     for f in [&stub, &sdboot] {
@@ -49,7 +51,7 @@ pub fn stage_esp(tree: &Path, esp: &Path, work: &Path, cmdline: &str, title: &st
     for d in ["EFI/BOOT", "EFI/systemd", "loader/entries", "outpost"] {
         fs_err::create_dir_all(esp.join(d))?;
     }
-    let uki = esp.join(UKI_ON_ESP);
+    let uki = esp.join(uki_on_esp("a"));
     let record = make_uki(tree, &stub, work, cmdline, keys, epoch, &uki)?;
     for to in ["EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi"] {
         match keys {
@@ -62,9 +64,12 @@ pub fn stage_esp(tree: &Path, esp: &Path, work: &Path, cmdline: &str, title: &st
     if let Some(k) = keys {
         fs_err::copy(&k.db_cert_der, esp.join(DB_CERT_ON_ESP))?;
     }
-    // timeout 0: boot the default entry at once; the menu only shows while a key is held.
-    fs_err::write(esp.join("loader/loader.conf"), "timeout 0\neditor no\nauto-entries no\nauto-firmware no\ndefault outpost.conf\n")?;
-    fs_err::write(esp.join("loader/entries/outpost.conf"), format!("title {title}\nefi /{UKI_ON_ESP}\n"))?;
+    // timeout 0: boot the default entry at once; the menu only shows while a key is held. No
+    // `default`: the first entry in systemd-boot's order boots, the newest release whose boot
+    // counter has not run out.
+    fs_err::write(esp.join("loader/loader.conf"), "timeout 0\neditor no\nauto-entries no\nauto-firmware no\n")?;
+    let (name, text) = entry("a", title, release, None);
+    fs_err::write(esp.join("loader/entries").join(name), text)?;
     Ok(record)
 }
 
@@ -109,7 +114,7 @@ fn make_uki(tree: &Path, stub: &Path, work: &Path, cmdline: &str, keys: Option<&
         }
     }
     let record = BootRecord {
-        uki: format!("/{UKI_ON_ESP}"),
+        uki: format!("/{}", uki_on_esp("a")),
         uki_sha256: crate::files::sha256_file(out)?,
         uki_size: fs_err::metadata(out)?.len(),
         stub: version,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::agent;
-use crate::cli::{DataCommand, InstallerCommand, PowerCommand, RootCommand, SeedCommand, StackCommand};
+use crate::cli::{DataCommand, InstallerCommand, PowerCommand, RootCommand, SeedCommand, StackCommand, UpdateCommand};
 
 pub fn seed(command: &SeedCommand) -> Result<i32> {
     match command {
@@ -44,6 +44,16 @@ pub fn power(command: &PowerCommand) -> Result<i32> {
 pub fn stack(command: &StackCommand) -> Result<i32> {
     match command {
         StackCommand::WaitHealthy { container, timeout } => agent::stack::wait_healthy(container, Duration::from_secs(*timeout))?,
+    }
+    Ok(0)
+}
+
+pub fn update(command: &UpdateCommand) -> Result<i32> {
+    match command {
+        UpdateCommand::Apply { bundle, reboot } => agent::update::apply(bundle, *reboot)?,
+        UpdateCommand::Stick { device } => agent::update::stick(device)?,
+        UpdateCommand::BootCheck => agent::update::boot_check()?,
+        UpdateCommand::Status => agent::update::status()?,
     }
     Ok(0)
 }

@@ -20,6 +20,19 @@ pub fn run(cli: &Cli, image: &Path, out: &Path, encrypt_key_file: Option<&Path>,
     Ok(0)
 }
 
+/// `outpost bundle IMAGE --out DIR [--from OLD]`: the build, then its update bundle.
+pub fn bundle(cli: &Cli, image: &Path, out: &Path, from: Option<&Path>, keys: Option<&Path>) -> Result<i32> {
+    let mut ctx = super::ctx(cli, keys)?;
+    ctx.bundle = Some(crate::pipeline::BundleRequest { from: from.map(Path::to_path_buf) });
+    let report = crate::pipeline::build(&ctx, image, out)?;
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        print_build_summary(&report);
+    }
+    Ok(0)
+}
+
 fn print_build_summary(r: &crate::pipeline::BuildReport) {
     println!("built {} into {}", r.image, r.out_dir.display());
     println!("layers: {} built, {} reused from the cache", r.built_layers.len(), r.reused_layers.len());
@@ -39,6 +52,20 @@ fn print_build_summary(r: &crate::pipeline::BuildReport) {
         if b.signed { "signed for Secure Boot, PCR policy signed" } else { "UNSIGNED" },
         &b.pcr11[..16]
     );
+    println!("release: {}", r.release);
+    if let Some(b) = &r.bundle {
+        println!(
+            "update bundle: {} ({}), {}: carries {} of the new root and UKI's {}",
+            b.file.display(),
+            human(b.size),
+            match &b.base {
+                Some(base) => format!("a delta for appliances running release {base}"),
+                None => "full".into(),
+            },
+            human(b.carried),
+            human(b.total)
+        );
+    }
     for w in &r.warnings {
         println!("WARNING: {w}");
     }

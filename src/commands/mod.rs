@@ -22,6 +22,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Build { image, out, encrypt_key_file, keys } => build::run(&cli, image, out, encrypt_key_file.as_deref(), keys.as_deref()),
+        Command::Bundle { image, out, from, keys } => build::bundle(&cli, image, out, from.as_deref(), keys.as_deref()),
         Command::Keys { command } => keys::run(command),
         Command::Plan { image } => plan::run(&cli, image),
         Command::Test { scenarios, image, work, keys } => test::run(&cli, scenarios, image.as_deref(), work.as_deref(), keys.as_deref()),
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Power { command } => agent::power(command),
         Command::Stack { command } => agent::stack(command),
         Command::Installer { command } => agent::installer(command),
+        Command::Update { command } => agent::update(command),
     }
 }
 
@@ -48,6 +50,7 @@ fn ctx(cli: &Cli, keys: Option<&std::path::Path>) -> Result<crate::pipeline::Ctx
         epoch: crate::files::source_date_epoch()?,
         progress: crate::progress::Progress::new(cli.json || !std::io::stderr().is_terminal()),
         encrypt_key: None,
+        bundle: None,
     })
 }
 

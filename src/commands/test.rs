@@ -13,7 +13,7 @@ use crate::spec::Scenario;
 use crate::tool;
 
 pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Path>, keys: Option<&Path>) -> Result<i32> {
-    let ctx = super::ctx(cli, keys)?;
+    let mut ctx = super::ctx(cli, keys)?;
     let scenarios = paths.iter().map(|p| Scenario::load(p)).collect::<Result<Vec<_>, _>>()?;
     preflight(&scenarios)?;
     let several = scenarios.len() > 1;
@@ -53,12 +53,21 @@ pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Pat
             }
             None => disk,
         };
-        // The update a scenario boots into: built through the same cache and keys.
+        // The update a scenario plugs in: built through the same cache and keys, as a delta
+        // from the build the scenario boots (with --image, the build whose output directory
+        // holds that disk; a full bundle when there is none).
         let update = match &scenario.update_image {
             Some(u) => {
                 let out = dir.join("update-image");
-                let report = crate::pipeline::build(&ctx, u, &out)?;
-                Some(out.join(bootable(scenario, &report)?))
+                let from = match image {
+                    Some(p) => p.parent().filter(|d| d.join("manifest.json").is_file()).map(Path::to_path_buf),
+                    None => scenario.image.canonicalize().ok().and_then(|k| built.get(&k).map(|(o, _)| o.clone())),
+                };
+                ctx.bundle = Some(crate::pipeline::BundleRequest { from });
+                let report = crate::pipeline::build(&ctx, u, &out);
+                ctx.bundle = None;
+                let bundle = report?.bundle.context("the update build wrote no bundle")?;
+                Some(bundle.file)
             }
             None => None,
         };
@@ -109,8 +118,11 @@ fn preflight(scenarios: &[Scenario]) -> Result<()> {
         if s.boots.iter().any(|b| !b.disk.is_empty()) {
             need.push("cryptsetup");
         }
-        if s.boots.iter().any(|b| b.corrupt_root || b.thief.is_some() || b.update) {
+        if s.boots.iter().any(|b| b.corrupt_root || b.thief.is_some()) {
             need.push("qemu-io");
+        }
+        if s.boots.iter().any(|b| b.update) {
+            need.extend(["mkfs.fat", "mcopy"]);
         }
         if s.boots.iter().any(|b| b.thief.is_some()) {
             need.push("objcopy");

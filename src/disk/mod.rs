@@ -3,7 +3,7 @@
 //! planned in `format::layout`) and the partitions copied into the raw image.
 
 use std::fs::{self, File};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -117,6 +117,30 @@ fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> Result<()> {
 }
 
 
+/// One file of the FAT file system in `img` (an ESP image).
+pub fn read_fat_file(img: &Path, path: &str) -> Result<Vec<u8>> {
+    let f = fs_err::File::open(img)?;
+    let fs = fatfs::FileSystem::new(f.into_parts().0, fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system in {}", img.display()))?;
+    let mut file = fs.root_dir().open_file(path).with_context(|| format!("opening {path} in the ESP"))?;
+    let mut out = Vec::new();
+    file.read_to_end(&mut out).with_context(|| format!("reading {path} in the ESP"))?;
+    Ok(out)
+}
+
+/// Writes `body` as `path` into the FAT file system in `img`.
+pub fn write_fat_file(img: &Path, path: &str, body: &[u8]) -> Result<()> {
+    let f = fs_err::OpenOptions::new().read(true).write(true).open(img)?;
+    let fs = fatfs::FileSystem::new(f.into_parts().0, fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system in {}", img.display()))?;
+    let mut file = fs.root_dir().create_file(path).with_context(|| format!("opening {path} in the ESP"))?;
+    file.seek(SeekFrom::Start(0))?;
+    file.truncate()?;
+    file.write_all(body).with_context(|| format!("writing {path} in the ESP"))?;
+    file.flush()?;
+    drop(file);
+    fs.unmount().context("closing the ESP")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +186,7 @@ mod tests {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let layout = layout::plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
+        let layout = layout::plan(64 << 20, 64 << 20, 16 << 20, "t", "");
         let blob = tmp.path().join("p.img");
         fs_err::write(&blob, vec![7u8; 4096]).unwrap();
         let out = tmp.path().join("disk.raw");
@@ -178,4 +202,3 @@ mod tests {
         assert_eq!(&bytes[off..off + 4096], &[7u8; 4096][..]);
     }
 }
-

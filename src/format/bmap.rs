@@ -295,7 +295,7 @@ mod tests {
     use crate::format::layout::{self, Role};
 
     fn sample_disk(dir: &Path) -> (std::path::PathBuf, layout::Layout) {
-        let layout = layout::plan(8 << 20, 8 << 20, 1 << 20, 64 << 20, "bmap");
+        let layout = layout::plan(8 << 20, 8 << 20, 64 << 20, "bmap", "");
         let raw = dir.join("d.raw");
         disk::create(&layout, &raw).unwrap();
         let blob = dir.join("b");

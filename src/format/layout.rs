@@ -44,11 +44,47 @@ pub fn blank_data_marker() -> Vec<u8> {
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     Esp,
+    /// Root slot A: the image's root as built.
     Root,
-    /// The dm-verity hash tree of the root.
+    /// The dm-verity hash tree of slot A's root.
     RootVerity,
     Seed,
+    /// Root slot B: empty until the first update writes it (`crate::agent::update`).
+    RootB,
+    RootVerityB,
     Data,
+}
+
+/// The two root slots' GPT names (root, hash tree), which the updater finds them by.
+pub const SLOTS: [(&str, &str, &str); 2] = [("a", "root-a", "root-a-verity"), ("b", "root-b", "root-b-verity")];
+
+/// The partition GUIDs of a root and its hash tree, from its dm-verity root hash (the first and
+/// last 128 bits, as systemd-repart and systemd-gpt-auto-generator do): the kernel command
+/// line in a UKI names its root by them, so each UKI finds its own root whichever slot holds it.
+pub fn slot_guids(root_hash: &str) -> Option<(Uuid, Uuid)> {
+    let bytes = hex::decode(root_hash).ok()?;
+    if bytes.len() != 32 {
+        return None;
+    }
+    Some((Uuid::from_slice(&bytes[..16]).ok()?, Uuid::from_slice(&bytes[16..]).ok()?))
+}
+
+/// A slot's size for a root of `root` bytes when the image does not set one: half as much
+/// again, so that later releases fit, in whole 64 MiB.
+pub fn default_slot_size(root: u64) -> u64 {
+    (root + root / 2).div_ceil(64 << 20) * (64 << 20)
+}
+
+/// The dm-verity hash tree's size for a slot of `slot` bytes (sha256, 4 KiB blocks: 32 bytes
+/// per block on the first level, 1/128 of that on each next), with its superblock.
+pub fn verity_size_for(slot: u64) -> u64 {
+    let mut blocks = slot.div_ceil(4096);
+    let mut total = 1; // the superblock
+    while blocks > 1 {
+        blocks = blocks.div_ceil(128);
+        total += blocks;
+    }
+    align_up((total + 1) * 4096)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,24 +136,35 @@ fn align_up(n: u64) -> u64 {
     n.div_ceil(ALIGN) * ALIGN
 }
 
-/// Lays out ESP, root, its verity hash tree, seed and data partitions, in that order, each
-/// aligned to 1 MiB. Data comes last so that it can grow into a larger disk.
-pub fn plan(esp: u64, root: u64, verity: u64, data: u64, seed: &str) -> Layout {
+/// Lays out ESP, root slot A and its verity hash tree, seed, root slot B and its hash tree, and
+/// data, in that order, each aligned to 1 MiB. The seed keeps its place (partition 4) from the
+/// days of one slot; data comes last so that it can grow into a larger disk. Slot A's GUIDs come
+/// from `root_hash` (`slot_guids`); slot B's, empty, from the seed.
+pub fn plan(esp: u64, slot: u64, data: u64, seed: &str, root_hash: &str) -> Layout {
+    let verity = verity_size_for(slot);
+    let a = slot_guids(root_hash);
     let mut partitions = Vec::new();
     let mut at = ALIGN;
     for (role, label, ty, size) in [
         (Role::Esp, "esp", types::ESP, esp),
-        (Role::Root, "root-x86-64", types::ROOT_X86_64, root),
-        (Role::RootVerity, "root-x86-64-verity", types::ROOT_X86_64_VERITY, verity),
+        (Role::Root, SLOTS[0].1, types::ROOT_X86_64, slot),
+        (Role::RootVerity, SLOTS[0].2, types::ROOT_X86_64_VERITY, verity),
         (Role::Seed, SEED_LABEL, types::BASIC_DATA, SEED_SIZE),
+        (Role::RootB, SLOTS[1].1, types::ROOT_X86_64, slot),
+        (Role::RootVerityB, SLOTS[1].2, types::ROOT_X86_64_VERITY, verity),
         (Role::Data, "data", types::VAR, data),
     ] {
         let size = align_up(size);
+        let guid = match (role, a) {
+            (Role::Root, Some((r, _))) => r,
+            (Role::RootVerity, Some((_, v))) => v,
+            _ => derive_uuid(seed, &format!("partition {label}")),
+        };
         partitions.push(Partition {
             role,
             label: label.to_string(),
             type_guid: Uuid::parse_str(ty).expect("constant GUIDs parse"),
-            guid: derive_uuid(seed, &format!("partition {label}")),
+            guid,
             first_lba: at / SECTOR,
             last_lba: (at + size) / SECTOR - 1,
         });
@@ -177,8 +224,8 @@ mod tests {
 
     #[test]
     fn partitions_are_aligned_ordered_and_fit() {
-        let l = plan(256 << 20, 1000 << 20, 8 << 20, 1 << 30, "seed");
-        assert_eq!(l.partitions.len(), 5);
+        let l = plan(256 << 20, 1000 << 20, 1 << 30, "seed", HASH);
+        assert_eq!(l.partitions.len(), 7);
         let mut prev_end = 0;
         for p in &l.partitions {
             assert_eq!(p.offset() % ALIGN, 0, "{p:?}");
@@ -195,7 +242,7 @@ mod tests {
 
     #[test]
     fn types_follow_the_discoverable_partitions_spec() {
-        let l = plan(256 << 20, 512 << 20, 4 << 20, 64 << 20, "seed");
+        let l = plan(256 << 20, 512 << 20, 64 << 20, "seed", HASH);
         assert_eq!(l.get(Role::Esp).type_guid.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
         assert_eq!(l.get(Role::Root).type_guid.to_string(), "4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
         assert_eq!(l.get(Role::RootVerity).type_guid.to_string(), "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5");
@@ -204,22 +251,43 @@ mod tests {
 
     #[test]
     fn guids_are_stable_and_distinct() {
-        let a = plan(256 << 20, 512 << 20, 4 << 20, 64 << 20, "seed");
-        let b = plan(256 << 20, 512 << 20, 4 << 20, 64 << 20, "seed");
-        let c = plan(256 << 20, 512 << 20, 4 << 20, 64 << 20, "other");
+        let a = plan(256 << 20, 512 << 20, 64 << 20, "seed", HASH);
+        let b = plan(256 << 20, 512 << 20, 64 << 20, "seed", HASH);
+        let c = plan(256 << 20, 512 << 20, 64 << 20, "other", HASH);
         assert_eq!(a, b);
         assert_ne!(a.disk_guid, c.disk_guid);
         let mut guids: Vec<Uuid> = a.partitions.iter().map(|p| p.guid).collect();
         guids.push(a.disk_guid);
         guids.sort();
         guids.dedup();
-        assert_eq!(guids.len(), 6);
+        assert_eq!(guids.len(), 8);
         assert_eq!(a.disk_guid.get_version_num(), 4);
     }
 
     #[test]
     fn unaligned_sizes_round_up() {
-        let l = plan(100 << 20, (300 << 20) + 1, 1 << 20, 64 << 20, "s");
+        let l = plan(100 << 20, (300 << 20) + 1, 64 << 20, "s", HASH);
         assert_eq!(l.get(Role::Root).size(), 301 << 20);
+        assert_eq!(l.get(Role::RootB).size(), 301 << 20);
+    }
+
+    const HASH: &str = "3dd9a3fe0e89705589b6953fc8a48b2f9d2249856e8cf18854a22169fc49565f";
+
+    #[test]
+    fn slot_a_is_named_by_its_root_hash() {
+        let l = plan(100 << 20, 300 << 20, 64 << 20, "s", HASH);
+        assert_eq!(l.get(Role::Root).guid.to_string(), "3dd9a3fe-0e89-7055-89b6-953fc8a48b2f");
+        assert_eq!(l.get(Role::RootVerity).guid.to_string(), "9d224985-6e8c-f188-54a2-2169fc49565f");
+        assert_eq!(l.get(Role::Seed).label, "seed");
+        assert_eq!(l.partitions.iter().position(|p| p.role == Role::Seed), Some(3), "the seed stays partition 4");
+    }
+
+    #[test]
+    fn verity_fits_a_whole_slot() {
+        // 1 GiB of 4 KiB blocks: 2048 + 16 + 1 hash blocks and the superblock.
+        let v = verity_size_for(1 << 30);
+        assert!(v >= (2048 + 16 + 1 + 1) * 4096, "{v}");
+        assert!(v <= 10 << 20, "{v}");
+        assert_eq!(default_slot_size(169 << 20), 256 << 20);
     }
 }

@@ -9,6 +9,7 @@ pub mod install;
 pub mod iso9660;
 pub mod layout;
 pub mod seed;
+pub mod update;
 
 /// The agent: the same outpost binary, in every image.
 pub const AGENT_PATH: &str = "usr/lib/outpost/outpost";
@@ -19,9 +20,6 @@ pub const PCR_PUBLIC_KEY_PATH: &str = "usr/lib/outpost/tpm2-pcr-public-key.pem";
 /// The signed PCR 11 policy of the booted UKI, which systemd-stub hands the initramfs as
 /// /.extra/tpm2-pcr-signature.json and the initramfs keeps here for the agent.
 pub const PCR_SIGNATURE_RUN_PATH: &str = "/run/outpost/tpm2-pcr-signature.json";
-/// Where the UKI sits on the ESP. Not in /EFI/Linux: systemd-boot would list it twice (found
-/// there and named by our entry).
-pub const UKI_ON_ESP: &str = "outpost/outpost.efi";
 /// The db certificate on the ESP, for firmware menus that enrol a key from a file.
 pub const DB_CERT_ON_ESP: &str = "outpost/secure-boot-db.cer";
 /// Device-mapper name of the verified root, opened by the initramfs.

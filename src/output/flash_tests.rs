@@ -79,7 +79,7 @@ fn a_mounted_or_held_disk_is_refused_even_with_force() {
 #[test]
 fn flash_writes_mapped_blocks_and_reads_them_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let layout = crate::format::layout::plan(8 << 20, 8 << 20, 1 << 20, 64 << 20, "flash");
+    let layout = crate::format::layout::plan(8 << 20, 8 << 20, 64 << 20, "flash", "");
     let raw = tmp.path().join("a.raw");
     crate::disk::create(&layout, &raw).unwrap();
     let blob = tmp.path().join("blob");

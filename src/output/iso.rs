@@ -60,6 +60,9 @@ pub fn build(src: &Source<'_>, stage: &Path, out: &Path, epoch: i64) -> Result<(
             Role::Root => ("root", p.size()),
             Role::RootVerity => ("verity", p.size()),
             Role::Seed => ("seed", p.size()),
+            // Slot B holds nothing until an update writes it: its start zeroed, as data's.
+            Role::RootB => ("rootb", crate::format::bmap::DATA_WIPE.min(p.size())),
+            Role::RootVerityB => ("verityb", crate::format::bmap::DATA_WIPE.min(p.size())),
             // Zeros, so that no stale header survives from the disk's past.
             Role::Data => ("data", crate::format::bmap::DATA_WIPE.min(p.size())),
         };

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub mod bundle;
 pub mod cloud;
 pub mod cpio;
 pub mod encrypt;
@@ -56,6 +57,7 @@ pub struct LayerRecord {
 pub struct Manifest {
     pub outpost_version: &'static str,
     pub image: String,
+    pub release: String,
     pub distro: String,
     pub suite: String,
     pub architecture: String,

@@ -96,7 +96,7 @@ mod tests {
     #[test]
     fn personalize_writes_only_the_seed_partition() {
         let tmp = tempfile::tempdir().unwrap();
-        let layout = crate::format::layout::plan(64 << 20, 64 << 20, 1 << 20, 16 << 20, "t");
+        let layout = crate::format::layout::plan(64 << 20, 64 << 20, 16 << 20, "t", "");
         let raw = tmp.path().join("img.raw");
         crate::disk::create(&layout, &raw).unwrap();
         let blob = tmp.path().join("root.img");

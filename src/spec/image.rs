@@ -100,6 +100,10 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+fn first_release() -> String {
+    "1".into()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ImageToml {
@@ -112,6 +116,9 @@ struct ImageToml {
     #[serde(default = "default_arch")]
     architecture: String,
     layers: Vec<String>,
+    /// The image's release, numbers and dots (`2`, `2026.11.3`): updates only go up.
+    #[serde(default = "first_release")]
+    release: String,
     #[serde(default)]
     variables: BTreeMap<String, String>,
     hostname: String,
@@ -213,6 +220,7 @@ pub struct Image {
     pub mirror: Option<String>,
     pub architecture: String,
     pub layers: Vec<String>,
+    pub release: String,
     pub variables: BTreeMap<String, String>,
     pub hostname: String,
     pub cmdline: String,
@@ -250,6 +258,9 @@ impl Image {
             } else if let Some(other) = other {
                 p.push(file, "suite", format!("`{suite}` is an {other} release, but the image's distro is {distro:?}; set `distro` or choose a suite of it"));
             }
+        }
+        if crate::format::update::parse_release(&t.release).is_none() {
+            p.push(file, "release", format!("`{}` is not a release: numbers separated by dots, such as `2` or `2026.11.3`", super::excerpt(&t.release, 60)));
         }
         if super::has_control(&t.cmdline) || t.cmdline.len() > 1024 {
             p.push(file, "cmdline", "the kernel command line is one line of at most 1024 characters");
@@ -318,6 +329,7 @@ impl Image {
             mirror: t.mirror,
             architecture: t.architecture,
             layers: t.layers,
+            release: t.release,
             variables: t.variables,
             hostname: t.hostname,
             cmdline: t.cmdline,

@@ -46,8 +46,9 @@ struct ScenarioToml {
     /// test suite's key directory uses it as its db key).
     #[serde(default)]
     secure_boot: bool,
-    /// A later build of the image (e.g. one layer file changed), signed with the same keys,
-    /// which boots marked with `update = true` use.
+    /// A later release of the image (its `release` higher), signed with the same keys: the test
+    /// builds it with an update bundle, a delta from the scenario's image, and plugs a USB stick
+    /// with that bundle into the boots marked `update = true`.
     #[serde(default)]
     update_image: Option<PathBuf>,
     #[serde(default)]
@@ -162,9 +163,8 @@ struct RebootToml {
     /// Boot as a thief holding the whole PC would (same TPM): see `Thief`.
     #[serde(default)]
     thief: Option<Thief>,
-    /// Before this boot, replace the disk by the scenario's `update-image` and carry this
-    /// disk's data partition over, byte for byte: the boot chain and root of an update, the
-    /// same data, TPM and firmware.
+    /// A USB stick with the update bundle of the scenario's `update-image` is plugged in during
+    /// this boot (the appliance applies it by itself; the next boot tries the new release).
     #[serde(default)]
     update: bool,
     #[serde(default)]

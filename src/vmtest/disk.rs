@@ -108,25 +108,17 @@ pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
     Ok(offset)
 }
 
-/// An update, as the disk sees it: `overlay` replaced by a new overlay of `image`, with the
-/// old overlay's data partition copied into the new one's byte for byte (both images give the
-/// data partition the same size). Returns the bytes carried over.
-pub fn carry_data_over(dir: &Path, overlay: &Path, image: &Path) -> Result<u64> {
-    let data = dir.join("update-data.img");
-    let (_, old_len) = read_partition(dir, overlay, "data", &data)?;
-    let fmt = if image.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
-    fs_err::remove_file(overlay)?;
-    Tool::new("qemu-img")
-        .describe("creating the updated test disk")
-        .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
-        .arg(std::path::absolute(image)?)
-        .arg(overlay)
-        .run()?;
-    let (new_at, new_len) = partition_range(dir, overlay, "data")?;
-    anyhow::ensure!(new_len == old_len, "the update's data partition is {new_len} bytes, the disk's {old_len}: give both images the same `[partitions] data`");
-    write_at(overlay, &data, new_at)?;
-    fs_err::remove_file(&data)?;
-    Ok(old_len)
+/// A USB stick holding `bundle`, as a clinic gets it: FAT, labelled with the 11-character form
+/// of the update label (FAT labels hold no more). Written without mounting (mtools).
+pub fn update_stick(dir: &Path, bundle: &Path) -> Result<std::path::PathBuf> {
+    let img = dir.join("update-stick.img");
+    crate::files::remove_if_exists(&img)?;
+    let size = (fs_err::metadata(bundle)?.len() + (48 << 20)).div_ceil(1 << 20) << 20;
+    fs_err::File::create(&img)?.set_len(size)?;
+    Tool::new("mkfs.fat").describe("formatting the test update stick").args(["-n", crate::format::update::STICK_LABEL_FAT]).arg(&img).run()?;
+    let name = bundle.file_name().context("a bundle file has a name")?.to_string_lossy().into_owned();
+    Tool::new("mcopy").describe("copying the bundle onto the test update stick").arg("-i").arg(&img).arg(bundle).arg(format!("::{name}")).run()?;
+    Ok(img)
 }
 
 /// Copies the partition named `name` of the qcow2 `disk` into the file `out`; returns where it

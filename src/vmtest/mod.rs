@@ -98,6 +98,8 @@ struct Machine<'a> {
     qga: PathBuf,
     forwards: String,
     port_map: std::collections::BTreeMap<u16, u16>,
+    /// The USB stick with the update bundle, for boots with `update = true`.
+    update_stick: Option<PathBuf>,
 }
 
 impl Machine<'_> {
@@ -144,7 +146,11 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
             forwards.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-{guest}:{port}"));
         }
     }
-    let m = Machine { scenario, dir, accel, overlay, vars: dir.join("OVMF_VARS.fd"), qga, forwards, port_map };
+    let update_stick = match update {
+        Some(bundle) if scenario.boots.iter().any(|b| b.update) => Some(tokio::task::block_in_place(|| disk::update_stick(dir, bundle))?),
+        _ => None,
+    };
+    let m = Machine { scenario, dir, accel, overlay, vars: dir.join("OVMF_VARS.fd"), qga, forwards, port_map, update_stick };
     let mut report = Report {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
@@ -186,9 +192,8 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
             fs_err::copy(vars, &m.vars)?;
         }
         if boot.update {
-            let to = update.context("the scenario updates, but no update image was built")?;
-            let carried = tokio::task::block_in_place(|| disk::carry_data_over(dir, &m.overlay, to))?;
-            report.passed.push(format!("boot {}: updated: the disk replaced by {}, its data partition carried over ({carried} bytes)", n + 1, to.display()));
+            let stick = m.update_stick.as_ref().context("the scenario plugs in an update stick, but no update bundle was built")?;
+            report.passed.push(format!("boot {}: the update stick plugged in ({}, {} bytes)", n + 1, update.map(|u| u.display().to_string()).unwrap_or_default(), fs_err::metadata(stick)?.len()));
         }
         let tpm = (scenario.tpm && boot.tpm != TpmState::None).then_some(tpm_dir.as_path());
         let console = dir.join(if n == 0 { "console.log".to_string() } else { format!("console-{}.log", n + 1) });
@@ -209,6 +214,9 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         power_cut::run(&m, cuts, tpm, &mut report).await?;
     }
     crate::files::remove_if_exists(&m.overlay)?;
+    if let Some(s) = &m.update_stick {
+        crate::files::remove_if_exists(s)?;
+    }
     Ok(report)
 }
 
@@ -272,6 +280,9 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
     if boot.key_disk {
         cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.key_disk().display()));
     }
+    if let (true, Some(stick)) = (boot.update, &m.update_stick) {
+        cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", stick.display()));
+    }
     if let Some(sock) = tpm_sock {
         cmd = cmd.arg("-chardev").arg(format!("socket,id=chrtpm,path={}", sock.display()));
         cmd = cmd.args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]);
@@ -295,7 +306,7 @@ async fn boot_once(
         crate::files::remove_if_exists(p)?;
     }
     if boot.corrupt_root {
-        let at = tokio::task::block_in_place(|| disk::flip_byte(m.dir, &m.overlay, "root-x86-64"))?;
+        let at = tokio::task::block_in_place(|| disk::flip_byte(m.dir, &m.overlay, crate::format::layout::SLOTS[0].1))?;
         passed.push(format!("flipped the byte at offset {at} of the disk, in the root partition"));
     }
     let thief = match boot.thief {
@@ -396,6 +407,23 @@ async fn guest_checks(
     passed: &mut Vec<String>,
     failed: &mut Vec<String>,
 ) {
+    // What the console must show may come after the verdict (an update applied once the boot has
+    // finished): each line is waited for, up to five minutes in all, before the commands run.
+    let console_deadline = Instant::now() + Duration::from_secs(300);
+    for c in &boot.console {
+        loop {
+            let text = fs_err::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            if text.contains(&c.contains) {
+                passed.push(format!("console shows `{}`", c.contains));
+                break;
+            }
+            if Instant::now() > console_deadline {
+                failed.push(format!("the console never showed `{}`", c.contains));
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     let cmd_deadline = Instant::now() + Duration::from_secs(120);
     for c in &boot.commands {
         match agent::exec(&m.qga, &c.run, cmd_deadline).await {
@@ -419,14 +447,6 @@ async fn guest_checks(
                 }
             }
             Err(e) => failed.push(format!("`{}`: {e:#}", c.run)),
-        }
-    }
-    let text = fs_err::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    for c in &boot.console {
-        if text.contains(&c.contains) {
-            passed.push(format!("console shows `{}`", c.contains));
-        } else {
-            failed.push(format!("the console never showed `{}`", c.contains));
         }
     }
     for s in &boot.ssh {

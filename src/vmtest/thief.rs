@@ -2,7 +2,6 @@
 //! stolen PC would: the appliance's kernel and initrd taken out of its UKI on the (unencrypted)
 //! ESP and booted directly, or the UKI booted with a command line added in its loader entry.
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -26,7 +25,7 @@ pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
     let esp = dir.join("thief-esp.img");
     let (offset, _) = super::disk::read_partition(dir, disk, "esp", &esp)?;
     let uki = dir.join("thief-uki.efi");
-    fs_err::write(&uki, read_fat_file(&esp, crate::format::UKI_ON_ESP)?)?;
+    fs_err::write(&uki, crate::disk::read_fat_file(&esp, &crate::format::update::uki_on_esp("a"))?)?;
     let cmdline_file = dir.join("thief-cmdline");
     let (kernel, initrd) = (dir.join("thief-vmlinuz"), dir.join("thief-initrd.img"));
     Tool::new("objcopy")
@@ -44,8 +43,8 @@ pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
             Prepared { direct: Some((kernel, initrd, cmdline)), restore: None, what: "the appliance's own kernel and initrd, taken from its UKI and booted directly with another command line".into() }
         }
         Thief::LoaderOptions => {
-            let entry = "loader/entries/outpost.conf";
-            let text = String::from_utf8(read_fat_file(&esp, entry)?).context("the loader entry is not text")?;
+            let entry = &format!("loader/entries/{}", crate::format::update::entry("a", "", "", None).0);
+            let text = String::from_utf8(crate::disk::read_fat_file(&esp, entry)?).context("the loader entry is not text")?;
             let restore = replace_in_esp(disk, &esp, offset, entry, format!("{text}options {cmdline}\n").as_bytes())?;
             Prepared { direct: None, restore: Some(restore), what: format!("the UKI booted with a command line added in its loader entry ({MARK})") }
         }
@@ -53,7 +52,7 @@ pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
             fs_err::write(&cmdline_file, &cmdline)?;
             let tampered = dir.join("thief-uki-tampered.efi");
             Tool::new("objcopy").describe("changing the UKI's command line").arg(format!("--update-section=.cmdline={}", cmdline_file.display())).arg(&uki).arg(&tampered).run()?;
-            let restore = replace_in_esp(disk, &esp, offset, crate::format::UKI_ON_ESP, &fs_err::read(&tampered)?)?;
+            let restore = replace_in_esp(disk, &esp, offset, &crate::format::update::uki_on_esp("a"), &fs_err::read(&tampered)?)?;
             Prepared { direct: None, restore: Some(restore), what: format!("the UKI on the ESP replaced by a copy with a changed command line ({MARK})") }
         }
     })
@@ -64,7 +63,7 @@ pub fn prepare(dir: &Path, disk: &Path, thief: Thief) -> Result<Prepared> {
 fn replace_in_esp(disk: &Path, esp: &Path, offset: u64, path: &str, body: &[u8]) -> Result<(PathBuf, u64)> {
     let original = esp.with_file_name("thief-esp-original.img");
     fs_err::copy(esp, &original)?;
-    write_fat_file(esp, path, body)?;
+    crate::disk::write_fat_file(esp, path, body)?;
     super::disk::write_at(disk, esp, offset)?;
     fs_err::remove_file(esp)?;
     Ok((original, offset))
@@ -79,24 +78,3 @@ pub fn restore(disk: &Path, p: &Prepared) -> Result<()> {
     Ok(())
 }
 
-fn read_fat_file(img: &Path, path: &str) -> Result<Vec<u8>> {
-    let f = fs_err::File::open(img)?;
-    let fs = fatfs::FileSystem::new(f.into_parts().0, fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system in {}", img.display()))?;
-    let mut file = fs.root_dir().open_file(path).with_context(|| format!("opening {path} in the ESP"))?;
-    let mut out = Vec::new();
-    file.read_to_end(&mut out).with_context(|| format!("reading {path} in the ESP"))?;
-    Ok(out)
-}
-
-fn write_fat_file(img: &Path, path: &str, body: &[u8]) -> Result<()> {
-    let f = fs_err::OpenOptions::new().read(true).write(true).open(img)?;
-    let fs = fatfs::FileSystem::new(f.into_parts().0, fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system in {}", img.display()))?;
-    let mut file = fs.root_dir().create_file(path).with_context(|| format!("opening {path} in the ESP"))?;
-    file.seek(SeekFrom::Start(0))?;
-    file.truncate()?;
-    file.write_all(body).with_context(|| format!("writing {path} in the ESP"))?;
-    file.flush()?;
-    drop(file);
-    fs.unmount().context("closing the ESP")?;
-    Ok(())
-}
