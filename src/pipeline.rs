@@ -144,7 +144,7 @@ fn write_bundle(ctx: &Ctx, plan: &BuildPlan, w: &Work, out: &Outputs, root: &Roo
             uki: &w.esp_dir.join(crate::format::update::uki_on_esp("a")),
             build,
         };
-        output::bundle::write(&new, old, keys, &out.dir, &w.dir, ctx.epoch).map(Some)
+        output::bundle::write(&new, old, &keys.db_key, &out.dir, &w.dir, ctx.epoch).map(Some)
     })
 }
 

@@ -237,16 +237,20 @@ type Store = HashMap<String, (PathBuf, u64)>;
 
 /// The chunks of the running root (the bytes its hash tree covers) and UKI.
 fn own_chunks(active: &Slot, uki: &Path) -> Result<Store> {
-    let mut store = Store::new();
     let mut sb = [0u8; 80];
     fs_err::File::open(&active.verity)?.read_exact(&mut sb)?;
     let size = update::verity_data_size(&sb).context("the running slot's hash tree has no dm-verity superblock")?;
-    let f = fs_err::File::open(&active.root)?;
-    for c in update::chunks(f.take(size))? {
-        store.entry(c.sha256).or_insert((active.root.clone(), c.offset));
-    }
-    for c in update::chunks(fs_err::File::open(uki)?)? {
-        store.entry(c.sha256).or_insert((uki.to_path_buf(), c.offset));
+    let uki_size = fs_err::metadata(uki)?.len();
+    store_of(&[(&active.root, size), (uki, uki_size)])
+}
+
+/// Where each chunk of the first `size` bytes of each file is.
+fn store_of(sources: &[(&Path, u64)]) -> Result<Store> {
+    let mut store = Store::new();
+    for (path, size) in sources {
+        for c in update::chunks(fs_err::File::open(path)?.take(*size))? {
+            store.entry(c.sha256).or_insert((path.to_path_buf(), c.offset));
+        }
     }
     Ok(store)
 }
@@ -552,6 +556,90 @@ pub fn status() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real bundle (the build's writer, openssl keys) and the device's reader: signature,
+    /// truncation, damage, and a delta rebuilt byte for byte from the old root.
+    #[test]
+    fn bundles_are_checked_and_deltas_rebuild_the_root() {
+        crate::tool::preflight(&["openssl"]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let key = |name: &str| {
+            let k = t.join(format!("{name}.key"));
+            Tool::new("openssl").args(["genrsa", "-out"]).arg(&k).arg("2048").run().unwrap();
+            let pem = Tool::new("openssl").args(["rsa", "-pubout", "-in"]).arg(&k).output().unwrap();
+            fs_err::write(t.join(format!("{name}.pem")), pem).unwrap();
+            k
+        };
+        let ours = key("ours");
+        key("theirs");
+        let noise = |n: usize, seed: u64| -> Vec<u8> {
+            let mut x = seed;
+            (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect()
+        };
+        let old_root = noise(2 << 20, 1);
+        let mut new_root = old_root.clone();
+        new_root.splice(700_000..700_000, b"one package changed".iter().copied());
+        new_root.truncate(2 << 20);
+        let uki = noise(300 << 10, 2);
+        for (n, b) in [("old-root", &old_root), ("new-root", &new_root), ("uki", &uki)] {
+            fs_err::write(t.join(n), b).unwrap();
+        }
+        let new = crate::output::bundle::New {
+            image: "clinic",
+            release: "2",
+            root_img: &t.join("new-root"),
+            root_hash: "00",
+            verity_salt: "00",
+            verity_uuid: "u".into(),
+            uki: &t.join("uki"),
+            build: serde_json::Value::Null,
+        };
+        let old_chunks = update::chunks(&old_root[..]).unwrap().into_iter().chain(update::chunks(&uki[..]).unwrap()).map(|c| c.sha256).collect();
+        let old = crate::output::bundle::Old { release: "1".into(), root_hash: "11".into(), chunks: old_chunks };
+        let (full_dir, delta_dir) = (t.join("full"), t.join("delta"));
+        fs_err::create_dir_all(&full_dir).unwrap();
+        fs_err::create_dir_all(&delta_dir).unwrap();
+        let full = crate::output::bundle::write(&new, None, &ours, &full_dir, t, 1_700_000_000).unwrap();
+        let delta = crate::output::bundle::write(&new, Some(&old), &ours, &delta_dir, t, 1_700_000_000).unwrap();
+        assert!(delta.size * 5 < full.size, "delta {} bytes, full {}", delta.size, full.size);
+
+        let check = t.join("check");
+        let mut b = open_bundle(&delta.file, Some((&t.join("ours.pem"), &check))).unwrap();
+        check_payload(&mut b).unwrap();
+        assert_eq!(b.manifest.base.as_ref().unwrap().release, "1");
+        // The delta, rebuilt from the old root and UKI: the new root byte for byte.
+        let store = store_of(&[(&t.join("old-root"), old_root.len() as u64), (&t.join("uki"), uki.len() as u64)]).unwrap();
+        let mut out = fs_err::File::create(t.join("rebuilt")).unwrap().into_parts().0;
+        write_chunks(&mut b, "root", &store, &mut out, &mut |_| {}).unwrap();
+        assert!(fs_err::read(t.join("rebuilt")).unwrap() == new_root);
+        // Without the old root, a delta cannot be applied.
+        let e = format!("{:#}", write_chunks(&mut b, "root", &Store::new(), &mut out, &mut |_| {}).unwrap_err());
+        assert!(e.contains("neither in the bundle nor in what this appliance runs"), "{e}");
+
+        // Signed by another project.
+        let e = format!("{:#}", open_bundle(&full.file, Some((&t.join("theirs.pem"), &check))).err().unwrap());
+        assert!(e.contains("signed with another project's key"), "{e}");
+        // Truncated (a copy interrupted), and damaged (a byte of the payload flipped).
+        let bytes = fs_err::read(&full.file).unwrap();
+        fs_err::write(t.join("cut.update"), &bytes[..bytes.len() / 2]).unwrap();
+        let e = format!("{:#}", open_bundle(&t.join("cut.update"), Some((&t.join("ours.pem"), &check))).err().unwrap());
+        assert!(e.contains("truncated"), "{e}");
+        let mut damaged = bytes.clone();
+        let at = damaged.len() - 4096;
+        damaged[at] ^= 1;
+        fs_err::write(t.join("damaged.update"), &damaged).unwrap();
+        let mut b = open_bundle(&t.join("damaged.update"), Some((&t.join("ours.pem"), &check))).unwrap();
+        let e = format!("{:#}", check_payload(&mut b).unwrap_err());
+        assert!(e.contains("does not match its signed manifest"), "{e}");
+        // A changed manifest no longer matches its signature.
+        let mut edited = bytes.clone();
+        let at = edited.windows(13).position(|w| w == b"\"release\":\"2\"").unwrap();
+        edited[at + 11] = b'9';
+        fs_err::write(t.join("edited.update"), &edited).unwrap();
+        let e = format!("{:#}", open_bundle(&t.join("edited.update"), Some((&t.join("ours.pem"), &check))).err().unwrap());
+        assert!(e.contains("signature does not verify"), "{e}");
+    }
 
     fn manifest(release: &str, base: Option<&str>) -> Manifest {
         let art = update::Artifact { size: 0, sha256: String::new(), chunks: vec![] };

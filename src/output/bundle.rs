@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::boot::Keys;
 use crate::format::update::{self, Artifact, Base, ChunkRef, Manifest};
 use crate::tool::Tool;
 
@@ -78,7 +77,7 @@ pub fn read_old(dir: &Path, image: &str, work: &Path) -> Result<Old> {
 }
 
 /// Writes the bundle into `out_dir`, signed with the db key.
-pub fn write(new: &New<'_>, old: Option<&Old>, keys: &Keys, out_dir: &Path, work: &Path, epoch: i64) -> Result<BundleReport> {
+pub fn write(new: &New<'_>, old: Option<&Old>, db_key: &Path, out_dir: &Path, work: &Path, epoch: i64) -> Result<BundleReport> {
     if let Some(o) = old {
         anyhow::ensure!(
             update::release_cmp(new.release, &o.release) == std::cmp::Ordering::Greater,
@@ -141,7 +140,7 @@ pub fn write(new: &New<'_>, old: Option<&Old>, keys: &Keys, out_dir: &Path, work
     Tool::new("openssl")
         .describe("signing the update bundle with the db key")
         .args(["dgst", "-sha256", "-sign"])
-        .arg(&keys.db_key)
+        .arg(db_key)
         .arg("-out")
         .arg(&sig_path)
         .arg(&manifest_path)

@@ -116,6 +116,8 @@ struct ImageToml {
     #[serde(default = "default_arch")]
     architecture: String,
     layers: Vec<String>,
+    /// The image's name, when it is not the file's: a later release kept in another file.
+    name: Option<String>,
     /// The image's release, numbers and dots (`2`, `2026.11.3`): updates only go up.
     #[serde(default = "first_release")]
     release: String,
@@ -259,6 +261,11 @@ impl Image {
                 p.push(file, "suite", format!("`{suite}` is an {other} release, but the image's distro is {distro:?}; set `distro` or choose a suite of it"));
             }
         }
+        if let Some(n) = &t.name
+            && !super::valid_name(n)
+        {
+            p.push(file, "name", format!("`{}` is not an image name (lowercase letters, digits and `-`, at most 40)", super::excerpt(n, 60)));
+        }
         if crate::format::update::parse_release(&t.release).is_none() {
             p.push(file, "release", format!("`{}` is not a release: numbers separated by dots, such as `2` or `2026.11.3`", super::excerpt(&t.release, 60)));
         }
@@ -320,7 +327,7 @@ impl Image {
         outputs.sort();
         outputs.dedup();
         Ok(Image {
-            name: file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: t.name.clone().unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
             file: file.to_path_buf(),
             project: super::project_root(file),
             description: t.description,
