@@ -18,7 +18,7 @@ pub fn run(cli: &Cli, image: &Path) -> Result<i32> {
             .map(|l| serde_json::json!({"name": l.name, "key": l.key, "cached": cache.has(&l.key), "packages": l.packages}))
             .collect();
         let stacks: Vec<_> = plan.layers.iter().filter_map(|l| l.layer.stack.as_ref()).collect();
-        print_json(&serde_json::json!({"image": plan.image, "base": plan.base, "layers": layers, "containers": crate::container::planned(&plan, &cache), "stacks": stacks}))?;
+        print_json(&serde_json::json!({"image": plan.image, "release": plan.spec.release, "base": plan.base, "layers": layers, "containers": crate::container::planned(&plan, &cache), "stacks": stacks}))?;
     } else {
         print!("{}", plan_text(&plan, |k| cache.has(k)));
         let containers = crate::container::planned(&plan, &cache);
@@ -45,8 +45,9 @@ pub fn run(cli: &Cli, image: &Path) -> Result<i32> {
 fn plan_text(plan: &crate::plan::BuildPlan, cached: impl Fn(&str) -> bool) -> String {
     let b = &plan.base;
     let mut s = format!(
-        "image {}: {}\n  {} {} {} (archive: {})\n",
+        "image {} release {}: {}\n  {} {} {} (archive: {})\n",
         plan.image,
+        plan.spec.release,
         plan.spec.description,
         b.distro,
         b.suite,
