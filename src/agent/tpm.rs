@@ -179,13 +179,8 @@ pub fn diagnose(root: &Path, token_pubkey: Option<&[u8]>) -> String {
 
 /// A public key as PEM or DER, as DER.
 fn der_of(b: &[u8]) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let text = std::str::from_utf8(b).ok().filter(|t| t.contains("-----BEGIN"));
-    match text {
-        Some(t) => {
-            let body: String = t.split("-----END").next()?.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
-            base64::engine::general_purpose::STANDARD.decode(body).ok()
-        }
+    match std::str::from_utf8(b).ok().filter(|t| t.contains("-----BEGIN")) {
+        Some(t) => crate::format::pem_der(t),
         None => Some(b.to_vec()),
     }
 }

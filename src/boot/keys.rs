@@ -79,20 +79,20 @@ impl Keys {
         let pcr_public_pem = fs_err::read_to_string(&keys.pcr_public)?;
         let derived = public_of(&keys.pcr_key)?;
         anyhow::ensure!(
-            pem_body(&derived) == pem_body(&pcr_public_pem),
+            crate::format::pem_body(&derived) == crate::format::pem_body(&pcr_public_pem),
             "{} is not the public half of {}: the key directory was mixed up; use the pair `outpost keys init` made",
             keys.pcr_public.display(),
             keys.pcr_key.display()
         );
         let cert_key = Tool::new("openssl").describe(format!("reading the certificate {}", keys.db_cert.display())).args(["x509", "-noout", "-pubkey", "-in"]).arg(&keys.db_cert).output()?;
         anyhow::ensure!(
-            pem_body(&cert_key) == pem_body(&public_of(&keys.db_key)?),
+            crate::format::pem_body(&cert_key) == crate::format::pem_body(&public_of(&keys.db_key)?),
             "{} does not certify {}: the Secure Boot certificate and key do not belong together",
             keys.db_cert.display(),
             keys.db_key.display()
         );
         let der = fs_err::read(&keys.db_cert_der)?;
-        let pem_as_der = pem_der(&fs_err::read_to_string(&keys.db_cert)?).with_context(|| format!("{} holds no PEM certificate", keys.db_cert.display()))?;
+        let pem_as_der = crate::format::pem_der(&fs_err::read_to_string(&keys.db_cert)?).with_context(|| format!("{} holds no PEM certificate", keys.db_cert.display()))?;
         anyhow::ensure!(der == pem_as_der, "{} is not {} in DER form", keys.db_cert_der.display(), keys.db_cert.display());
         let pkcs1 = Tool::new("openssl")
             .describe(format!("reading the public key {}", keys.pcr_public.display()))
@@ -113,16 +113,6 @@ fn public_of(private: &Path) -> Result<String> {
     Ok(Tool::new("openssl").describe(format!("reading the private key {}", private.display())).args(["pkey", "-pubout", "-in"]).arg(private).output()?)
 }
 
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect()
-}
-
-/// The DER bytes of the first PEM block.
-fn pem_der(pem: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let body = pem_body(pem.split("-----END").next()?);
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
 
 /// `outpost keys init DIR`: a new key directory, owner-only, outside any git work tree.
 pub fn init(dir: &Path, name: &str) -> Result<Keys> {

@@ -79,6 +79,7 @@ fn main() {
         "scenario::thief",
         "scenario::power-cut",
         "scenario::secure-boot",
+        "scenario::update-rollback",
         "images::clinic-pc",
         "scenario::usb-key",
         "scenario::corrupt-root",

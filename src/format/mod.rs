@@ -24,3 +24,16 @@ pub const PCR_SIGNATURE_RUN_PATH: &str = "/run/outpost/tpm2-pcr-signature.json";
 pub const DB_CERT_ON_ESP: &str = "outpost/secure-boot-db.cer";
 /// Device-mapper name of the verified root, opened by the initramfs.
 pub const VERITY_MAPPING: &str = "outpost-root";
+
+/// The base64 body of a PEM text, its lines joined (to compare two keys whatever their line
+/// lengths).
+pub fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect()
+}
+
+/// The DER bytes of the first PEM block.
+pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let body = pem_body(pem.split("-----END").next()?);
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
