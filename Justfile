@@ -190,3 +190,53 @@ power-cuts count="100":
         print("FAILED", f)
     sys.exit(1 if r["failed"] else 0)
     PY
+
+# Power cuts while an update is written: each round a fresh appliance (release 1, Secure Boot on)
+# gets the delta bundle to release 2 on a stick and loses power a seeded random moment (0-20 s)
+# after the bundle is checked, i.e. anywhere in writing the root, its hash tree, the partition
+# table, the UKI or the boot entry; it must then come up (release 1 or 2, the stick still in)
+# and reach release 2. Prints where each cut fell and what came up.
+update-cuts count="10" seed="20261130":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -q
+    export SOURCE_DATE_EPOCH=1700000000
+    t=$(mktemp -d /var/tmp/outpost-update-cuts.XXXXXX)
+    trap 'rm -rf "$t"' EXIT
+    ob=$PWD/target/release/outpost
+    # Keys whose db key is the one the firmware's test variables enrol (ovmf's "snakeoil").
+    $ob keys init "$t/keys" > /dev/null
+    openssl pkey -in /usr/share/ovmf/PkKek-1-snakeoil.key -passin pass:snakeoil -out "$t/keys/secure-boot-db.key"
+    chmod 600 "$t/keys/secure-boot-db.key"
+    cp /usr/share/ovmf/PkKek-1-snakeoil.pem "$t/keys/secure-boot-db.crt"
+    openssl x509 -outform DER -in "$t/keys/secure-boot-db.crt" -out "$t/keys/secure-boot-db.cer"
+    files=()
+    for i in $(seq 1 {{count}}); do
+      delay=$(python3 -c "import random; print(f'{random.Random({{seed}} * 1000 + $i).uniform(0, 20):.1f}')")
+      f="$t/cut-$i.toml"
+      printf '%s\n' 'version = 1' "image = \"$PWD/images/debian-base.toml\"" 'timeout = 600' 'secure-boot = true' \
+        "update-image = \"$PWD/images/debian-base-next.toml\"" 'verdict = "OUTPOST-VERDICT: running"' \
+        '[[reboot]]' 'update = true' 'power-cut-at = "update: release 2 of debian-base checked"' "power-cut-delay = $delay" \
+        '[[reboot]]' 'update = true' 'verdict = "OUTPOST-VERDICT: running"' \
+        '[[reboot.command]]' "run = \"until grep -Eq 'staged|idle' /run/outpost/update.json 2>/dev/null; do sleep 2; done; cat /usr/lib/outpost/release.json\"" \
+        '[[reboot]]' 'verdict = "OUTPOST-VERDICT: running"' \
+        '[[reboot.command]]' 'run = "cat /usr/lib/outpost/release.json"' "expect = '\"release\": \"2\"'" > "$f"
+      files+=("$f")
+    done
+    $ob test "${files[@]}" --keys "$t/keys" --work "$t/work" --json > "$t/report.json" || true
+    python3 - "$t" <<'PY'
+    import json, re, sys, glob
+    t = sys.argv[1]
+    reports = json.load(open(t + "/report.json"))["scenarios"]
+    ok = 0
+    for r in reports:
+        cut = next((p for p in r["passed"] if "power cut" in p), "?")
+        after = [l for l in open(glob.glob(f"{t}/work/{r['scenario']}/vm/console-2.log")[0], errors="replace") if "update:" in l]
+        last = re.sub(r"^.*outpost: ", "", after[-1].strip()) if after else "(nothing of the update on the console)"
+        up = next((p for p in r["passed"] if p.startswith("boot 3: `until")), "")
+        came = "release 2" if '"2"' in up else "release 1" if '"1"' in up else "?"
+        print(f"{r['scenario']:<8} {cut.split(': ', 1)[-1]}\n         last line before the cut: {last}\n         came up on {came}; " + ("reached release 2" if not r["failed"] else "FAILED: " + "; ".join(r["failed"])))
+        ok += not r["failed"]
+    print(f"update cuts       {ok} of {len(reports)} rounds came up and reached release 2")
+    sys.exit(0 if ok == len(reports) else 1)
+    PY

@@ -27,6 +27,8 @@ const CHECK_DIR: &str = "/run/outpost/update-check";
 const HEALTH_LIMIT: Duration = Duration::from_secs(300);
 /// How long failed units may stay failed (a unit restarting by itself gets this long).
 const FAILED_GRACE: Duration = Duration::from_secs(30);
+/// How long after a unit is first seen waiting to restart it may still be seen so.
+const RESTART_GRACE: Duration = Duration::from_secs(45);
 
 /// One root slot on the device.
 #[derive(Debug, Clone)]
@@ -457,18 +459,35 @@ fn stick_inner(mnt: &Path) -> Result<()> {
     apply(&best.to_string_lossy(), false)
 }
 
-/// The appliance's health as the boot's verdict sees it: Ok once `running`; the failed units
-/// once some stayed failed past the grace time, or the state at the limit.
+/// The appliance's health: Ok once the system is `running` with no unit restarting, for 10 s
+/// on end; the units that stayed failed past the grace time, or kept restarting (a service that
+/// never starts is restarted by `Restart=` and never shows as failed), or the state at the limit.
 fn wait_healthy(limit: Duration) -> Result<(), String> {
     let started = Instant::now();
     let mut failing_since: Option<Instant> = None;
+    let mut healthy_since: Option<Instant> = None;
+    let mut restarting: HashMap<String, Instant> = HashMap::new();
+    let units = |state: &str| -> Vec<String> {
+        let out = Tool::new("systemctl").describe("listing units").args(["list-units", "--all", "--no-legend", "--plain"]).arg(format!("--state={state}")).output().unwrap_or_default();
+        out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+    };
     loop {
         let state = Tool::new("systemctl").describe("reading the system state").arg("is-system-running").output_with_status().map(|(_, out)| out.trim().to_string()).unwrap_or_default();
-        if state == "running" {
-            return Ok(());
+        let failed = units("failed");
+        let looping = units("auto-restart");
+        for u in &looping {
+            let first = *restarting.entry(u.clone()).or_insert_with(Instant::now);
+            if first.elapsed() > RESTART_GRACE {
+                return Err(format!("units keep restarting: {}", looping.join(" ")));
+            }
         }
-        let failed = Tool::new("systemctl").describe("listing failed units").args(["list-units", "--state=failed", "--no-legend", "--plain"]).output().unwrap_or_default();
-        let failed: Vec<&str> = failed.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        if state == "running" && looping.is_empty() {
+            if healthy_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(10) {
+                return Ok(());
+            }
+        } else {
+            healthy_since = None;
+        }
         if failed.is_empty() {
             failing_since = None;
         } else if failing_since.get_or_insert_with(Instant::now).elapsed() > FAILED_GRACE {

@@ -156,6 +156,10 @@ struct RebootToml {
     verdict: Option<String>,
     #[serde(default)]
     power_cut_at: Option<String>,
+    /// Seconds after `power-cut-at`'s text appears before the plug is pulled (a moment inside a
+    /// step rather than at its boundary; `just update-cuts` draws them at random).
+    #[serde(default)]
+    power_cut_delay: f64,
     /// Before this boot, flip one byte in the middle of the root partition (on the host, in the
     /// disk file), as a failing disk or a tamperer would.
     #[serde(default)]
@@ -334,6 +338,7 @@ pub struct Boot {
     /// Pull the plug (SIGKILL QEMU) as soon as the console shows this text; nothing else is
     /// checked in that boot.
     pub power_cut_at: Option<String>,
+    pub power_cut_delay: f64,
     pub corrupt_root: bool,
     pub thief: Option<Thief>,
     pub update: bool,
@@ -374,6 +379,7 @@ impl Scenario {
             key_disk: t.key_disk,
             verdict: t.verdict.unwrap_or_default(),
             power_cut_at: t.power_cut_at,
+            power_cut_delay: 0.0,
             corrupt_root: t.corrupt_root,
             thief: None,
             update: false,
@@ -388,6 +394,7 @@ impl Scenario {
             key_disk: r.key_disk.unwrap_or(t.key_disk),
             verdict: r.verdict.unwrap_or_default(),
             power_cut_at: r.power_cut_at,
+            power_cut_delay: r.power_cut_delay,
             corrupt_root: r.corrupt_root,
             thief: r.thief,
             update: r.update,
@@ -408,6 +415,9 @@ impl Scenario {
                 }
                 Some(t) if t.trim().is_empty() => p.push(file, &at("power-cut-at"), "give the console text at which the power is cut"),
                 _ => {}
+            }
+            if !(0.0..=600.0).contains(&b.power_cut_delay) || (b.power_cut_delay > 0.0 && b.power_cut_at.is_none()) {
+                p.push(file, &at("power-cut-delay"), "seconds (0 to 600) after `power-cut-at`'s text, on a boot that has one");
             }
             if b.update && t.update_image.is_none() {
                 p.push(file, &at("update"), "the scenario has no `update-image` to update to");

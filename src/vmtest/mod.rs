@@ -353,10 +353,14 @@ async fn boot_once(
     if let Some(text) = &boot.power_cut_at {
         match found {
             Ok(_) => {
+                if boot.power_cut_delay > 0.0 {
+                    tokio::time::sleep(Duration::from_secs_f64(boot.power_cut_delay)).await;
+                }
                 // SIGKILL: the guest gets no chance to flush or unmount, as with a power cut.
                 let _ = vm.0.start_kill();
                 let _ = vm.0.wait().await;
-                passed.push(format!("power cut {:.0} s after power-on, when the console showed `{text}`", started.elapsed().as_secs_f64()));
+                let delay = if boot.power_cut_delay > 0.0 { format!(" and {:.1} s more", boot.power_cut_delay) } else { String::new() };
+                passed.push(format!("power cut {:.0} s after power-on, when the console showed `{text}`{delay}", started.elapsed().as_secs_f64()));
             }
             Err(e) => failed.push(format!("{e:#}")),
         }
