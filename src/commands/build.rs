@@ -11,7 +11,11 @@ use crate::progress::human;
 pub fn run(cli: &Cli, image: &Path, out: &Path, encrypt_key_file: Option<&Path>, keys: Option<&Path>) -> Result<i32> {
     let mut ctx = super::ctx(cli, keys)?;
     ctx.encrypt_key = encrypt_key_file.map(Path::to_path_buf);
-    let report = crate::pipeline::build(&ctx, image, out)?;
+    report(cli, &ctx, image, out)
+}
+
+fn report(cli: &Cli, ctx: &crate::pipeline::Ctx, image: &Path, out: &Path) -> Result<i32> {
+    let report = crate::pipeline::build(ctx, image, out)?;
     if cli.json {
         print_json(&report)?;
     } else {
@@ -24,13 +28,7 @@ pub fn run(cli: &Cli, image: &Path, out: &Path, encrypt_key_file: Option<&Path>,
 pub fn bundle(cli: &Cli, image: &Path, out: &Path, from: Option<&Path>, keys: Option<&Path>) -> Result<i32> {
     let mut ctx = super::ctx(cli, keys)?;
     ctx.bundle = Some(crate::pipeline::BundleRequest { from: from.map(Path::to_path_buf) });
-    let report = crate::pipeline::build(&ctx, image, out)?;
-    if cli.json {
-        print_json(&report)?;
-    } else {
-        print_build_summary(&report);
-    }
-    Ok(0)
+    report(cli, &ctx, image, out)
 }
 
 fn print_build_summary(r: &crate::pipeline::BuildReport) {
