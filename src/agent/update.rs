@@ -322,8 +322,13 @@ pub fn apply(bundle: &str, reboot: bool) -> Result<()> {
 }
 
 fn apply_inner(source: &str, report: &mut Reporter) -> Result<String> {
-    anyhow::ensure!(!source.starts_with("http://") && !source.starts_with("https://"), "fetching bundles over the network is not built yet: copy it onto a USB stick labelled {}", update::STICK_LABEL);
-    let path = Path::new(source);
+    let fetched;
+    let path = if source.starts_with("http://") || source.starts_with("https://") {
+        fetched = fetch(source, &Path::new(update::STATE_DIR).join("downloads"), 30, Duration::from_secs(10))?;
+        fetched.as_path()
+    } else {
+        Path::new(source)
+    };
     let running = running_release()?;
     let (_, root_hash) = booted()?;
     let key = Path::new("/").join(update::UPDATE_PUBLIC_KEY_PATH);
@@ -392,6 +397,43 @@ fn apply_inner(source: &str, report: &mut Reporter) -> Result<String> {
         Ok(())
     })?;
     Ok(m.release)
+}
+
+/// Downloads `url` into `dir` (on the data partition, so that a download survives a power cut),
+/// resuming where a dropped connection or a cut left it (HTTP range requests, `curl -C -`):
+/// a slow link never starts again from zero. Up to `tries` attempts, `pause` apart.
+fn fetch(url: &str, dir: &Path, tries: u32, pause: Duration) -> Result<PathBuf> {
+    use sha2::Digest;
+    let name = format!("{}.update", &hex::encode(sha2::Sha256::digest(url.as_bytes()))[..16]);
+    let done = dir.join(&name);
+    if done.is_file() {
+        return Ok(done);
+    }
+    fs_err::create_dir_all(dir)?;
+    let partial = crate::files::partial(&done);
+    for attempt in 1..=tries {
+        let had = fs_err::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let r = Tool::new("curl")
+            .describe(format!("downloading {url}"))
+            .args(["--fail", "--silent", "--show-error", "--location", "--continue-at", "-", "--connect-timeout", "30", "--speed-limit", "1", "--speed-time", "120", "--output"])
+            .arg(&partial)
+            .arg(url)
+            .output_with_status();
+        let now = fs_err::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        match r {
+            Ok((0, _)) => {
+                fs_err::rename(&partial, &done)?;
+                say(&format!("update: downloaded {url} ({now} bytes{})", if attempt > 1 { format!(", in {attempt} attempts") } else { String::new() }));
+                return Ok(done);
+            }
+            // 33: the server cannot resume; the next attempt starts from zero.
+            Ok((33, _)) => crate::files::remove_if_exists(&partial)?,
+            Ok((code, out)) => say(&format!("update: download of {url} interrupted at {now} bytes (+{} this attempt; curl exit {code}: {}); resuming", now.saturating_sub(had), out.trim())),
+            Err(e) => return Err(e.into()),
+        }
+        std::thread::sleep(pause);
+    }
+    bail!("{url} could not be downloaded in {tries} attempts; what arrived is kept and the next try resumes from it")
 }
 
 /// Recomputes the hash tree of the written root with the release's parameters; returns its
@@ -683,6 +725,49 @@ mod tests {
             payload_sha256: String::new(),
             build: serde_json::Value::Null,
         }
+    }
+
+    /// A download cut halfway resumes where it stopped: the server sends the file about once.
+    #[test]
+    fn a_dropped_download_resumes_where_it_stopped() {
+        use std::io::BufRead;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        crate::tool::preflight(&["curl"]).unwrap();
+        let body: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = std::sync::Arc::new(AtomicU64::new(0));
+        let (server_body, server_sent) = (body.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let mut stream = stream.unwrap();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut from = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        from = r.trim().trim_end_matches('-').parse().unwrap();
+                    }
+                }
+                let rest = &server_body[from..];
+                let status = if from > 0 { format!("206 Partial Content\r\nContent-Range: bytes {from}-{}/{}", server_body.len() - 1, server_body.len()) } else { "200 OK".into() };
+                let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len());
+                // The first connection drops halfway, as a 2G link does.
+                let n_send = if n == 0 { rest.len() / 2 } else { rest.len() };
+                let _ = stream.write_all(&rest[..n_send]);
+                server_sent.fetch_add(n_send as u64, Ordering::SeqCst);
+            }
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{port}/clinic-2.update");
+        let got = fetch(&url, tmp.path(), 5, Duration::from_millis(100)).unwrap();
+        assert!(fs_err::read(&got).unwrap() == body);
+        assert_eq!(sent.load(Ordering::SeqCst), body.len() as u64, "the server sent more than the file once: the download restarted");
+        // Fetched once: asking again reads nothing more.
+        assert_eq!(fetch(&url, tmp.path(), 1, Duration::ZERO).unwrap(), got);
     }
 
     #[test]
