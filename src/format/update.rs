@@ -23,9 +23,8 @@ pub const RELEASE_PATH: &str = "usr/lib/outpost/release.json";
 pub const STATUS_RUN_PATH: &str = "/run/outpost/update.json";
 /// On the data partition: why a release was given up (read by the release booted after it).
 pub const STATE_DIR: &str = "/var/lib/outpost/update";
-/// The label of a USB stick holding bundles (ext4, NTFS), and its 11-character form for FAT and
-/// exFAT, whose labels hold no more.
-pub const STICK_LABEL: &str = "OUTPOSTUPDATE";
+/// The label of a USB stick holding bundles on FAT and exFAT, whose labels hold 11 characters
+/// (OUTPOSTUPDATE on others; the udev rule in layers/appliance takes both).
 pub const STICK_LABEL_FAT: &str = "OUTPOSTUPD";
 /// Boots a new release gets to become healthy before the previous one boots again.
 pub const TRIES: u32 = 3;
