@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{say, wait_for};
+use super::say;
 use crate::format::layout::SLOTS;
 use crate::format::update::{self, Manifest, Release, Status};
 use crate::tool::Tool;
@@ -59,15 +59,39 @@ fn running_release() -> Result<Release> {
     serde_json::from_slice(&fs_err::read(&p)?).with_context(|| format!("reading {}", p.display()))
 }
 
+/// The running root's whole disk (`/sys/class/block/vda`).
+fn boot_disk() -> Result<PathBuf> {
+    let (root_uuid, _) = booted()?;
+    let booted_dev = fs_err::canonicalize(Path::new("/dev/disk/by-partuuid").join(&root_uuid)).context("finding the running root partition")?;
+    let part = booted_dev.file_name().context("a partition device has a name")?.to_string_lossy().into_owned();
+    let sys = fs_err::canonicalize(Path::new("/sys/class/block").join(&part))?;
+    Ok(sys.parent().context("a partition's sysfs directory has a parent")?.to_path_buf())
+}
+
+/// The partition of the boot disk with GPT name `name` (from the kernel's uevent, not udev's
+/// by-partlabel links: a USB stick with a partition of the same name must never be taken).
+fn disk_partition(disk: &Path, name: &str) -> Result<PathBuf> {
+    for e in fs_err::read_dir(disk)? {
+        let dir = e?.path();
+        let uevent = dir.join("uevent");
+        if !dir.join("partition").is_file() {
+            continue;
+        }
+        let text = fs_err::read_to_string(&uevent)?;
+        if text.lines().any(|l| l.strip_prefix("PARTNAME=") == Some(name)) {
+            return Ok(Path::new("/dev").join(dir.file_name().context("a partition has a name")?));
+        }
+    }
+    bail!("the boot disk ({}) has no partition `{name}`: it was written before updates existed; reinstall it once", disk.display())
+}
+
 fn find_slots() -> Result<Slots> {
     let (root_uuid, _) = booted()?;
     let booted_dev = fs_err::canonicalize(Path::new("/dev/disk/by-partuuid").join(&root_uuid)).context("finding the running root partition")?;
+    let disk_sys = boot_disk()?;
     let mut found = Vec::new();
     for (name, root, verity) in SLOTS {
-        let by = Path::new("/dev/disk/by-partlabel");
-        let r = wait_for(&by.join(root), Duration::from_secs(10)).with_context(|| format!("this disk has no partition `{root}`: it was written before updates existed; reinstall it once"))?;
-        let v = wait_for(&by.join(verity), Duration::from_secs(10)).with_context(|| format!("this disk has no partition `{verity}`"))?;
-        found.push(Slot { name, root: fs_err::canonicalize(r)?, verity: fs_err::canonicalize(v)? });
+        found.push(Slot { name, root: disk_partition(&disk_sys, root)?, verity: disk_partition(&disk_sys, verity)? });
     }
     let (active, inactive) = if found[0].root == booted_dev {
         (found[0].clone(), found[1].clone())
@@ -76,9 +100,7 @@ fn find_slots() -> Result<Slots> {
     } else {
         bail!("the running root ({}) is neither root slot", booted_dev.display());
     };
-    let part = active.root.file_name().context("a partition device has a name")?.to_string_lossy().into_owned();
-    let parent = fs_err::canonicalize(Path::new("/sys/class/block").join(&part))?.parent().context("a partition's sysfs directory has a parent")?.to_path_buf();
-    let disk = Path::new("/dev").join(parent.file_name().context("the disk has a name")?);
+    let disk = Path::new("/dev").join(disk_sys.file_name().context("the disk has a name")?);
     Ok(Slots { active, inactive, disk })
 }
 
@@ -86,7 +108,7 @@ fn find_slots() -> Result<Slots> {
 /// overlap), through a lock in /run.
 fn with_esp<T>(f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     use std::os::unix::io::AsRawFd;
-    let dev = wait_for(Path::new("/dev/disk/by-partlabel/esp"), Duration::from_secs(10)).context("the disk has no partition `esp`")?;
+    let dev = disk_partition(&boot_disk()?, "esp")?;
     let mnt = Path::new(ESP_MOUNT);
     fs_err::create_dir_all(mnt)?;
     let lock = fs_err::File::create("/run/outpost/esp.lock")?;

@@ -164,3 +164,21 @@ fn only_a_later_release_of_the_same_image_from_the_running_base_applies() {
     let e = check_applies(&other, &running, "aaaa").unwrap_err().to_string();
     assert!(e.contains("for image `pacs`"), "{e}");
 }
+
+/// Slots and the ESP are found on the boot disk by the kernel's partition names, never on
+/// another disk (a stick whose partition has the same name).
+#[test]
+fn partitions_are_found_on_the_boot_disk_by_their_kernel_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("vda");
+    for (part, name) in [("vda1", "esp"), ("vda2", "root-a"), ("vda5", "root-b")] {
+        fs_err::create_dir_all(disk.join(part)).unwrap();
+        fs_err::write(disk.join(part).join("partition"), "1\n").unwrap();
+        fs_err::write(disk.join(part).join("uevent"), format!("MAJOR=254\nMINOR=2\nDEVNAME={part}\nDEVTYPE=partition\nPARTN=2\nPARTNAME={name}\n")).unwrap();
+    }
+    fs_err::create_dir_all(disk.join("queue")).unwrap();
+    assert_eq!(disk_partition(&disk, "root-b").unwrap(), Path::new("/dev/vda5"));
+    assert_eq!(disk_partition(&disk, "esp").unwrap(), Path::new("/dev/vda1"));
+    let e = disk_partition(&disk, "root-b-verity").unwrap_err().to_string();
+    assert!(e.contains("no partition `root-b-verity`") && e.contains("reinstall"), "{e}");
+}
