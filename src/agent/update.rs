@@ -602,9 +602,15 @@ pub fn boot_check() -> Result<()> {
                     say(&format!("update: release {} is healthy: kept", running.release));
                 }
                 Err(reason) => {
-                    fs_err::create_dir_all(state)?;
+                    // Kept for the release that boots next; the restart happens even when /var
+                    // could not be written (the data partition may be what failed).
                     let f = Failure { release: running.release.clone(), reason: reason.clone() };
-                    crate::files::atomic_write(&state.join("last-failure.json"), |w| Ok(w.write_all(&serde_json::to_vec_pretty(&f)?)?))?;
+                    let kept = fs_err::create_dir_all(state)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|_| crate::files::atomic_write(&state.join("last-failure.json"), |w| Ok(w.write_all(&serde_json::to_vec_pretty(&f)?)?)));
+                    if let Err(e) = kept {
+                        say(&format!("update: could not record why release {} failed: {e:#}", running.release));
+                    }
                     report.set("failing", Some(reason.clone()));
                     say(&format!(
                         "update: release {} is NOT healthy ({reason}); restarting: {}",
