@@ -192,10 +192,11 @@ power-cuts count="100":
     PY
 
 # Power cuts while an update is written: each round a fresh appliance (release 1, Secure Boot on)
-# gets the delta bundle to release 2 on a stick and loses power a seeded random moment (0-20 s)
-# after the bundle is checked, i.e. anywhere in writing the root, its hash tree, the partition
-# table, the UKI or the boot entry; it must then come up (release 1 or 2, the stick still in)
-# and reach release 2. Prints where each cut fell and what came up.
+# gets the delta bundle to release 2 on a stick and loses power at a seeded random moment. The
+# first four rounds fall in the late steps (after 80% of the root: its hash tree and the partition
+# table; in the UKI; at its end; just after staging), the others anywhere from the check of the
+# bundle to 30 s after it (the whole apply, ~25 s under TCG). Each must then come up (release 1
+# or 2, the stick still in) and reach release 2. Prints where each cut fell and what came up.
 update-cuts count="10" seed="20261130":
     #!/usr/bin/env bash
     set -euo pipefail
@@ -212,11 +213,17 @@ update-cuts count="10" seed="20261130":
     openssl x509 -outform DER -in "$t/keys/secure-boot-db.crt" -out "$t/keys/secure-boot-db.cer"
     files=()
     for i in $(seq 1 {{count}}); do
-      delay=$(python3 -c "import random; print(f'{random.Random({{seed}} * 1000 + $i).uniform(0, 20):.1f}')")
+      read -r at delay < <(python3 -c "
+    import random
+    r = random.Random({{seed}} * 1000 + $i)
+    late = [('update: 80% written', 0.5, 4), ('update: 90% written', 0, 1), ('update: 100% written', 0, 0.3), ('update: release 2 staged', 0, 0.2)]
+    at, lo, hi = late[$i - 1] if $i <= len(late) else ('update: release 2 of debian-base checked', 0, 30)
+    print(at.replace(' ', '_'), f'{r.uniform(lo, hi):.1f}')")
+      at=${at//_/ }
       f="$t/cut-$i.toml"
       printf '%s\n' 'version = 1' "image = \"$PWD/images/debian-base.toml\"" 'timeout = 600' 'secure-boot = true' \
         "update-image = \"$PWD/images/debian-base-next.toml\"" 'verdict = "OUTPOST-VERDICT: running"' \
-        '[[reboot]]' 'update = true' 'power-cut-at = "update: release 2 of debian-base checked"' "power-cut-delay = $delay" \
+        '[[reboot]]' 'update = true' "power-cut-at = \"$at\"" "power-cut-delay = $delay" \
         '[[reboot]]' 'update = true' 'verdict = "OUTPOST-VERDICT: running"' \
         '[[reboot.command]]' "run = \"until grep -Eq 'staged|idle' /run/outpost/update.json 2>/dev/null; do sleep 2; done; cat /usr/lib/outpost/release.json\"" \
         '[[reboot]]' 'verdict = "OUTPOST-VERDICT: running"' \

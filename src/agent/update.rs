@@ -522,8 +522,7 @@ fn stick_inner(mnt: &Path) -> Result<()> {
     // The newest release; of two bundles of it, the delta (less to read).
     candidates.sort_by(|a, b| update::release_cmp(&a.0, &b.0).then(a.1.cmp(&b.1)));
     let Some((_, _, best)) = candidates.pop() else {
-        let mut r = Reporter::new("idle");
-        r.set("idle", Some(format!("no bundle on the stick applies to {} release {}", running.image, running.release)));
+        // Said only: the status file keeps what the boot check or an earlier update wrote.
         say(&format!("update: nothing on the stick for {} release {}", running.image, running.release));
         return Ok(());
     };
