@@ -151,6 +151,9 @@ pub enum Command {
         #[command(subcommand)]
         command: StackCommand,
     },
+    /// The appliance's firewall: only published and declared ports open (runs inside the image)
+    #[command(hide = true)]
+    Firewall,
     /// The appliance's updates (runs inside the image)
     #[command(hide = true)]
     Update {
@@ -233,6 +236,9 @@ pub enum PowerCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum StackCommand {
+    /// Start one service of a stack: its secrets made if this is the first start, its
+    /// environment interpolated, then podman run (a unit's ExecStart)
+    Run { stack: String, service: String },
     /// Wait until a container's health check passes (a unit's ExecStartPost)
     WaitHealthy {
         container: String,

@@ -437,6 +437,7 @@ fn publish(
             disk_guid: layout.disk_guid.to_string(),
             packages: contents.packages.iter().map(|(n, v)| output::Package { name: n.clone(), version: v.clone() }).collect(),
             containers: contents.containers,
+            stacks: crate::container::stack_records(plan),
             data: plan.spec.data.clone(),
             warnings: warnings.to_vec(),
             outputs,

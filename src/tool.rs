@@ -213,6 +213,24 @@ impl Tool {
         }
     }
 
+    /// Replaces this process with the tool (a unit's ExecStart that prepares, then becomes
+    /// podman), keeping the variables in `keep` too (NOTIFY_SOCKET and the like). Returns only
+    /// when the exec failed.
+    pub fn exec(&self, keep: &[&str]) -> anyhow::Error {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = match self.command() {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        for k in keep {
+            if let Some(v) = std::env::var_os(k) {
+                cmd.env(k, v);
+            }
+        }
+        let e = cmd.exec();
+        anyhow::Error::new(e).context(format!("starting {}", self.program))
+    }
+
     /// Starts a long-lived process (QEMU, swtpm) the way every tool runs: cleared environment,
     /// stdin from /dev/null, stdout discarded; stderr piped when `keep_stderr` (read when the
     /// process ends early), else discarded. The process is killed when the child is dropped.

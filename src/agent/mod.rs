@@ -9,7 +9,9 @@ pub mod installer;
 pub mod power_on;
 pub mod root;
 pub mod site;
+pub mod firewall;
 pub mod stack;
+pub mod tls;
 pub mod tpm;
 pub mod update;
 

@@ -95,6 +95,13 @@ pub fn render(site: &Site) -> BTreeMap<PathBuf, Entry> {
         env.push_str(&format!("{}={}\n", k.to_uppercase(), shell_quote(v)));
     }
     out.insert(PathBuf::from("etc/outpost/site.env"), file(env));
+    // The same variables for the stacks' environment (`outpost stack run`), which may set a
+    // declared secret: readable by root only.
+    let app: BTreeMap<String, &String> = site.app.iter().map(|(k, v)| (k.to_uppercase(), v)).collect();
+    out.insert(
+        PathBuf::from(crate::format::stack::SITE_APP_JSON.trim_start_matches('/')),
+        Entry::File { mode: 0o600, text: serde_json::to_string_pretty(&app).expect("strings") + "\n" },
+    );
     for a in &site.admins {
         out.insert(PathBuf::from(format!("home/{}/.ssh/authorized_keys", a.name)), Entry::File { mode: 0o600, text: a.ssh_keys.join("\n") + "\n" });
     }

@@ -1,10 +1,163 @@
-//! `outpost stack wait-healthy`, on the device: a compose service's unit waits in
-//! ExecStartPost until its container's health check passes, so that units ordered after it
-//! start once it serves (compose's `service_healthy`).
+//! The stacks' services on the device. `outpost stack run` is a unit's ExecStart: it makes the
+//! stack's per-device secrets on their first start, interpolates the service's environment
+//! (secrets, then the site's variables, then the layer's defaults) and becomes `podman run`.
+//! `outpost stack wait-healthy` waits in ExecStartPost until the container's health check
+//! passes, so that units ordered after it start once it serves (compose's `service_healthy`).
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+
+use crate::format::interpolate;
+use crate::format::stack::{RunSpec, SECRETS, SITE_APP_JSON, STACK_DATA, Secret, SecretKind, StackSpec, TLS_DIR, run_spec_path, stack_spec_path};
 use crate::tool::Tool;
+
+/// Variables podman itself needs from the unit (its readiness notification, its unit name).
+const KEEP_ENV: &[&str] = &["NOTIFY_SOCKET", "PODMAN_SYSTEMD_UNIT", "INVOCATION_ID", "JOURNAL_STREAM"];
+
+/// `outpost stack run STACK SERVICE`.
+pub fn run(stack: &str, service: &str) -> Result<()> {
+    let read = |p: String| -> Result<Vec<u8>> { fs_err::read(&p).with_context(|| format!("reading {p} (is `{stack}` a stack of this image, `{service}` one of its services?)")) };
+    let spec: StackSpec = serde_json::from_slice(&read(stack_spec_path(stack))?).context("parsing the stack's specification")?;
+    let run: RunSpec = serde_json::from_slice(&read(run_spec_path(stack, service))?).context("parsing the service's specification")?;
+    let site: BTreeMap<String, String> = match fs_err::read(SITE_APP_JSON) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {SITE_APP_JSON}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let secrets = ensure_secrets(Path::new(SECRETS), stack, &spec.secrets, &site)?;
+    ensure_network(stack, &run.network, &run.subnet)?;
+    if run.tls {
+        let host = fs_err::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "outpost".into());
+        let _lock = lock(Path::new("/run/outpost/tls.lock"))?;
+        let c = super::tls::ensure(Path::new(TLS_DIR), &host)?;
+        super::say(&format!("tls: {} certificate for {host}, SHA-256 fingerprint {}, valid until {}", if c.made { "made a" } else { "the" }, c.fingerprint, c.not_after));
+    }
+    for d in &run.data_dirs {
+        let p = Path::new(STACK_DATA).join(stack).join(d);
+        fs_err::create_dir_all(&p)?;
+    }
+    let argv = podman_argv(&run, &resolve_environment(&run.environment, &secrets, &site, &spec.defaults).with_context(|| format!("service `{service}` of stack `{stack}`"))?);
+    Err(Tool::new("podman").describe(format!("starting service `{service}` of stack `{stack}`")).args(&argv).exec(KEEP_ENV))
+}
+
+/// Makes the stack's network if this boot has not yet (podman keeps networks in /etc, which is
+/// in memory). Its services start together: one makes it, under the stack's lock.
+fn ensure_network(stack: &str, network: &str, subnet: &str) -> Result<()> {
+    let dir = Path::new("/run/outpost/stacks");
+    fs_err::create_dir_all(dir)?;
+    let _lock = lock(&dir.join(format!("{stack}.lock")))?;
+    let exists = Tool::new("podman").args(["network", "exists", network]).run().is_ok();
+    if !exists {
+        Tool::new("podman").describe(format!("making the network of stack `{stack}`")).args(["network", "create", "--subnet", subnet, network]).run()?;
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `path`, held until the file is dropped.
+fn lock(path: &Path) -> Result<fs_err::File> {
+    let f = fs_err::File::create(path)?;
+    // SAFETY: flock on a descriptor we own; released when the file is dropped.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(f)
+}
+
+/// The environment with every value interpolated: secrets first, then the site's variables,
+/// then the layer's defaults.
+pub fn resolve_environment(env: &BTreeMap<String, String>, secrets: &BTreeMap<String, String>, site: &BTreeMap<String, String>, defaults: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    let mut lookup = |n: &str| secrets.get(n).or_else(|| site.get(n)).or_else(|| defaults.get(n)).cloned();
+    env.iter()
+        .map(|(k, v)| interpolate::interpolate(v, &mut lookup).map(|v| (k.clone(), v)).map_err(|e| anyhow::anyhow!("environment `{k}`: {e}")))
+        .collect()
+}
+
+/// `podman run` with the environment as `--env=K=V` (exec'd directly: values may span lines).
+pub fn podman_argv(run: &RunSpec, env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut argv = run.args.clone();
+    argv.extend(env.iter().map(|(k, v)| format!("--env={k}={v}")));
+    argv.extend(run.tail.iter().cloned());
+    argv
+}
+
+/// The stack's secrets, made the first time (one lock per stack: its services start together).
+/// A site variable of the same name is the secret (a site may set one); it is not stored.
+pub fn ensure_secrets(root: &Path, stack: &str, declared: &BTreeMap<String, Secret>, site: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if declared.is_empty() {
+        return Ok(out);
+    }
+    let dir = root.join(stack);
+    fs_err::create_dir_all(&dir)?;
+    fs_err::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+    fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let _lock = lock(&dir.join(".lock"))?;
+    for (name, s) in declared {
+        if let Some(v) = site.get(name) {
+            out.insert(name.clone(), v.clone());
+            continue;
+        }
+        let path: PathBuf = dir.join(name);
+        let value = match fs_err::read_to_string(&path) {
+            Ok(v) if !v.is_empty() => v,
+            // Missing, or empty: a power cut between create and write cannot happen with the
+            // atomic write below, but an empty file is made again all the same.
+            Ok(_) => make_secret(&path, s)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => make_secret(&path, s)?,
+            Err(e) => return Err(e.into()),
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+fn make_secret(path: &Path, s: &Secret) -> Result<String> {
+    let value = generate(s)?;
+    crate::files::atomic_write(path, |f| {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        std::io::Write::write_all(f, value.as_bytes())?;
+        Ok(())
+    })?;
+    super::say(&format!("made secret {} for this device", path.display()));
+    Ok(value)
+}
+
+/// A new random value of the secret's kind, from the kernel's generator.
+pub fn generate(s: &Secret) -> Result<String> {
+    let mut random = fs_err::File::open("/dev/urandom")?;
+    let mut bytes = |n: usize| -> Result<Vec<u8>> {
+        let mut b = vec![0u8; n];
+        random.read_exact(&mut b).context("reading /dev/urandom")?;
+        Ok(b)
+    };
+    Ok(match s.kind {
+        SecretKind::Hex => hex::encode(bytes(s.length.div_ceil(2))?)[..s.length].to_string(),
+        SecretKind::Uuid => {
+            let mut b: [u8; 16] = bytes(16)?.try_into().expect("16 bytes");
+            b[6] = (b[6] & 0x0f) | 0x40;
+            b[8] = (b[8] & 0x3f) | 0x80;
+            uuid::Uuid::from_bytes(b).to_string()
+        }
+        SecretKind::Alnum => {
+            const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+            let mut out = String::new();
+            while out.len() < s.length {
+                // 248 = 4 × 62: bytes above it are dropped so that every character is as likely.
+                for b in bytes(s.length)? {
+                    if b < 248 && out.len() < s.length {
+                        out.push(SET[(b % 62) as usize] as char);
+                    }
+                }
+            }
+            out
+        }
+    })
+}
 
 /// Waits until `podman healthcheck run NAME` passes.
 pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
@@ -23,3 +176,55 @@ pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
     anyhow::bail!("container {name} was not healthy within {} s; last check: {last}", timeout.as_secs())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_made_once_kept_and_differ_between_devices() {
+        let declared: BTreeMap<String, Secret> = [
+            ("DB_PASSWORD".to_string(), Secret { kind: SecretKind::Alnum, length: 32 }),
+            ("TOKEN".to_string(), Secret { kind: SecretKind::Hex, length: 17 }),
+            ("NODE".to_string(), Secret { kind: SecretKind::Uuid, length: 36 }),
+        ]
+        .into();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = ensure_secrets(a.path(), "pacs", &declared, &BTreeMap::new()).unwrap();
+        assert_eq!(first["DB_PASSWORD"].len(), 32);
+        assert!(first["DB_PASSWORD"].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(first["TOKEN"].len(), 17);
+        assert!(first["TOKEN"].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(uuid::Uuid::parse_str(&first["NODE"]).unwrap().get_version_num(), 4);
+        // Kept across starts, stored root-only.
+        assert_eq!(ensure_secrets(a.path(), "pacs", &declared, &BTreeMap::new()).unwrap(), first);
+        let mode = fs_err::metadata(a.path().join("pacs/DB_PASSWORD")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Another device (another data partition) has its own.
+        let other = ensure_secrets(b.path(), "pacs", &declared, &BTreeMap::new()).unwrap();
+        for k in declared.keys() {
+            assert_ne!(first[k], other[k], "{k}");
+        }
+        // A site may set one.
+        let site: BTreeMap<String, String> = [("TOKEN".to_string(), "from-the-site".to_string())].into();
+        assert_eq!(ensure_secrets(a.path(), "pacs", &declared, &site).unwrap()["TOKEN"], "from-the-site");
+    }
+
+    #[test]
+    fn the_environment_takes_secrets_then_site_then_defaults_and_keeps_lines() {
+        let env: BTreeMap<String, String> = [
+            ("URL".to_string(), "http://${USER:-admin}:${PW:?no password}@db:${PORT:-5984}/x".to_string()),
+            ("JSON".to_string(), "{\n  \"Password\": \"${PW}\",\n  \"Name\": \"${NAME}\"\n}".to_string()),
+        ]
+        .into();
+        let m = |kv: &[(&str, &str)]| -> BTreeMap<String, String> { kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let out = resolve_environment(&env, &m(&[("PW", "s3cret")]), &m(&[("PW", "site"), ("NAME", "clinic")]), &m(&[("NAME", "default"), ("PORT", "1")])).unwrap();
+        assert_eq!(out["URL"], "http://admin:s3cret@db:1/x");
+        assert_eq!(out["JSON"], "{\n  \"Password\": \"s3cret\",\n  \"Name\": \"clinic\"\n}");
+        let err = resolve_environment(&env, &m(&[]), &m(&[]), &m(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("environment `URL`: variable `PW` is required and not set: no password"), "{err:#}");
+        let run = RunSpec { args: vec!["run".into(), "--rm".into()], environment: env, tail: vec!["img".into(), "serve".into()], data_dirs: vec![], network: "outpost-x".into(), subnet: "10.89.1.0/24".into(), tls: false };
+        let argv = podman_argv(&run, &out);
+        assert_eq!(argv[2], "--env=JSON={\n  \"Password\": \"s3cret\",\n  \"Name\": \"clinic\"\n}");
+        assert_eq!(&argv[argv.len() - 2..], ["img", "serve"]);
+    }
+}

@@ -461,16 +461,7 @@ fn fetch(url: &str, dir: &Path, tries: u32, pause: Duration) -> Result<PathBuf> 
 /// Recomputes the hash tree of the written root with the release's parameters; returns its
 /// root hash.
 fn format_verity(slot: &Slot, m: &Manifest) -> Result<String> {
-    let out = Tool::new("veritysetup")
-        .describe("computing the new root's dm-verity hash tree")
-        .args(["format", "--hash=sha256", "--data-block-size=4096", "--hash-block-size=4096"])
-        .arg(format!("--data-blocks={}", m.root.size / 4096))
-        .arg(format!("--salt={}", m.verity_salt))
-        .arg(format!("--uuid={}", m.verity_uuid))
-        .arg(&slot.root)
-        .arg(&slot.verity)
-        .output()?;
-    out.lines().find_map(|l| l.strip_prefix("Root hash:")).map(|h| h.trim().to_string()).with_context(|| format!("veritysetup printed no root hash: {out}"))
+    crate::format::verity::format(&slot.root, &slot.verity, Some(m.root.size / 4096), &m.verity_salt, &m.verity_uuid, "computing the new root's dm-verity hash tree")
 }
 
 /// Names the inactive slot's partitions after the new root hash, which the new UKI's command

@@ -43,8 +43,14 @@ pub fn power(command: &PowerCommand) -> Result<i32> {
 
 pub fn stack(command: &StackCommand) -> Result<i32> {
     match command {
+        StackCommand::Run { stack, service } => agent::stack::run(stack, service)?,
         StackCommand::WaitHealthy { container, timeout } => agent::stack::wait_healthy(container, Duration::from_secs(*timeout))?,
     }
+    Ok(0)
+}
+
+pub fn firewall() -> Result<i32> {
+    agent::firewall::apply()?;
     Ok(0)
 }
 

@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Root { command } => agent::root(command),
         Command::Power { command } => agent::power(command),
         Command::Stack { command } => agent::stack(command),
+        Command::Firewall => agent::firewall(),
         Command::Installer { command } => agent::installer(command),
         Command::Update { command } => agent::update(command),
     }

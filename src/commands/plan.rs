@@ -30,10 +30,13 @@ pub fn run(cli: &Cli, image: &Path) -> Result<i32> {
         }
         for l in &plan.layers {
             if let Some(s) = &l.layer.stack {
-                println!("stack {} ({}):", s.name, s.file.display());
+                println!("stack {} ({}):", s.name, s.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" + "));
+                if !s.secrets.is_empty() {
+                    println!("  secrets made on each device: {}", s.secrets.keys().cloned().collect::<Vec<_>>().join(", "));
+                }
                 for svc in &s.services {
                     let deps = if svc.depends_on.is_empty() { String::new() } else { format!(" after {}", svc.depends_on.join(", ")) };
-                    let ports: Vec<String> = svc.ports.iter().map(u16::to_string).collect();
+                    let ports: Vec<String> = svc.ports.iter().map(|(h, c)| if h == c { h.to_string() } else { format!("{h}:{c}") }).collect();
                     println!("  {} → {}{}{}", crate::container::units::service_unit(&s.name, &svc.name), svc.image, if ports.is_empty() { String::new() } else { format!(" ports {}", ports.join(",")) }, deps);
                 }
             }

@@ -160,10 +160,20 @@ fn fetch(plan: &BuildPlan, layer: &PlannedLayer, c: &Container, work: &Path, lay
     }
 }
 
+/// The environment variable naming a containers-registries.conf(5) file for the build: its
+/// mirrors serve images named by their upstream registry (`[[registry.mirror]]`), the way an
+/// air-gapped team's Harbor or a test's loopback registry stands in for a registry the build
+/// cannot reach. Without it skopeo reads /etc/containers/registries.conf and the user's own.
+pub const REGISTRIES_CONF_ENV: &str = "OUTPOST_REGISTRIES_CONF";
+
 /// skopeo in a private mount namespace: containers/storage's overlay driver bind-mounts its
 /// directory onto itself, and that mount must end with the process, not stay on the host.
 pub(crate) fn skopeo(why: String) -> Tool {
-    Tool::new("unshare").describe(why).args(["--mount", "--propagation", "private", "--fork", "--", "skopeo"])
+    let t = Tool::new("unshare").describe(why).args(["--mount", "--propagation", "private", "--fork", "--", "skopeo"]);
+    match std::env::var_os(REGISTRIES_CONF_ENV) {
+        Some(conf) => t.arg("--registries-conf").arg(conf),
+        None => t,
+    }
 }
 
 /// skopeo's transport for a file: an OCI layout directory, an OCI archive or a `docker save` tar.
@@ -241,6 +251,33 @@ pub fn install(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, root: &Pat
     Ok(())
 }
 
+/// What the manifest says of a stack.
+#[derive(Debug, Serialize)]
+pub struct StackRecord {
+    pub layer: String,
+    /// The compose files, relative to the layer.
+    pub files: Vec<String>,
+    pub services: Vec<String>,
+    /// Host ports the stack publishes (the firewall opens them).
+    pub published: Vec<u16>,
+    /// Made on each device at first start; names only.
+    pub secrets: Vec<String>,
+}
+
+pub fn stack_records(plan: &BuildPlan) -> Vec<StackRecord> {
+    plan.layers
+        .iter()
+        .filter_map(|l| l.layer.stack.as_ref().map(|s| (l, s)))
+        .map(|(l, s)| StackRecord {
+            layer: l.name.clone(),
+            files: s.files.iter().map(|f| f.strip_prefix(&l.layer.dir).unwrap_or(f).display().to_string()).collect(),
+            services: s.services.iter().map(|x| x.name.clone()).collect(),
+            published: s.services.iter().flat_map(|x| x.ports.iter().map(|(h, _)| *h)).collect(),
+            secrets: s.secrets.keys().cloned().collect(),
+        })
+        .collect()
+}
+
 /// Every container record in an assembled tree, sorted by name.
 pub fn records(root: &Path) -> Result<Vec<Record>> {
     let dir = root.join(RECORDS);
@@ -290,6 +327,9 @@ pub fn planned(plan: &BuildPlan, cache: &Cache) -> Vec<Planned> {
 /// built: an unreachable registry or a wrong digest fails the build in its first seconds.
 pub fn resolve_all(plan: &BuildPlan, cache: &Cache, mut progress: impl FnMut(&str)) -> Result<()> {
     let epoch = crate::files::source_date_epoch()?;
+    if let Some(conf) = std::env::var_os(REGISTRIES_CONF_ENV) {
+        anyhow::ensure!(Path::new(&conf).is_file(), "{REGISTRIES_CONF_ENV}={}: no such file (a containers-registries.conf naming the registries' mirrors)", Path::new(&conf).display());
+    }
     for l in plan.layers.iter().filter(|l| !cache.has(&l.key)) {
         for c in &l.layer.containers {
             progress(&format!("container {} (layer {})", c.name, l.name));

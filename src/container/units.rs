@@ -1,56 +1,93 @@
-//! A compose stack as systemd units: one service per container (podman run, the way
-//! `podman generate systemd --new` writes it), ordered by depends_on, held back until its health
-//! check passes, restarted when it ends, its named volumes on the data partition.
+//! A compose stack as systemd units: one service per container, ordered by depends_on, held
+//! back until its health check passes, restarted when it ends, its named volumes on the data
+//! partition. A unit starts `outpost stack run`, which fills in the environment on the device
+//! (per-device secrets, the site's variables) and becomes `podman run` with the arguments the
+//! build fixed here (as `podman generate systemd --new` would write them).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::plan::BuildPlan;
 use crate::format::AGENT_PATH;
+use crate::format::stack::{RunSpec, STACK_DATA, StackSpec, TLS_DIR};
+use crate::plan::BuildPlan;
 use crate::spec::compose::{Mount, Restart, Service, Stack};
 use crate::spec::container::Container;
 
-/// Where a stack's compose file and the files it mounts are kept in the image.
-pub const STACKS: &str = "usr/lib/outpost/stacks";
+pub use crate::format::stack::STACKS;
 const UNIT_DIR: &str = "usr/lib/systemd/system";
 
 pub use crate::spec::compose::{container_name, service_unit, volume_name};
 
+/// The podman network of a stack.
+pub fn network_name(stack: &str) -> String {
+    format!("outpost-{stack}")
+}
+
+pub use crate::spec::compose::stack_subnet;
+
+/// A service's address on its stack's network: fixed, so that a restarted container comes back
+/// where the others (nginx, a JVM, anything that resolves a name once) still look for it.
+pub fn service_address(stack: &Stack, service: &str) -> String {
+    let mut names: Vec<&str> = stack.services.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    let i = names.iter().position(|n| *n == service).expect("a service of the stack");
+    format!("10.89.{}.{}", stack_subnet(&stack.name), 10 + i)
+}
+
 pub fn target_unit(stack: &str) -> String {
     format!("outpost-stack-{stack}.target")
 }
-
 
 /// The container a compose `image:` names: by container name or by its reference.
 pub fn find_image<'a>(plan: &'a BuildPlan, image: &str) -> Option<&'a Container> {
     plan.layers.iter().flat_map(|l| &l.layer.containers).find(|c| c.is_named_by(image))
 }
 
-/// One argument of an Exec line, quoted for systemd (which also expands % and $).
-fn quote(arg: &str) -> String {
-    let escaped = arg.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%").replace('$', "$$");
-    if escaped.is_empty() || escaped.contains(|c: char| c.is_whitespace() || c == ';' || c == '\'') || escaped != arg {
-        format!("\"{escaped}\"")
-    } else {
-        escaped
-    }
+/// Where the unit keeps the container's ID (systemd's `%t/%N.cid`).
+fn cidfile(stack: &str, service: &str) -> String {
+    format!("/run/{}.cid", service_unit(stack, service).trim_end_matches(".service"))
 }
 
-/// The unit file of one service.
-pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
+/// How long podman gives the container to stop (compose's default is 10 s; ours 20 s).
+fn stop_time(s: &Service) -> u64 {
+    s.stop_grace_s.unwrap_or(20)
+}
+
+/// What `podman run` is given for one service, but for the environment.
+pub fn run_spec(stack: &Stack, s: &Service, image: &str) -> RunSpec {
     let name = container_name(&stack.name, &s.name);
-    // Quoted below; the fixed start keeps its systemd specifiers (%t, %N).
-    const PODMAN_RUN: &str = "/usr/bin/podman run --cidfile=%t/%N.cid --cgroups=no-conmon --sdnotify=conmon --rm --replace --detach --pull=never --network=host";
-    let mut args: Vec<String> = vec![format!("--name={name}")];
-    // Services find each other by name, as on a compose network; here they share the host's.
-    for other in &stack.services {
-        args.push(format!("--add-host={}:127.0.0.1", other.name));
+    let mut args: Vec<String> = [
+        "run",
+        "--cgroups=no-conmon",
+        "--sdnotify=conmon",
+        "--rm",
+        "--replace",
+        "--detach",
+        "--pull=never",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(format!("--cidfile={}", cidfile(&stack.name, &s.name)));
+    args.push(format!("--name={name}"));
+    // The stack's own network: services find each other by their names (aardvark-dns), use
+    // the ports their images expect, and only published ports reach the box's network.
+    args.push(format!("--network={}", network_name(&stack.name)));
+    args.push(format!("--ip={}", service_address(stack, &s.name)));
+    for n in std::iter::once(&s.name).chain(&s.aliases) {
+        args.push(format!("--network-alias={n}"));
     }
-    for (k, v) in &s.environment {
-        args.push(format!("--env={k}={v}"));
+    if let Some(h) = &s.hostname {
+        args.push(format!("--hostname={h}"));
     }
+    for (host, container) in &s.ports {
+        args.push(format!("--publish={host}:{container}"));
+    }
+    for h in &s.extra_hosts {
+        args.push(format!("--add-host={h}"));
+    }
+    let mut data_dirs = Vec::new();
     for m in &s.mounts {
         match m {
             Mount::Volume { name: v, target, read_only } => {
@@ -60,7 +97,15 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
                 let src = Path::new("/").join(STACKS).join(&stack.name).join(source);
                 args.push(format!("--mount=type=bind,source={},destination={target}{}", src.display(), if *read_only { ",ro=true" } else { "" }));
             }
+            Mount::Data { dir, target, read_only } => {
+                args.push(format!("--mount=type=bind,source={STACK_DATA}/{}/{dir},destination={target}{}", stack.name, if *read_only { ",ro=true" } else { "" }));
+                data_dirs.push(dir.clone());
+            }
         }
+    }
+    let tls = stack.tls.get(&s.name);
+    if let Some(dir) = tls {
+        args.push(format!("--mount=type=bind,source={TLS_DIR},destination={dir},ro=true"));
     }
     if let Some(h) = &s.health {
         // As one shell command line: podman 4.3 splits the arguments of a JSON ["CMD", ...]
@@ -81,25 +126,45 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
     if let Some(w) = &s.working_dir {
         args.push(format!("--workdir={w}"));
     }
-    let mut tail: Vec<String> = Vec::new();
+    let l = &s.limits;
+    args.extend(l.memory.iter().map(|m| format!("--memory={m}")));
+    args.extend(l.cpus.iter().map(|c| format!("--cpus={c}")));
+    args.extend(l.pids.iter().map(|n| format!("--pids-limit={n}")));
+    args.extend(l.ulimits.iter().map(|u| format!("--ulimit={u}")));
+    args.extend(l.shm_size.iter().map(|v| format!("--shm-size={v}")));
+    args.push(format!("--stop-timeout={}", stop_time(s)));
+    args.extend(s.stop_signal.iter().map(|v| format!("--stop-signal={v}")));
+    args.extend(s.cap_add.iter().map(|c| format!("--cap-add={c}")));
+    args.extend(s.cap_drop.iter().map(|c| format!("--cap-drop={c}")));
+    args.extend(s.tmpfs.iter().map(|t| format!("--tmpfs={t}")));
+    if s.init {
+        args.push("--init".into());
+    }
+    if s.read_only {
+        args.push("--read-only".into());
+    }
     if let Some(e) = &s.entrypoint {
         args.push(format!("--entrypoint={}", serde_json::to_string(e).expect("strings")));
     }
-    tail.push(image.to_string());
+    let mut tail = vec![image.to_string()];
     if let Some(c) = &s.command {
         tail.extend(c.iter().cloned());
     }
-    args.extend(tail);
+    RunSpec { args, environment: s.environment.clone(), tail, data_dirs, network: network_name(&stack.name), subnet: format!("10.89.{}.0/24", stack_subnet(&stack.name)), tls: tls.is_some() }
+}
 
+/// The unit file of one service.
+pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
+    let name = container_name(&stack.name, &s.name);
     let mut u = String::new();
-    let _ = writeln!(u, "# Written by outpost from {} (layer `{}`, service `{}`).", stack.file.file_name().unwrap_or_default().to_string_lossy(), stack.name, s.name);
+    let _ = writeln!(u, "# Written by outpost from {} (layer `{}`, service `{}`).", stack.files.iter().map(|f| f.file_name().unwrap_or_default().to_string_lossy()).collect::<Vec<_>>().join(" + "), stack.name, s.name);
     let _ = writeln!(u, "[Unit]");
     let _ = writeln!(u, "Description={} {} (container {image})", stack.name, s.name);
     let _ = writeln!(u, "PartOf={}", target_unit(&stack.name));
-    // Container state, named volumes and logs live on the data partition.
-    let _ = writeln!(u, "RequiresMountsFor=/var/lib/containers");
+    // Container state, named volumes, secrets and logs live on the data partition.
+    let _ = writeln!(u, "RequiresMountsFor=/var/lib/containers /var/lib/outpost");
     let deps: Vec<String> = s.depends_on.iter().map(|d| service_unit(&stack.name, d)).collect();
-    let _ = writeln!(u, "After=network.target{}", deps.iter().map(|d| format!(" {d}")).collect::<String>());
+    let _ = writeln!(u, "After=network.target outpost-site.service{}", deps.iter().map(|d| format!(" {d}")).collect::<String>());
     if !deps.is_empty() {
         let _ = writeln!(u, "Wants={}", deps.join(" "));
     }
@@ -111,14 +176,14 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
     let _ = writeln!(u, "NotifyAccess=all");
     let _ = writeln!(u, "Environment=PODMAN_SYSTEMD_UNIT=%n");
     let _ = writeln!(u, "ExecStartPre=/bin/rm -f %t/%N.cid");
-    let _ = writeln!(u, "ExecStart={PODMAN_RUN} {}", args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "));
+    let _ = writeln!(u, "ExecStart=/{AGENT_PATH} stack run {} {}", stack.name, s.name);
     if s.health.is_some() {
         // Dependents start once this one is healthy (compose's service_healthy).
         let _ = writeln!(u, "ExecStartPost=/{AGENT_PATH} stack wait-healthy {name}");
     }
     // `-`: a container that ended by itself (`--rm`) is gone already, which is not a failure.
-    let _ = writeln!(u, "ExecStop=-/usr/bin/podman stop --ignore --time=20 --cidfile=%t/%N.cid");
-    let _ = writeln!(u, "ExecStopPost=-/usr/bin/podman rm --force --ignore --time=20 --cidfile=%t/%N.cid");
+    let _ = writeln!(u, "ExecStop=-/usr/bin/podman stop --ignore --time={} --cidfile=%t/%N.cid", stop_time(s));
+    let _ = writeln!(u, "ExecStopPost=-/usr/bin/podman rm --force --ignore --time={} --cidfile=%t/%N.cid", stop_time(s));
     let restart = match s.restart {
         Restart::Always => "always",
         Restart::OnFailure => "on-failure",
@@ -128,7 +193,7 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
     let _ = writeln!(u, "RestartSec=3");
     // First starts on a slow disk initialise databases.
     let _ = writeln!(u, "TimeoutStartSec=900");
-    let _ = writeln!(u, "TimeoutStopSec=60");
+    let _ = writeln!(u, "TimeoutStopSec={}", stop_time(s) + 40);
     u
 }
 
@@ -138,13 +203,20 @@ pub fn install(plan: &BuildPlan, stack: &Stack, root: &Path) -> Result<()> {
     fs_err::create_dir_all(&unit_dir)?;
     let files = root.join(STACKS).join(&stack.name);
     fs_err::create_dir_all(&files)?;
-    fs_err::copy(&stack.file, files.join("compose.yaml")).with_context(|| format!("copying {}", stack.file.display()))?;
+    for f in &stack.files {
+        let name = f.file_name().context("a compose file has a name")?;
+        fs_err::copy(f, files.join(name)).with_context(|| format!("copying {}", f.display()))?;
+    }
+    let spec = StackSpec { defaults: stack.defaults.clone(), secrets: stack.secrets.clone() };
+    fs_err::write(files.join("stack.json"), serde_json::to_vec_pretty(&spec)?)?;
     let mut wants = Vec::new();
     for s in &stack.services {
         let c = find_image(plan, &s.image).with_context(|| format!("{}: services.{}.image: `{}` is no container of the image", stack.file.display(), s.name, s.image))?;
         let unit = service_unit(&stack.name, &s.name);
         let p = unit_dir.join(&unit);
         fs_err::write(&p, render(stack, s, &c.store_name())).with_context(|| format!("writing {}", p.display()))?;
+        let run = files.join(format!("{}.run.json", s.name));
+        fs_err::write(&run, serde_json::to_vec_pretty(&run_spec(stack, s, &c.store_name()))?).with_context(|| format!("writing {}", run.display()))?;
         wants.push(unit);
         for m in &s.mounts {
             if let Mount::File { source, .. } = m {
@@ -192,40 +264,57 @@ mod tests {
     fn a_service_becomes_an_ordered_restarting_unit() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        fs_err::write(d.join("compose.yaml"), "services:\n  db:\n    image: db\n    environment: {PGPASSWORD: \"a b%\"}\n    volumes: [\"data:/var/lib/db\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready -h 127.0.0.1\"]\n      interval: 5s\n    restart: always\n  web:\n    image: web\n    depends_on: {db: {condition: service_healthy}}\n    volumes: [\"./web.conf:/etc/web.conf:ro\"]\n    command: [serve, --port, \"8080\"]\n    restart: on-failure\nvolumes:\n  data:\n").unwrap();
+        fs_err::write(d.join("compose.yaml"), "services:\n  db:\n    image: db\n    environment: {PGPASSWORD: \"${DB_PW}\", JSON: \"{\\n  \\\"a\\\": 1\\n}\"}\n    volumes: [\"data:/var/lib/db\", \"./srv:/srv/data\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready -h 127.0.0.1\"]\n      interval: 5s\n    restart: always\n    stop_grace_period: 1m\n    deploy: {resources: {limits: {memory: 512m, cpus: \"0.5\"}}}\n  web:\n    image: web\n    hostname: www\n    depends_on: {db: {condition: service_healthy}}\n    volumes: [\"./web.conf:/etc/web.conf:ro\"]\n    command: serve --port \"8080\"\n    restart: on-failure\nvolumes:\n  data:\n").unwrap();
         fs_err::write(d.join("web.conf"), "").unwrap();
         let mut p = crate::spec::Problems::default();
-        let stack = crate::spec::compose::load("pacs", &d.join("compose.yaml"), &mut p).unwrap();
+        let secrets = [("DB_PW".to_string(), crate::spec::compose::Secret { kind: crate::spec::compose::SecretKind::Alnum, length: 32 })].into();
+        let stack = crate::spec::compose::load("pacs", &d.join("layer.toml"), &[d.join("compose.yaml")], None, secrets, &mut p).unwrap();
         assert!(p.0.is_empty(), "{:?}", p.0);
         let db = render(&stack, &stack.services[0], "localhost/outpost/db:latest");
         for line in [
             "PartOf=outpost-stack-pacs.target",
-            "RequiresMountsFor=/var/lib/containers",
+            "RequiresMountsFor=/var/lib/containers /var/lib/outpost",
             "StartLimitIntervalSec=0",
             "Restart=always",
             "Type=notify",
+            "ExecStart=/usr/lib/outpost/outpost stack run pacs db",
             "ExecStartPost=/usr/lib/outpost/outpost stack wait-healthy pacs-db",
+            "ExecStop=-/usr/bin/podman stop --ignore --time=60 --cidfile=%t/%N.cid",
+            "TimeoutStopSec=100",
         ] {
             assert!(db.lines().any(|l| l == line), "no `{line}` in\n{db}");
         }
-        let exec = db.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
-        assert!(exec.starts_with("ExecStart=/usr/bin/podman run --cidfile=%t/%N.cid "), "{exec}");
-        for arg in ["--name=pacs-db", "--add-host=web:127.0.0.1", "\"--env=PGPASSWORD=a b%%\"", "--volume=pacs-data:/var/lib/db", "\"--health-cmd=pg_isready -h 127.0.0.1\"", "--health-interval=5s"] {
-            assert!(exec.contains(arg), "no {arg} in {exec}");
+        let run = run_spec(&stack, &stack.services[0], "localhost/outpost/db:latest");
+        for arg in [
+            "--cidfile=/run/outpost-pacs-db.cid",
+            "--name=pacs-db",
+            "--network=outpost-pacs",
+            "--network-alias=db",
+            &format!("--ip=10.89.{}.10", stack_subnet("pacs")),
+            "--volume=pacs-data:/var/lib/db",
+            "--mount=type=bind,source=/var/lib/outpost/stacks/pacs/srv,destination=/srv/data",
+            "--health-cmd=pg_isready -h 127.0.0.1",
+            "--health-interval=5s",
+            "--memory=512m",
+            "--cpus=0.5",
+            "--stop-timeout=60",
+        ] {
+            assert!(run.args.iter().any(|a| a == arg), "no {arg} in {:?}", run.args);
         }
-        assert!(exec.ends_with(" localhost/outpost/db:latest"), "{exec}");
+        // The environment as written: the device fills in the secret; lines stay lines.
+        assert_eq!(run.environment["PGPASSWORD"], "${DB_PW}");
+        assert_eq!(run.environment["JSON"], "{\n  \"a\": 1\n}");
+        assert_eq!(run.data_dirs, ["srv"]);
+        assert_eq!(run.tail, ["localhost/outpost/db:latest"]);
         let web = render(&stack, &stack.services[1], "localhost/outpost/web:latest");
-        assert!(web.contains("\nAfter=network.target outpost-pacs-db.service\nWants=outpost-pacs-db.service\n"), "{web}");
+        assert!(web.contains("\nAfter=network.target outpost-site.service outpost-pacs-db.service\nWants=outpost-pacs-db.service\n"), "{web}");
         assert!(web.contains("\nRestart=on-failure\n") && !web.contains("wait-healthy"), "{web}");
-        assert!(web.contains("--mount=type=bind,source=/usr/lib/outpost/stacks/pacs/web.conf,destination=/etc/web.conf,ro=true localhost/outpost/web:latest serve --port 8080"), "{web}");
-    }
-
-    #[test]
-    fn exec_arguments_are_quoted_for_systemd() {
-        assert_eq!(quote("--name=pacs-db"), "--name=pacs-db");
-        assert_eq!(quote("a b"), "\"a b\"");
-        assert_eq!(quote("100%"), "\"100%%\"");
-        assert_eq!(quote("$HOME"), "\"$$HOME\"");
-        assert_eq!(quote(r#"["CMD","x"]"#), r#""[\"CMD\",\"x\"]""#);
+        let run = run_spec(&stack, &stack.services[1], "localhost/outpost/web:latest");
+        for arg in ["--network-alias=web", "--network-alias=www", "--hostname=www"] {
+            assert!(run.args.iter().any(|a| a == arg), "no {arg} in {:?}", run.args);
+        }
+        assert!(run.args.contains(&"--mount=type=bind,source=/usr/lib/outpost/stacks/pacs/web.conf,destination=/etc/web.conf,ro=true".to_string()), "{:?}", run.args);
+        // A one-line command is split as a shell would, quotes removed.
+        assert_eq!(run.tail, ["localhost/outpost/web:latest", "serve", "--port", "8080"]);
     }
 }

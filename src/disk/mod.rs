@@ -56,21 +56,7 @@ pub fn make_erofs(root: &Path, img: &Path, uuid: &uuid::Uuid, epoch: i64) -> Res
 /// with salt and UUID derived from the build's inputs. Returns the root hash, hex.
 pub fn make_verity(data: &Path, hash: &Path, salt: &str, uuid: &uuid::Uuid) -> Result<String> {
     crate::files::remove_if_exists(hash)?;
-    let out = Tool::new("veritysetup")
-        .describe("computing the root file system's dm-verity hash tree")
-        .args(["format", "--hash=sha256", "--data-block-size=4096", "--hash-block-size=4096"])
-        .arg(format!("--salt={salt}"))
-        .arg(format!("--uuid={uuid}"))
-        .arg(data)
-        .arg(hash)
-        .output()?;
-    let root_hash = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Root hash:"))
-        .map(|h| h.trim().to_string())
-        .with_context(|| format!("veritysetup printed no root hash: {out}"))?;
-    anyhow::ensure!(root_hash.len() == 64 && root_hash.bytes().all(|b| b.is_ascii_hexdigit()), "veritysetup printed an odd root hash `{root_hash}`");
-    Ok(root_hash)
+    crate::format::verity::format(data, hash, None, salt, &uuid.to_string(), "computing the root file system's dm-verity hash tree")
 }
 
 /// Creates the raw disk: protective MBR, primary and backup GPT; partitions are written into

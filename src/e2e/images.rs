@@ -99,7 +99,7 @@ pub fn pacs_clinic() {
     let image = support::project().join("images/pacs-clinic.toml");
     let plan = support::outpost(&["plan".as_ref(), image.as_os_str(), "--cache".as_ref(), support::shared_cache().as_os_str()]);
     let nginx_digest = by_name("pacs-nginx")["digest"].as_str().expect("a digest").to_string();
-    assert!(plan.contains(&nginx_digest) && plan.contains("outpost-orthanc-pacs-orthanc.service → pacs-orthanc ports 8042,4242 after postgres"), "{plan}");
+    assert!(plan.contains(&nginx_digest) && plan.contains("outpost-orthanc-pacs-orthanc.service → pacs-orthanc ports 4242 after postgres"), "{plan}");
 }
 
 /// The installer ISO with both boot records; the cloud images valid for qemu-img.

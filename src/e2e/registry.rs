@@ -1,12 +1,14 @@
 //! An image outpost built, pushed to a registry on loopback (Debian's docker-registry), pulled
-//! back by digest into the PACS appliance, which then serves through it with the registry gone;
-//! and references a build must refuse, in seconds, naming the layer and container.
+//! back by digest into the PACS appliance through a mirror setting (the reference names an
+//! upstream registry the build cannot reach; containers-registries.conf points it at the
+//! loopback one), which then serves through it with the registry gone; and references a build
+//! must refuse, in seconds, naming the layer and container.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, build, names, outpost_fails, run};
+use crate::support::{self, build_env, names, outpost_fails, run};
 
 /// A registry on loopback, stopped when dropped.
 struct Registry(Child, u16);
@@ -68,15 +70,20 @@ pub fn pacs_pulled_by_digest() {
         assert!(!bad.join("pacs-clinic.raw").exists(), "{why}: a failed build left an output");
     }
 
-    // Pinned by digest: the appliance holds the same image, recorded as pulled.
-    fs_err::write(&layer_toml, with_ref(&format!("{repo}@{nginx_digest}"))).expect("writing the layer");
+    // Pinned by digest, named by its upstream registry, taken through the mirror: the appliance
+    // holds the same image, recorded as pulled from the name the layer gives.
+    let upstream = format!("registry.example/outpost/pacs-nginx@{nginx_digest}");
+    let conf = t.join("registries.conf");
+    fs_err::write(&conf, format!("[[registry]]\nprefix = \"registry.example\"\nlocation = \"registry.example\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:{}\"\ninsecure = true\n", registry.1)).expect("writing registries.conf");
+    let nginx_tail = &original[original.find("[containers.pacs-nginx]").expect("the nginx container")..];
+    fs_err::write(&layer_toml, original.replace(nginx_tail, &format!("[containers.pacs-nginx]\nref = \"{upstream}\"\n"))).expect("writing the layer");
     let out = t.join("out-pulled");
-    let pulled = build(&support::shared_cache(), &image, &out);
+    let pulled = build_env(&support::shared_cache(), &image, &out, &[("OUTPOST_REGISTRIES_CONF", conf.as_os_str())]);
     assert_eq!(names(&pulled["built_layers"]), ["orthanc-pacs"]);
     let manifest = support::read_json(&out.join("manifest.json"));
     let nginx = manifest["containers"].as_array().expect("containers").iter().find(|c| c["name"] == "pacs-nginx").expect("pacs-nginx").clone();
     assert_eq!(nginx["digest"], nginx_digest.as_str());
-    assert_eq!(nginx["source"], format!("registry {repo}@{nginx_digest}"));
+    assert_eq!(nginx["source"], format!("registry {upstream}"));
     assert!(nginx["packages"].as_array().expect("packages").iter().any(|p| p[0] == "nginx"), "the pulled image's packages are read from its dpkg status");
     // It runs: the appliance serves Orthanc through the pulled nginx, with the registry gone.
     drop(registry);

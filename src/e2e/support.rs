@@ -117,7 +117,12 @@ pub fn vm_slot() -> MutexGuard<'static, ()> {
 
 /// Runs outpost with `args`; returns stdout, failing the test with stderr when it fails.
 pub fn outpost<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).env("OUTPOST_KEYS", keys_dir()).output().expect("running outpost");
+    outpost_env(args, &[])
+}
+
+/// Runs outpost with these environment variables too, expecting it to succeed.
+pub fn outpost_env<S: AsRef<std::ffi::OsStr>>(args: &[S], envs: &[(&str, &std::ffi::OsStr)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).env("SOURCE_DATE_EPOCH", EPOCH).env("OUTPOST_KEYS", keys_dir()).envs(envs.iter().copied()).output().expect("running outpost");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let argv: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
     assert!(out.status.success(), "outpost {argv:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -134,9 +139,14 @@ pub fn outpost_fails<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
 
 /// `outpost build --json` into `out` through `cache` (holding the build slot).
 pub fn build(cache: &Path, image: &Path, out: &Path) -> serde_json::Value {
+    build_env(cache, image, out, &[])
+}
+
+/// `build` with these environment variables too.
+pub fn build_env(cache: &Path, image: &Path, out: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> serde_json::Value {
     let _slot = build_slot();
     let started = Instant::now();
-    let s = outpost(&["build".as_ref(), image.as_os_str(), "--out".as_ref(), out.as_os_str(), "--cache".as_ref(), cache.as_os_str(), "--json".as_ref()]);
+    let s = outpost_env(&["build".as_ref(), image.as_os_str(), "--out".as_ref(), out.as_os_str(), "--cache".as_ref(), cache.as_os_str(), "--json".as_ref()], envs);
     eprintln!("e2e: built {} into {} in {:.0} s", image.display(), out.display(), started.elapsed().as_secs_f64());
     serde_json::from_str(&s).expect("build --json prints JSON")
 }

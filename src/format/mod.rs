@@ -6,10 +6,13 @@
 pub mod bmap;
 pub mod firmware;
 pub mod install;
+pub mod interpolate;
 pub mod iso9660;
 pub mod layout;
 pub mod seed;
+pub mod stack;
 pub mod update;
+pub mod verity;
 
 /// The agent: the same outpost binary, in every image.
 pub const AGENT_PATH: &str = "usr/lib/outpost/outpost";

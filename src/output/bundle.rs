@@ -76,16 +76,9 @@ pub fn read_old(dir: &Path, image: &str, work: &Path) -> Result<Old> {
     Ok(Old { release, root_hash, chunks })
 }
 
-/// Writes the bundle into `out_dir`, signed with the db key.
+/// Writes the bundle into `out_dir`, signed with the db key. The release order is checked
+/// before the build (`pipeline::read_bundle_base`).
 pub fn write(new: &New<'_>, old: Option<&Old>, db_key: &Path, out_dir: &Path, work: &Path, epoch: i64) -> Result<BundleReport> {
-    if let Some(o) = old {
-        anyhow::ensure!(
-            update::release_cmp(new.release, &o.release) == std::cmp::Ordering::Greater,
-            "this build is release {}, the earlier one (--from) release {}: a bundle must raise the release (`release` in the image definition)",
-            new.release,
-            o.release
-        );
-    }
     let have: HashSet<String> = old.map(|o| o.chunks.clone()).unwrap_or_default();
     let payload_path = work.join("bundle-payload");
     let mut payload = fs_err::File::create(&payload_path)?;

@@ -75,6 +75,9 @@ pub struct Manifest {
     pub packages: Vec<Package>,
     /// Every container image in the image: source, digest and its own packages.
     pub containers: Vec<crate::container::Record>,
+    /// Every stack: its compose files, services, published ports and the names of the secrets
+    /// each device makes (never a value).
+    pub stacks: Vec<crate::container::StackRecord>,
     /// How the data partition is encrypted and unlocked on the device.
     pub data: crate::spec::DataPolicy,
     /// What a reviewer must know before shipping the image (an unencrypted data partition).

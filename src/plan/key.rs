@@ -13,6 +13,10 @@ use crate::spec::Layer;
 /// cache key of every source and of every layer with containers.
 pub const CONTAINER_FORMAT: &str = "outpost-container-3";
 
+/// Bumped whenever the units and run specifications written for a compose stack change; part of
+/// the cache key of every layer with a stack.
+pub const STACK_FORMAT: &str = "outpost-stack-2";
+
 /// Bumped whenever the way outpost applies or stores a layer changes.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -45,6 +49,9 @@ pub fn layer_key(parent: &str, layer: &Layer, vars: &BTreeMap<String, String>) -
     field(&mut h, "definition", layer.text.as_bytes());
     if !layer.containers.is_empty() {
         field(&mut h, "containers", CONTAINER_FORMAT.as_bytes());
+    }
+    if layer.stack.is_some() {
+        field(&mut h, "stack", STACK_FORMAT.as_bytes());
     }
     for (k, v) in vars {
         field(&mut h, "variable", k.as_bytes());

@@ -208,6 +208,14 @@ fn check_containers(layers: &[PlannedLayer], loaded: &BTreeMap<String, Layer>, p
             }
         }
     }
+    let mut subnets: BTreeMap<u8, &str> = BTreeMap::new();
+    for l in layers {
+        if let Some(stack) = &l.layer.stack
+            && let Some(other) = subnets.insert(crate::spec::compose::stack_subnet(&l.name), &l.name)
+        {
+            p.push(&stack.file, "", format!("layers `{other}` and `{}` would get the same network (10.89.{}.0/24, from their names): rename one", l.name, crate::spec::compose::stack_subnet(&l.name)));
+        }
+    }
     for l in layers {
         let deps = closure(&l.name, loaded);
         if (!l.layer.containers.is_empty() || l.layer.stack.is_some()) && !deps.contains(RUNTIME_LAYER) {
@@ -230,9 +238,10 @@ fn check_containers(layers: &[PlannedLayer], loaded: &BTreeMap<String, Layer>, p
                     ),
                 );
             }
-            for port in &s.ports {
-                if let Some((ol, os)) = ports.insert(*port, (l.name.clone(), s.name.clone())) {
-                    p.push(&stack.file, &format!("services.{}.ports", s.name), format!("port {port} is already served by service `{os}` of layer `{ol}`: stacks share the host's network"));
+            // Each stack has its own network: only published ports meet on the box's.
+            for (host, _) in &s.ports {
+                if let Some((ol, os)) = ports.insert(*host, (l.name.clone(), s.name.clone())) {
+                    p.push(&stack.file, &format!("services.{}.ports", s.name), format!("port {host} is already published by service `{os}` of layer `{ol}`: change one `HOST:CONTAINER` mapping"));
                 }
             }
         }

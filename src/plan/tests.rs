@@ -144,7 +144,7 @@ fn stacks_are_checked_across_layers_before_any_build() {
     // The same port served by two stacks (they share the host's network).
     let (_t, img) = stacks_project("services:\n  api:\n    image: api\n    ports: [80]\n", "\"containers\"");
     let err = plan_of(&img).unwrap_err().to_string();
-    assert!(err.contains("cht/compose.yaml: key `services.api.ports`: port 80 is already served by service `nginx` of layer `pacs`"), "{err}");
+    assert!(err.contains("cht/compose.yaml: key `services.api.ports`: port 80 is already published by service `nginx` of layer `pacs`"), "{err}");
 
     // An image that is no container of the layer or its dependencies (`web` belongs to `pacs`).
     let (_t, img) = stacks_project("services:\n  api:\n    image: web\n", "\"containers\"");
@@ -171,5 +171,43 @@ fn every_committed_image_definition_plans() {
     planned.sort();
     // cht-clinic is only planned here: its images come from a registry CI cannot reach.
     // debian-base-next and debian-base-broken are releases 2 of debian-base (`name`).
-    assert_eq!(planned, ["cht-clinic", "clinic-pc", "debian-base", "debian-base", "debian-base", "demo", "pacs-clinic"]);
+    assert_eq!(planned, ["cht-clinic", "clinic-pc", "debian-base", "debian-base", "debian-base", "demo", "opensrp-fhir", "pacs-clinic"]);
+}
+
+#[test]
+fn the_cht_files_as_medic_publishes_them_plan() {
+    let l = crate::spec::Layer::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/cht"), "ubuntu").unwrap();
+    let s = l.stack.unwrap();
+    assert_eq!(s.files.len(), 2);
+    let svc = |n: &str| s.services.iter().find(|x| x.name == n).unwrap_or_else(|| panic!("no service {n}"));
+    // The two files' services are one stack, which names each other across files.
+    let names: Vec<&str> = s.services.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["haproxy", "healthcheck", "api", "sentinel", "nginx", "couchdb"]);
+    // The environment is left for the device: the password is a secret each box makes.
+    assert_eq!(svc("api").environment["COUCH_URL"], "http://${COUCHDB_USER:-admin}:${COUCHDB_PASSWORD:?COUCHDB_PASSWORD must be set}@haproxy:${HAPROXY_PORT:-5984}/medic");
+    assert_eq!(s.secrets.keys().collect::<Vec<_>>(), ["COUCHDB_PASSWORD", "COUCHDB_SECRET", "COUCHDB_UUID"]);
+    assert_eq!(s.defaults["COUCHDB_USER"], "medic");
+    // Build-time interpolation from the defaults: ports, expose, volume targets, data directory.
+    assert_eq!(svc("nginx").ports, [(80, 80), (443, 443)]);
+    assert_eq!(svc("haproxy").expose, [5984]);
+    assert_eq!(svc("haproxy").limits.memory.as_deref(), Some("1G"));
+    assert_eq!(svc("haproxy").aliases, Vec::<String>::new());
+    assert!(svc("nginx").mounts.contains(&crate::spec::compose::Mount::Volume { name: "cht-ssl".into(), target: "/root/.acme.sh/".into(), read_only: false }));
+    assert!(svc("couchdb").mounts.contains(&crate::spec::compose::Mount::Data { dir: "srv".into(), target: "/opt/couchdb/data".into(), read_only: false }));
+    assert_eq!(svc("api").depends_on, ["haproxy"]);
+}
+
+#[test]
+fn the_opensrp_fhir_stack_plans_with_its_java_servers_on_one_port() {
+    let l = crate::spec::Layer::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/opensrp-fhir"), "debian").unwrap();
+    let s = l.stack.unwrap();
+    let svc = |n: &str| s.services.iter().find(|x| x.name == n).unwrap_or_else(|| panic!("no service {n}"));
+    // Both listen on 8080 inside their containers: only the published ports differ.
+    assert_eq!(svc("hapi-fhir").ports, [(8080, 8080)]);
+    assert_eq!(svc("keycloak").ports, [(8081, 8080)]);
+    // Spring's dotted variable names pass as they are; the password is the box's own.
+    assert_eq!(svc("hapi-fhir").environment["spring.datasource.password"], "${POSTGRES_PASSWORD}");
+    assert_eq!(svc("keycloak").command.as_deref().unwrap(), ["start", "--http-enabled=true", "--hostname-strict=false", "--proxy=edge"]);
+    assert!(svc("db").mounts.iter().any(|m| matches!(m, crate::spec::compose::Mount::File { target, read_only: true, .. } if target == "/docker-entrypoint-initdb.d")));
+    assert_eq!(s.secrets.keys().collect::<Vec<_>>(), ["KEYCLOAK_ADMIN_PASSWORD", "POSTGRES_PASSWORD"]);
 }

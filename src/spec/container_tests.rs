@@ -76,7 +76,7 @@ fn a_layer_with_containers_and_a_stack() {
     assert_eq!(db.mounts, vec![Mount::Volume { name: "data".into(), target: "/var/lib/db".into(), read_only: false }]);
     let web = &s.services[1];
     assert_eq!(web.depends_on, ["db"]);
-    assert_eq!(web.ports, [8080, 9000]);
+    assert_eq!(web.ports, [(8080, 8080), (9000, 9000)]);
     assert_eq!(web.command.as_deref().unwrap(), ["serve", "--port", "8080"]);
     assert_eq!(web.restart, Restart::No);
 }
@@ -119,16 +119,25 @@ fn container_errors_name_the_key() {
 #[test]
 fn compose_errors_name_the_file_and_key() {
     let cases: &[(&str, &str)] = &[
-        ("services:\n  a:\n    image: x\n    links: [b]\n", "unknown field `links`"),
-        ("services:\n  a:\n    image: x\n    ports: [\"80:8080\"]\n", "key `services.a.ports[0]`: `80:8080` maps host port 80 to container port 8080"),
+        ("services:\n  a:\n    image: x\n    links: [b]\n", "key `services.a.links`: refused: services of a stack find each other by name"),
+        ("services:\n  a:\n    build: .\n", "key `services.a.build`: refused: an appliance is built offline"),
+        ("services:\n  a:\n    image: x\n    privileged: true\n", "key `services.a.privileged`: refused"),
+        ("services:\n  a:\n    image: x\n    devices: [\"/dev/sda:/dev/sda\"]\n", "key `services.a.devices`: refused"),
+        ("services:\n  a:\n    image: x\n    colour: red\n", "key `services.a.colour`: not a Compose key outpost takes"),
+        ("services:\n  a:\n    image: x\n    cap_add: [SYS_ADMIN]\n", "key `services.a.cap_add`: refused"),
         ("services:\n  a:\n    image: x\n    volumes: [\"/srv/data:/data\"]\n", "key `services.a.volumes[0]`"),
         ("services:\n  a:\n    image: x\n    volumes: [\"undeclared:/data\"]\n", "volume `undeclared` is not declared"),
-        ("services:\n  a:\n    image: x\n    volumes: [\"./missing.conf:/etc/x\"]\n", "is not a file or directory beside"),
-        ("services:\n  a:\n    image: x\n    depends_on: [b]\n", "`b` is not a service of this file"),
+        ("services:\n  a:\n    image: x\n    depends_on: [b]\n", "`b` is not a service of this stack's files"),
         ("services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n", "depends_on makes a cycle"),
         ("services:\n  a:\n    image: x\n    restart: sometimes\n", "key `services.a.restart`"),
         ("services:\n  a:\n    image: x\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: soon\n", "key `services.a.healthcheck.interval`"),
-        ("services:\n  a:\n    image: x\n    command: sh -c 'echo hi'\n", "write it as a list"),
+        ("services:\n  a:\n    image: x\n    command: sh -c 'echo\n", "an unclosed quote"),
+        ("services:\n  a:\n    image: x\n    environment: [\"PW=${DB_PW:?give the database a password}\"]\n", "key `services.a.environment[0]`: variable `DB_PW` is required (`:?`) and neither the layer's env file nor its secrets"),
+        ("services:\n  a:\n    image: \"${IMAGE:?which image}\"\n", "key `services.a.image`: variable `IMAGE` is required (which image)"),
+        ("services:\n  a:\n    image: x\n    ports: [\"${PORT:-80:80\"]\n", "key `services.a.ports[0]`: `${PORT` is never closed"),
+        ("services:\n  a:\n    image: x\n    environment: {A: \"cost: 5$\"}\n", "key `services.a.environment.A`: a `$` at character"),
+        ("services:\n  a:\n    image: x\n    ports: [\"80/udp\"]\n", "outpost publishes TCP ports"),
+        ("secrets:\n  pw: {file: ./pw}\nservices:\n  a:\n    image: x\n", "key `secrets`: declare secrets in layer.toml"),
     ];
     for (compose, want) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -136,4 +145,15 @@ fn compose_errors_name_the_file_and_key() {
         assert!(err.contains(want), "for {compose:?}: wanted {want:?} in:\n{err}");
         assert!(err.contains("compose.yaml"), "{err}");
     }
+}
+
+#[test]
+fn service_names_follow_compose_not_systemd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = layer_with(tmp.path(), "", "services:\n  postgres_keycloak:\n    image: x\n  keycloak.clinic.example:\n    image: x\n    depends_on: [postgres_keycloak]\n").unwrap();
+    let names: Vec<String> = l.stack.unwrap().services.into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["postgres_keycloak", "keycloak.clinic.example"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = layer_with(tmp.path(), "", "services:\n  -bad:\n    image: x\n").unwrap_err().to_string();
+    assert!(err.contains("key `services.-bad`: service names are letters, digits"), "{err}");
 }

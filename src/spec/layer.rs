@@ -27,8 +27,39 @@ struct LayerToml {
     distro: BTreeMap<String, DistroToml>,
     #[serde(default)]
     containers: BTreeMap<String, ContainerToml>,
-    /// A compose file in the layer: the layer's stack of containers.
-    compose: Option<PathBuf>,
+    /// The layer's compose files (one, or several merged in order as `docker compose -f a -f
+    /// b` merges them): its stack of containers.
+    compose: Option<ComposeFiles>,
+    /// Defaults of the compose files' variables; `.env` beside the first compose file when
+    /// not given.
+    env_file: Option<PathBuf>,
+    /// Per-device secrets the stack's environment takes as `${NAME}`.
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretToml>,
+    /// Services that take the appliance's TLS certificate, and where it is mounted in them.
+    #[serde(default)]
+    tls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ComposeFiles {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SecretToml {
+    /// alnum (default), hex or uuid.
+    #[serde(default = "alnum")]
+    kind: compose::SecretKind,
+    /// Characters; 32 by default.
+    length: Option<usize>,
+}
+
+fn alnum() -> compose::SecretKind {
+    compose::SecretKind::Alnum
 }
 
 /// Additions that apply only when the image is of one distribution.
@@ -152,13 +183,67 @@ impl Layer {
             p.push(&file, "", format!("the layer's directory name `{}` names its units, volumes and cache entries: use lowercase letters, digits and `-`, at most 40", super::excerpt(&name, 60)));
         }
         let containers = t.containers.into_iter().map(|(n, c)| container::convert(&file, dir, &n, c, &mut p)).collect();
-        let stack = t.compose.and_then(|c| match super::inside(dir, &c) {
-            Ok(path) => compose::load(&name, &path, &mut p),
-            Err(e) => {
-                p.push(&file, "compose", e);
-                None
+        let has_compose = t.compose.is_some();
+        let stack = t.compose.and_then(|c| {
+            let (listed, one) = match c {
+                ComposeFiles::One(f) => (vec![f], true),
+                ComposeFiles::Many(l) => (l, false),
+            };
+            let mut files = Vec::new();
+            for (i, f) in listed.iter().enumerate() {
+                match super::inside(dir, f) {
+                    Ok(path) => files.push(path),
+                    Err(e) => p.push(&file, &if one { "compose".to_string() } else { format!("compose[{i}]") }, e),
+                }
             }
+            if files.len() < listed.len() {
+                return None;
+            }
+            if files.is_empty() {
+                p.push(&file, "compose", "names no compose file");
+                return None;
+            }
+            let env_file = match &t.env_file {
+                Some(e) => match super::inside(dir, e) {
+                    Ok(path) => Some(path),
+                    Err(err) => {
+                        p.push(&file, "env-file", err);
+                        None
+                    }
+                },
+                None => Some(files[0].with_file_name(".env")).filter(|e| e.is_file()),
+            };
+            let mut secrets = BTreeMap::new();
+            for (n, st) in &t.secrets {
+                let length = match (st.kind, st.length) {
+                    (compose::SecretKind::Uuid, Some(_)) => {
+                        p.push(&file, &format!("secrets.{n}.length"), "a UUID has its own length");
+                        36
+                    }
+                    (compose::SecretKind::Uuid, None) => 36,
+                    (_, Some(l)) if !(16..=256).contains(&l) => {
+                        p.push(&file, &format!("secrets.{n}.length"), format!("{l}: a secret is 16 to 256 characters"));
+                        32
+                    }
+                    (_, l) => l.unwrap_or(32),
+                };
+                secrets.insert(n.clone(), compose::Secret { kind: st.kind, length });
+            }
+            let mut stack = compose::load(&name, &file, &files, env_file.as_deref(), secrets, &mut p)?;
+            for (svc, dir) in &t.tls {
+                if !stack.services.iter().any(|x| &x.name == svc) {
+                    p.push(&file, &format!("tls.{svc}"), format!("`{svc}` is not a service of the layer's compose files"));
+                }
+                if !dir.starts_with('/') || dir.split('/').any(|c| c == "..") || super::has_control(dir) {
+                    p.push(&file, &format!("tls.{svc}"), format!("`{}` is not an absolute directory in the container", super::excerpt(dir, 60)));
+                }
+            }
+            stack.tls = t.tls.clone();
+            Some(stack)
         });
+        if !has_compose && (!t.secrets.is_empty() || t.env_file.is_some() || !t.tls.is_empty()) {
+            p.push(&file, "compose", "secrets, tls and env-file belong to a layer with `compose` files");
+        }
         let inputs = list_tree(dir)
             .into_iter()
             .filter(|r| !r.starts_with("files") && !r.starts_with("scripts") && r.as_os_str() != "layer.toml" && dir.join(r).is_file())

@@ -189,7 +189,7 @@ fn valid_variable_name(name: &str) -> bool {
 }
 
 /// A single DNS label: letters, digits and `-`, at most 63, not starting or ending with `-`.
-fn valid_hostname(h: &str) -> bool {
+pub(crate) fn valid_hostname(h: &str) -> bool {
     !h.is_empty() && h.len() <= 63 && !h.starts_with('-') && !h.ends_with('-') && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 

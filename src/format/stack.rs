@@ -1,0 +1,72 @@
+//! What the build writes for a stack's services and the agent reads at each start: the podman
+//! arguments fixed at build time, and the environment the device interpolates with its own
+//! secrets and the site's variables.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a stack's compose files, the files it mounts and its run specifications are kept.
+pub const STACKS: &str = "usr/lib/outpost/stacks";
+/// Per-device secrets, on the encrypted data partition: `SECRETS/LAYER/NAME`, mode 0600.
+pub const SECRETS: &str = "/var/lib/outpost/secrets";
+/// Host data directories of stacks (`./srv:/data` in a compose file): `STACK_DATA/LAYER/DIR`.
+pub const STACK_DATA: &str = "/var/lib/outpost/stacks";
+/// The appliance's TLS certificate and key (`cert.pem`, `key.pem`), on the data partition.
+pub const TLS_DIR: &str = "/var/lib/outpost/tls";
+/// The site's application variables as JSON, written at boot from the seed.
+pub const SITE_APP_JSON: &str = "/etc/outpost/site-app.json";
+
+/// `STACKS/LAYER/stack.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackSpec {
+    /// The layer's env file: the last place a variable is looked up.
+    pub defaults: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// `STACKS/LAYER/SERVICE.run.json`: `podman run ARGS --env=K=V... TAIL`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub args: Vec<String>,
+    /// Values as the compose files wrote them, interpolated on the device.
+    pub environment: BTreeMap<String, String>,
+    /// The image and the command after it.
+    pub tail: Vec<String>,
+    /// Data directories (relative to `STACK_DATA/LAYER`) made before the start.
+    pub data_dirs: Vec<String>,
+    /// The stack's podman network, made before the first service starts, and its subnet.
+    pub network: String,
+    pub subnet: String,
+    /// The service mounts the appliance's certificate: it is made (or renewed) before.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+pub fn stack_spec_path(layer: &str) -> String {
+    format!("/{STACKS}/{layer}/stack.json")
+}
+
+pub fn run_spec_path(layer: &str, service: &str) -> String {
+    format!("/{STACKS}/{layer}/{service}.run.json")
+}
+
+/// How a per-device secret is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretKind {
+    /// Letters and digits (safe in URLs, shells and configuration files).
+    Alnum,
+    Hex,
+    /// A random (version 4) UUID.
+    Uuid,
+}
+
+/// A secret a layer declares: made on the device at first boot, on the data partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub kind: SecretKind,
+    /// Characters (alnum, hex); a UUID has its own.
+    pub length: usize,
+}
+
