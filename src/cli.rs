@@ -57,6 +57,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The deployment's certificate authority, for the boxes' HTTPS certificates
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Decrypt NAME.raw.luks back into a raw disk
     Decrypt {
         /// The encrypted disk, e.g. out/demo/demo.raw.luks
@@ -89,6 +94,9 @@ pub enum Command {
         /// Build with the signing keys in DIR (as `outpost build --keys`)
         #[arg(long, value_name = "DIR", env = "OUTPOST_KEYS")]
         keys: Option<PathBuf>,
+        /// The deployment CA for scenarios with `deployment-ca = true` (as `personalize --ca`)
+        #[arg(long, value_name = "DIR", env = "OUTPOST_CA")]
+        ca: Option<PathBuf>,
     },
     /// Write a site's settings into the seed partition of a copy of an image (the root is untouched)
     Personalize {
@@ -100,6 +108,10 @@ pub enum Command {
         /// The personalized copy: NAME-SITE.raw or NAME-SITE.qcow2
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Give the box an issuing certificate from the deployment CA in DIR (`outpost ca init`):
+        /// it signs and renews its own HTTPS certificate, which the deployment's phones trust
+        #[arg(long, value_name = "DIR", env = "OUTPOST_CA")]
+        ca: Option<PathBuf>,
     },
     /// Write an image to a USB stick: only a removable or USB disk that nothing uses, only the
     /// block map's blocks (NAME.raw.bmap beside the image), every block read back and checked
@@ -276,6 +288,19 @@ pub enum UpdateCommand {
 pub enum InstallerCommand {
     /// Find the installer medium, choose the disk, write and verify the appliance, restart
     Run,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Make a new CA directory (key, certificate in PEM and DER). Keep it outside the
+    /// repository; install its certificate on the deployment's phones
+    Init {
+        /// The directory to create, e.g. ~/outpost-ca
+        dir: PathBuf,
+        /// The name in the certificate, e.g. the ministry or project
+        #[arg(long, default_value = "outpost")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

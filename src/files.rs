@@ -228,3 +228,10 @@ mod tests {
         assert!(!file_contains(&p, b"MARKEX").unwrap());
     }
 }
+
+/// The git work tree `dir` (or its nearest existing parent) is in, if any: private keys are
+/// never made there.
+pub fn git_work_tree(dir: &Path) -> Result<Option<PathBuf>> {
+    let abs = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    Ok(abs.ancestors().find(|a| a.join(".git").exists()).map(Path::to_path_buf))
+}

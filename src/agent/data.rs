@@ -174,6 +174,11 @@ fn excerpt(s: &str) -> String {
     e
 }
 
+/// Whether this boot left the data partition closed (`/var` is then in memory).
+pub fn closed() -> bool {
+    Path::new(CLOSED).exists()
+}
+
 /// `outpost data open`.
 pub fn open(root: &Path) -> Result<()> {
     if let Ok(why) = fs_err::read_to_string(CLOSED) {

@@ -172,6 +172,13 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
         console("no seed partition; keeping the image's settings (DHCP on every wired interface)");
         return Ok(());
     };
+    if root == Path::new("/") {
+        // A failure here must not keep the site's network from coming up.
+        let source = Path::new(crate::format::stack::TLS_SOURCE_DIR);
+        if let Err(e) = super::tls::take_from_seed(&dev, source, super::data::closed()) {
+            console(&format!("tls: the seed's TLS files were not taken: {e:#}"));
+        }
+    }
     let Some(text) = seed::read_site(&dev)? else {
         console("the seed has no site.toml; keeping the image's settings (DHCP on every wired interface)");
         return Ok(());

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::format::interpolate;
-use crate::format::stack::{RunSpec, SECRETS, SITE_APP_JSON, STACK_DATA, Secret, SecretKind, StackSpec, TLS_DIR, run_spec_path, stack_spec_path};
+use crate::format::stack::{RunSpec, SECRETS, SITE_APP_JSON, STACK_DATA, Secret, SecretKind, StackSpec, TLS_DIR, TLS_SOURCE_DIR, run_spec_path, stack_spec_path};
 use crate::tool::Tool;
 
 /// Variables podman itself needs from the unit (its readiness notification, its unit name).
@@ -34,8 +34,8 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
     if run.tls {
         let host = fs_err::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "outpost".into());
         let _lock = lock(Path::new("/run/outpost/tls.lock"))?;
-        let c = super::tls::ensure(Path::new(TLS_DIR), &host)?;
-        super::say(&format!("tls: {} certificate for {host}, SHA-256 fingerprint {}, valid until {}", if c.made { "made a" } else { "the" }, c.fingerprint, c.not_after));
+        let c = super::tls::ensure(Path::new(TLS_DIR), Path::new(TLS_SOURCE_DIR), &host)?;
+        super::say(&format!("tls: {} {} certificate for {host}, SHA-256 fingerprint {}, valid until {}", if c.made { "made the" } else { "the" }, c.kind, c.fingerprint, c.not_after));
     }
     for d in &run.data_dirs {
         let p = Path::new(STACK_DATA).join(stack).join(d);

@@ -116,7 +116,7 @@ fn public_of(private: &Path) -> Result<String> {
 
 /// `outpost keys init DIR`: a new key directory, owner-only, outside any git work tree.
 pub fn init(dir: &Path, name: &str) -> Result<Keys> {
-    if let Some(repo) = git_work_tree(dir)? {
+    if let Some(repo) = crate::files::git_work_tree(dir)? {
         bail!(
             "{} is inside the git work tree {}: private signing keys must never be committed; choose a directory outside it (e.g. ~/outpost-keys, or a secrets volume of the CI runner)",
             dir.display(),
@@ -164,11 +164,6 @@ Losing it means the next image cannot unlock the data of appliances already in t
 (their recovery keys still can). Build with `outpost build --keys DIR` or OUTPOST_KEYS=DIR.
 ";
 
-/// The git work tree `dir` (or its nearest existing parent) is in, if any.
-fn git_work_tree(dir: &Path) -> Result<Option<PathBuf>> {
-    let abs = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
-    Ok(abs.ancestors().find(|a| a.join(".git").exists()).map(Path::to_path_buf))
-}
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 
 mod agent;
 mod build;
+mod ca;
 mod cache;
 mod decrypt;
 mod doctor;
@@ -24,9 +25,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Build { image, out, encrypt_key_file, keys } => build::run(&cli, image, out, encrypt_key_file.as_deref(), keys.as_deref()),
         Command::Bundle { image, out, from, keys } => build::bundle(&cli, image, out, from.as_deref(), keys.as_deref()),
         Command::Keys { command } => keys::run(command),
+        Command::Ca { command } => ca::run(command),
         Command::Plan { image } => plan::run(&cli, image),
-        Command::Test { scenarios, image, work, keys } => test::run(&cli, scenarios, image.as_deref(), work.as_deref(), keys.as_deref()),
-        Command::Personalize { image, site, out } => personalize::run(&cli, image, site, out),
+        Command::Test { scenarios, image, work, keys, ca } => test::run(&cli, scenarios, image.as_deref(), work.as_deref(), keys.as_deref(), ca.as_deref()),
+        Command::Personalize { image, site, out, ca } => personalize::run(&cli, image, site, out, ca.as_deref()),
         Command::Flash { image, device, bmap, no_bmap, force, max_size } => flash::run(&cli, image, device, bmap.clone(), *no_bmap, *force, max_size),
         Command::Decrypt { image, key_file, out } => decrypt::run(image, key_file, out),
         Command::Cache { command } => cache::run(&cli, command),

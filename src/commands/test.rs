@@ -12,9 +12,19 @@ use crate::cli::Cli;
 use crate::spec::Scenario;
 use crate::tool;
 
-pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Path>, keys: Option<&Path>) -> Result<i32> {
+pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Path>, keys: Option<&Path>, ca: Option<&Path>) -> Result<i32> {
     let mut ctx = super::ctx(cli, keys)?;
-    let scenarios = paths.iter().map(|p| Scenario::load(p)).collect::<Result<Vec<_>, _>>()?;
+    let mut scenarios = paths.iter().map(|p| Scenario::load(p)).collect::<Result<Vec<_>, _>>()?;
+    let ca = match ca {
+        Some(dir) => Some(crate::output::ca::Ca::load(dir)?),
+        None => None,
+    };
+    for (s, path) in scenarios.iter_mut().zip(paths) {
+        if s.deployment_ca {
+            let ca = ca.as_ref().with_context(|| format!("{}: `deployment-ca = true` needs the deployment CA: give --ca DIR or OUTPOST_CA (make one with `outpost ca init DIR`)", path.display()))?;
+            s.ca_cert = Some(ca.cert.clone());
+        }
+    }
     preflight(&scenarios)?;
     let several = scenarios.len() > 1;
     let base = match work {
@@ -48,7 +58,7 @@ pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Pat
             Some(site) => {
                 let out = dir.join(if scenario.install.is_some() { "personalized.iso" } else { "personalized.raw" });
                 fs_err::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                ctx.progress.stage("personalizing", || crate::output::personalize::personalize(&disk, site, &out, ctx.epoch))?;
+                ctx.progress.stage("personalizing", || crate::output::personalize::personalize(&disk, site, &out, ctx.epoch, ca.as_ref().filter(|_| scenario.deployment_ca)))?;
                 out
             }
             None => disk,

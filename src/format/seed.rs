@@ -42,8 +42,16 @@ fn time_provider(epoch: i64) -> &'static FixedTime {
     Box::leak(Box::new(FixedTime(dt)))
 }
 
+/// The seed's folder for the box's TLS material (`output::ca`, `agent::tls`).
+pub const TLS_DIR: &str = "tls";
+
 /// A FAT image of `size` bytes holding the README, an example and `site` (when given).
 pub fn image(size: u64, serial: u32, epoch: i64, site: Option<&str>) -> Result<Vec<u8>> {
+    image_with(size, serial, epoch, site, &[])
+}
+
+/// `image`, with `tls` files (name, bytes) in the seed's `tls/` folder.
+pub fn image_with(size: u64, serial: u32, epoch: i64, site: Option<&str>, tls: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     let mut disk = Cursor::new(vec![0u8; size as usize]);
     fatfs::format_volume(&mut disk, fatfs::FormatVolumeOptions::new().volume_label(*VOLUME_LABEL).volume_id(serial))
         .context("formatting the seed")?;
@@ -59,6 +67,14 @@ pub fn image(size: u64, serial: u32, epoch: i64, site: Option<&str>) -> Result<V
             let mut f = root.create_file(name).with_context(|| format!("writing {name} into the seed"))?;
             f.truncate()?;
             f.write_all(text.as_bytes())?;
+        }
+        if !tls.is_empty() {
+            let dir = root.create_dir(TLS_DIR).context("making the seed's tls folder")?;
+            for (name, bytes) in tls {
+                let mut f = dir.create_file(name).with_context(|| format!("writing {TLS_DIR}/{name} into the seed"))?;
+                f.truncate()?;
+                f.write_all(bytes)?;
+            }
         }
         drop(root);
         fs.unmount()?;
@@ -106,6 +122,37 @@ pub fn read_site(dev: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// `tls/NAME` from the seed on `dev`, if there is one.
+pub fn read_tls(dev: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let f = std::fs::File::open(dev).with_context(|| format!("opening the seed {}", dev.display()))?;
+    let fs = fatfs::FileSystem::new(ReadOnly(f), fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system on {}", dev.display()))?;
+    let mut file = match fs.root_dir().open_file(&format!("{TLS_DIR}/{name}")) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {TLS_DIR}/{name} in the seed {}", dev.display())),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).with_context(|| format!("reading {TLS_DIR}/{name} from {}", dev.display()))?;
+    Ok(Some(bytes))
+}
+
+/// Overwrites `tls/NAME` in the seed on `dev` with zeros, in place: the same clusters, the same
+/// length, no change to the FAT or the directory but the file's time, so a power cut in the
+/// middle leaves a readable seed (and a key the next boot takes again).
+pub fn zero_tls(dev: &Path, name: &str) -> Result<()> {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(dev).with_context(|| format!("opening the seed {} for writing", dev.display()))?;
+    let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new().update_accessed_date(false)).with_context(|| format!("reading the FAT file system on {}", dev.display()))?;
+    {
+        let mut file = fs.root_dir().open_file(&format!("{TLS_DIR}/{name}")).with_context(|| format!("opening {TLS_DIR}/{name} in the seed"))?;
+        let len = file.seek(SeekFrom::End(0))?;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&vec![0u8; len as usize]).with_context(|| format!("zeroing {TLS_DIR}/{name} in the seed"))?;
+        file.flush()?;
+    }
+    fs.unmount().with_context(|| format!("closing the seed {}", dev.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +169,16 @@ mod tests {
         let empty = image(16 << 20, 0x1234, 1_700_000_000, None).unwrap();
         fs_err::write(&p, &empty).unwrap();
         assert_eq!(read_site(&p).unwrap(), None);
+        // TLS files: read back, zeroed in place, still a readable seed.
+        let with = image_with(16 << 20, 0x1234, 1_700_000_000, Some("version = 1\n"), &[("issuer.key".into(), b"PRIVATE".to_vec())]).unwrap();
+        fs_err::write(&p, &with).unwrap();
+        assert_eq!(read_tls(&p, "issuer.key").unwrap().as_deref(), Some(&b"PRIVATE"[..]));
+        assert_eq!(read_tls(&p, "site.key").unwrap(), None);
+        zero_tls(&p, "issuer.key").unwrap();
+        assert_eq!(read_tls(&p, "issuer.key").unwrap().as_deref(), Some(&[0u8; 7][..]));
+        assert_eq!(read_site(&p).unwrap().as_deref(), Some("version = 1\n"));
+        let raw = fs_err::read(&p).unwrap();
+        assert!(!raw.windows(7).any(|w| w == b"PRIVATE"), "the key's bytes are still on the seed");
         // Other tools read it as FAT with our label.
         if crate::tool::which("minfo").is_some() {
             let info = crate::tool::Tool::new("minfo").arg("-i").arg(&p).arg("::").output().unwrap();

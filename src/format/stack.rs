@@ -14,6 +14,17 @@ pub const SECRETS: &str = "/var/lib/outpost/secrets";
 pub const STACK_DATA: &str = "/var/lib/outpost/stacks";
 /// The appliance's TLS certificate and key (`cert.pem`, `key.pem`), on the data partition.
 pub const TLS_DIR: &str = "/var/lib/outpost/tls";
+/// What the box keeps of the seed's `tls/` folder, outside TLS_DIR (which stacks mount):
+/// a deployment-CA issuer (`issuer.key`, `issuer.crt`, `ca.crt`, `names`) or the site's own
+/// certificate (`site.crt`, `site.key`).
+pub const TLS_SOURCE_DIR: &str = "/var/lib/outpost/tls-source";
+/// Files of the seed's `tls/` folder (written by `output::ca`, taken by `agent::tls`).
+pub const SEED_ISSUER_KEY: &str = "issuer.key";
+pub const SEED_ISSUER_CERT: &str = "issuer.crt";
+pub const SEED_CA: &str = "ca.crt";
+pub const SEED_NAMES: &str = "names";
+pub const SEED_SITE_CERT: &str = "site.crt";
+pub const SEED_SITE_KEY: &str = "site.key";
 /// The site's application variables as JSON, written at boot from the seed.
 pub const SITE_APP_JSON: &str = "/etc/outpost/site-app.json";
 

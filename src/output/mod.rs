@@ -12,6 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub mod bundle;
+pub mod ca;
 pub mod cloud;
 pub mod cpio;
 pub mod encrypt;

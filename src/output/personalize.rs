@@ -13,13 +13,22 @@ use crate::tool::Tool;
 
 /// `outpost personalize`: a copy of `image` whose seed partition holds `site_file`. Only the
 /// seed is written; the root, ESP and data partitions are the image's bytes.
-pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Result<()> {
+/// With `ca`, the seed also carries the box's issuing certificate (`output::ca`); a site with
+/// `[tls]` carries its own certificate instead. Either makes the copy differ at every run: it
+/// holds a key made for this box.
+pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64, ca: Option<&crate::output::ca::Ca>) -> Result<()> {
     let site = Site::load(site_file)?;
     let text = fs_err::read_to_string(site_file).with_context(|| format!("reading {}", site_file.display()))?;
+    let tls = match (&site.tls, ca) {
+        (Some(_), Some(_)) => anyhow::bail!("{}: the site brings its own certificate (`[tls]`) and --ca was given: choose one", site_file.display()),
+        (Some(t), None) => crate::output::ca::site_own(site_file, &t.cert, &t.key)?,
+        (None, Some(ca)) => crate::output::ca::issue(ca, &site)?,
+        (None, None) => Vec::new(),
+    };
     let ext = |p: &Path| p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
     if ext(image) == "iso" || ext(out) == "iso" {
         anyhow::ensure!(ext(image) == ext(out), "{} to {}: an installer ISO is personalized into another NAME.iso", image.display(), out.display());
-        return personalize_iso(image, &site, &text, out, epoch);
+        return personalize_iso(image, &site, &text, &tls, out, epoch);
     }
     for (p, what) in [(image, "image"), (out, "--out")] {
         anyhow::ensure!(matches!(ext(p).as_str(), "raw" | "qcow2"), "{what} {}: name it NAME.raw, NAME.qcow2 or NAME.iso", p.display());
@@ -35,7 +44,7 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
         } else {
             Tool::new("qemu-img").describe("reading the qcow2 image").args(["convert", "-q", "-O", "raw"]).arg(image).arg(&raw).run()?;
         }
-        write_seed(&raw, &text, epoch).with_context(|| format!("writing the seed of {}", raw.display()))?;
+        write_seed(&raw, &text, &tls, epoch).with_context(|| format!("writing the seed of {}", raw.display()))?;
         if ext(out) == "qcow2" {
             crate::output::qcow2(&raw, &partial)?;
             fs_err::remove_file(&raw)?;
@@ -53,7 +62,7 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64) -> Re
 
 /// A copy of the installer ISO whose seed carries the site (and whose installer asks nothing
 /// when the site says `[install] unattended`).
-fn personalize_iso(image: &Path, site: &Site, text: &str, out: &Path, epoch: i64) -> Result<()> {
+fn personalize_iso(image: &Path, site: &Site, text: &str, tls: &[(String, Vec<u8>)], out: &Path, epoch: i64) -> Result<()> {
     anyhow::ensure!(image.is_file(), "{} does not exist", image.display());
     crate::tool::preflight(crate::output::iso::TOOLS)?;
     let partial = crate::files::Scratch::new(crate::files::partial(out));
@@ -68,7 +77,7 @@ fn personalize_iso(image: &Path, site: &Site, text: &str, out: &Path, epoch: i64
         })?)?;
         let part = index.partitions.iter().find(|p| p.label == SEED_LABEL).context("the ISO's image has no seed partition")?;
         let serial = u32::from_be_bytes(part.guid.as_bytes()[..4].try_into().expect("4 bytes"));
-        let img = seed::image(part.size(), serial, epoch, Some(text))?;
+        let img = seed::image_with(part.size(), serial, epoch, Some(text), tls)?;
         crate::output::iso::set_seed(&stage, &img, site)?;
         crate::output::iso::write_iso(&stage, partial.path(), &index.image, epoch)?;
         fs_err::rename(partial.path(), out)?;
@@ -76,12 +85,12 @@ fn personalize_iso(image: &Path, site: &Site, text: &str, out: &Path, epoch: i64
     Ok(())
 }
 
-/// Writes the seed FAT (with `site`) into the raw disk's seed partition.
-pub fn write_seed(raw: &Path, site: &str, epoch: i64) -> Result<()> {
+/// Writes the seed FAT (with `site` and the `tls` files) into the raw disk's seed partition.
+pub fn write_seed(raw: &Path, site: &str, tls: &[(String, Vec<u8>)], epoch: i64) -> Result<()> {
     use std::io::{Seek, SeekFrom, Write};
     let (offset, size, guid) = crate::format::layout::find_partition(raw, SEED_LABEL).context("rebuild the image with this outpost")?;
     let serial = u32::from_be_bytes(guid.as_bytes()[..4].try_into().expect("4 bytes"));
-    let img = seed::image(size, serial, epoch, Some(site))?;
+    let img = seed::image_with(size, serial, epoch, Some(site), tls)?;
     let mut f = fs_err::OpenOptions::new().write(true).open(raw)?;
     f.seek(SeekFrom::Start(offset))?;
     f.write_all(&img)?;
@@ -106,7 +115,7 @@ mod tests {
         let site = tmp.path().join("s.toml");
         fs_err::write(&site, "version = 1\nhostname = \"clinic-9\"\n").unwrap();
         let out = tmp.path().join("clinic-9.raw");
-        personalize(&raw, &site, &out, 1_700_000_000).unwrap();
+        personalize(&raw, &site, &out, 1_700_000_000, None).unwrap();
         assert_eq!(fs_err::read(&raw).unwrap(), before, "the original image changed");
         let after = fs_err::read(&out).unwrap();
         let seed = layout.get(crate::format::layout::Role::Seed);
@@ -119,7 +128,7 @@ mod tests {
 
         let bad = tmp.path().join("bad.toml");
         fs_err::write(&bad, "version = 1\nhostname = \"clinic 9\"\n").unwrap();
-        let err = personalize(&raw, &bad, &tmp.path().join("x.raw"), 0).unwrap_err();
+        let err = personalize(&raw, &bad, &tmp.path().join("x.raw"), 0, None).unwrap_err();
         assert!(format!("{err:#}").contains("bad.toml: key `hostname`"), "{err:#}");
         assert!(!tmp.path().join("x.raw").exists() && !tmp.path().join("x.raw.partial").exists());
     }

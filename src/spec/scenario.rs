@@ -27,6 +27,10 @@ struct ScenarioToml {
     /// A site to personalize the image with before booting it.
     #[serde(default)]
     site: Option<PathBuf>,
+    /// Personalize with the deployment CA given to `outpost test --ca DIR` (or OUTPOST_CA): the
+    /// box gets its issuing certificate, and `[[http]]` checks with `tls-name` trust that CA.
+    #[serde(default)]
+    deployment_ca: bool,
     /// QEMU user-mode network (default 10.0.2.0/24).
     #[serde(default)]
     net: Option<String>,
@@ -293,6 +297,11 @@ pub struct Http {
     pub status: u16,
     #[serde(default)]
     pub contains: Option<String>,
+    /// HTTPS: the name the client asks for (SNI, and the name the certificate must carry), the
+    /// certificate checked against the deployment CA (`deployment-ca = true`) as a phone that
+    /// trusts it would.
+    #[serde(default)]
+    pub tls_name: Option<String>,
 }
 
 fn default_path() -> String {
@@ -315,6 +324,9 @@ pub struct Scenario {
     pub memory: u64,
     /// The line a unit in the guest prints on the serial console when the system is up.
     pub site: Option<PathBuf>,
+    pub deployment_ca: bool,
+    /// The deployment CA's certificate, set by `outpost test --ca` (not from the file).
+    pub ca_cert: Option<PathBuf>,
     pub net: Option<String>,
     pub guest_address: Option<std::net::Ipv4Addr>,
     pub tpm: bool,
@@ -478,6 +490,9 @@ impl Scenario {
         if t.memory < 256 {
             p.push(file, "memory", "give the guest at least 256 (MiB)");
         }
+        if t.deployment_ca && t.site.is_none() {
+            p.push(file, "deployment-ca", "the CA signs at personalization: give the scenario a `site`");
+        }
         let site = t.site.map(|s| base.join(s));
         if let Some(s) = &site
             && !s.is_file()
@@ -492,6 +507,8 @@ impl Scenario {
         p.into_result()?;
         Ok(Scenario {
             site,
+            deployment_ca: t.deployment_ca,
+            ca_cert: None,
             net: t.net,
             guest_address: t.guest_address,
             tpm: t.tpm,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,18 @@ pub struct Site {
     /// How the USB installer (`NAME.iso` personalized with this site) behaves.
     #[serde(default)]
     pub install: Install,
+    /// The site's own TLS certificate, instead of one the box makes or the deployment CA signs.
+    #[serde(default)]
+    pub tls: Option<SiteTls>,
+}
+
+/// `[tls]`: a certificate and its key, paths relative to the site file. `outpost personalize`
+/// puts them in the seed; the box takes the key onto its encrypted partition at first boot.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SiteTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]

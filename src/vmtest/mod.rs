@@ -465,7 +465,7 @@ async fn guest_checks(
     }
     for h in &boot.http {
         let port = m.port_map[&h.port];
-        match http_check(port, h, Instant::now() + Duration::from_secs(60)).await {
+        match http_check(port, h, m.scenario.ca_cert.as_deref(), Instant::now() + Duration::from_secs(60)).await {
             Ok(msg) => passed.push(msg),
             Err(e) => failed.push(format!("http guest port {} {}: {e:#}", h.port, h.path)),
         }
@@ -575,7 +575,11 @@ async fn ssh_check(port: u16, s: &crate::spec::Ssh, dir: &Path, deadline: Instan
     bail!("{last}")
 }
 
-async fn http_check(port: u16, h: &crate::spec::Http, deadline: Instant) -> Result<String> {
+async fn http_check(port: u16, h: &crate::spec::Http, ca: Option<&Path>, deadline: Instant) -> Result<String> {
+    if let Some(name) = &h.tls_name {
+        let ca = ca.context("an HTTPS check (`tls-name`) needs the deployment CA: set `deployment-ca = true` and give --ca DIR")?;
+        return https_check(port, h, name, ca, deadline).await;
+    }
     let mut last = String::from("no answer");
     let body: Option<(Vec<u8>, &str)> = match (&h.body, &h.body_file) {
         (Some(b), _) => Some((b.clone().into_bytes(), "text/plain")),
@@ -590,6 +594,34 @@ async fn http_check(port: u16, h: &crate::spec::Http, deadline: Instant) -> Resu
                     return Ok(format!("{} :{}{} -> {status}", if body.is_some() { "POST" } else { "GET" }, h.port, h.path));
                 }
                 last = format!("answered {status} with `{}`", answer.chars().take(200).collect::<String>());
+            }
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!("{last}; expected status {}{}", h.status, h.contains.as_ref().map(|c| format!(" and a body containing `{c}`")).unwrap_or_default())
+}
+
+/// A GET over HTTPS as a phone that trusts the deployment CA makes it: curl with only that CA,
+/// asking for `name` (which the box's certificate must carry).
+async fn https_check(port: u16, h: &crate::spec::Http, name: &str, ca: &Path, deadline: Instant) -> Result<String> {
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        let t = Tool::new("curl")
+            .describe(format!("asking https://{name}:{}{} with only the deployment CA trusted", h.port, h.path))
+            .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .arg(ca)
+            .arg("--resolve")
+            .arg(format!("{name}:{port}:127.0.0.1"))
+            .arg(format!("https://{name}:{port}{}", h.path));
+        match tokio::task::spawn_blocking(move || t.output()).await? {
+            Ok(out) => {
+                let (body, status) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+                let body_ok = h.contains.as_ref().is_none_or(|c| body.contains(c.as_str()));
+                if status == h.status.to_string() && body_ok {
+                    return Ok(format!("GET https://{name}:{}{} -> {status}, certificate trusted through the deployment CA", h.port, h.path));
+                }
+                last = format!("answered {status} with `{}`", body.chars().take(200).collect::<String>());
             }
             Err(e) => last = format!("{e:#}"),
         }
