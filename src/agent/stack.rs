@@ -35,7 +35,7 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
         let host = fs_err::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "outpost".into());
         let _lock = lock(Path::new("/run/outpost/tls.lock"))?;
         let c = super::tls::ensure(Path::new(TLS_DIR), Path::new(TLS_SOURCE_DIR), &host)?;
-        super::say(&format!("tls: {} {} certificate for {host}, SHA-256 fingerprint {}, valid until {}", if c.made { "made the" } else { "the" }, c.kind, c.fingerprint, c.not_after));
+        super::say(&format!("tls: {} certificate for {host} ({}), SHA-256 fingerprint {}, valid until {}", if c.made { "made a" } else { "the" }, c.kind, c.fingerprint, c.not_after));
     }
     for d in &run.data_dirs {
         let p = Path::new(STACK_DATA).join(stack).join(d);

@@ -87,15 +87,31 @@ pub fn pacs_pulled_by_digest() {
     assert!(nginx["packages"].as_array().expect("packages").iter().any(|p| p[0] == "nginx"), "the pulled image's packages are read from its dpkg status");
     // It runs: the appliance serves Orthanc through the pulled nginx, with the registry gone.
     drop(registry);
+    // A second appliance of the image, personalized for another clinic with the same
+    // deployment CA: its own secret and certificate, trusted through the CA by its own name.
+    fs_err::write(proj.join("sites/pacs-annex.toml"), "version = 1\nhostname = \"pacs-annex\"\n").expect("writing the site");
     let scenario = proj.join("qemu-tests/pacs-pulled.toml");
     fs_err::write(
         &scenario,
         format!(
-            "version = 1\nimage = \"../images/pacs-clinic.toml\"\ntimeout = 900\nmemory = 1536\nverdict = \"OUTPOST-VERDICT: running\"\n\
+            "version = 1\nimage = \"../images/pacs-clinic.toml\"\nsite = \"../sites/pacs-annex.toml\"\ndeployment-ca = true\ntimeout = 900\nmemory = 1536\nverdict = \"OUTPOST-VERDICT: running\"\n\
              [[command]]\nrun = \"podman inspect --format '{{{{.ImageDigest}}}}' orthanc-pacs-nginx\"\nexpect = \"{nginx_digest}\"\n\
-             [[http]]\nport = 80\npath = \"/system\"\ncontains = \"outpost PACS\"\n"
+             [[command]]\nrun = \"echo identity secret=$(sha256sum < /var/lib/outpost/secrets/orthanc-pacs/ORTHANC_DB_PASSWORD | cut -c1-16) cert=$(openssl x509 -noout -fingerprint -sha256 -in /var/lib/outpost/tls/cert.pem | cut -d= -f2)\"\nexpect = \"identity secret=\"\n\
+             [[http]]\nport = 80\npath = \"/system\"\ncontains = \"outpost PACS\"\n\
+             [[http]]\nport = 443\npath = \"/system\"\ntls-name = \"pacs-annex\"\ncontains = \"outpost PACS\"\n"
         ),
     )
     .expect("writing the scenario");
-    support::boot(&scenario, &out.join("pacs-clinic.raw"), &t.join("vm"));
+    let report = support::boot(&scenario, &out.join("pacs-clinic.raw"), &t.join("vm"));
+    let mine = support::identity_in(&report);
+    match support::identity_of("pacs-clinic") {
+        None => eprintln!("registry: the secret and certificate were not compared with the PACS clinic's (scenario::pacs-clinic is not in this run)"),
+        Some(None) => panic!("scenario::pacs-clinic failed before it reported its secret and certificate, so two appliances could not be compared"),
+        Some(Some(theirs)) => {
+            let field = |id: &str, k: &str| id.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or_else(|| panic!("no `{k}` in `{id}`")).to_string();
+            for k in ["secret=", "cert="] {
+                assert!(!field(&mine, k).is_empty() && field(&mine, k) != field(&theirs, k), "two appliances of one image share their {k} ({mine} / {theirs})");
+            }
+        }
+    }
 }

@@ -49,13 +49,30 @@ pub fn all() -> Vec<Scenario> {
         .collect()
 }
 
+/// Posts `None` for the appliance if its test ends before posting what it made.
+struct Unposted(Option<&'static str>);
+
+impl Drop for Unposted {
+    fn drop(&mut self) {
+        if let Some(name) = self.0 {
+            support::post_identity(name, None);
+        }
+    }
+}
+
 /// Boots one scenario on its shared image and checks what lies outside the scenario file.
 pub fn run(s: &Scenario) {
+    // The PACS clinic's secret and certificate, for the registry test's second appliance to
+    // differ from.
+    let mut unposted = Unposted((s.stem == "pacs-clinic").then_some("pacs-clinic"));
     let built: Built = support::shared(&s.image);
     let (disk, ext) = if s.installs { (built.file("iso"), "iso") } else { (built.file("raw"), "raw") };
     let work = support::run_dir().join(format!("vm-{}", s.stem));
     let report = support::boot(&s.path, &disk, &work);
     let passed = support::passed(&report);
+    if let Some(name) = unposted.0.take() {
+        support::post_identity(name, Some(support::identity_in(&report)));
+    }
     let install_refusal = fs_err::read_to_string(&s.path).unwrap_or_default().contains("expect = \"OUTPOST-INSTALL: failed");
     if install_refusal {
         assert!(passed.iter().any(|p| p.contains("OUTPOST-INSTALL: failed")), "{report:#}");

@@ -71,6 +71,60 @@ pub fn keys_dir() -> &'static Path {
     })
 }
 
+/// The run's deployment CA (`outpost ca init`), which `deployment-ca = true` scenarios are
+/// personalized with and whose certificate their HTTPS checks trust.
+pub fn ca_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = std::env::temp_dir();
+        remove_stale(&base, "outpost-e2e-ca-");
+        let dir = base.join(format!("outpost-e2e-ca-{}", std::process::id()));
+        let _ = fs_err::remove_dir_all(&dir);
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(["ca", "init"]).arg(&dir).args(["--name", "outpost e2e"]).output().expect("running outpost ca init");
+        assert!(out.status.success(), "outpost ca init: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+}
+
+/// What one appliance made for itself (its secret's hash, its certificate's fingerprint),
+/// posted by the test that booted it for another appliance's test to compare with: `None`
+/// when that test failed first, absent until it ends.
+static IDENTITIES: Mutex<Vec<(String, Option<String>)>> = Mutex::new(Vec::new());
+static POSTED: std::sync::Condvar = std::sync::Condvar::new();
+/// The appliances whose tests are in this run (set by main from the filters).
+static EXPECTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub fn expect_identity(name: &str) {
+    EXPECTED.lock().unwrap_or_else(|e| e.into_inner()).push(name.to_string());
+}
+
+pub fn post_identity(name: &str, identity: Option<String>) {
+    IDENTITIES.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), identity));
+    POSTED.notify_all();
+}
+
+/// The identity `name`'s test posted, waiting for it; `None` when that test is not in this run.
+pub fn identity_of(name: &str) -> Option<Option<String>> {
+    if !EXPECTED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|n| n == name) {
+        return None;
+    }
+    let started = Instant::now();
+    let mut ids = IDENTITIES.lock().unwrap_or_else(|e| e.into_inner());
+    let found = loop {
+        if let Some((_, id)) = ids.iter().find(|(n, _)| n == name) {
+            break id.clone();
+        }
+        ids = POSTED.wait_timeout(ids, Duration::from_secs(60)).unwrap_or_else(|e| e.into_inner()).0;
+    };
+    WAITED.with(|w| w.set(w.get() + started.elapsed().as_secs_f64()));
+    Some(found)
+}
+
+/// The output of the scenario command that printed `identity ...`, from a boot's report.
+pub fn identity_in(report: &serde_json::Value) -> String {
+    passed(report).iter().find_map(|p| p.split_once("-> identity ").map(|(_, id)| id.trim().to_string())).unwrap_or_else(|| panic!("no command printed `identity ...`: {report:#}"))
+}
+
 /// The cache every shared build goes through.
 pub fn shared_cache() -> PathBuf {
     run_dir().join("cache")
@@ -220,6 +274,7 @@ pub fn boot(scenario: &Path, image: &Path, work: &Path) -> serde_json::Value {
         .arg("--json")
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .env("OUTPOST_KEYS", keys_dir())
+        .env("OUTPOST_CA", ca_dir())
         .output()
         .expect("running outpost test");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -171,7 +171,7 @@ fn every_committed_image_definition_plans() {
     planned.sort();
     // cht-clinic is only planned here: its images come from a registry CI cannot reach.
     // debian-base-next and debian-base-broken are releases 2 of debian-base (`name`).
-    assert_eq!(planned, ["cht-clinic", "clinic-pc", "debian-base", "debian-base", "debian-base", "demo", "opensrp-fhir", "pacs-clinic"]);
+    assert_eq!(planned, ["cht-clinic", "clinic-pc", "commcare-hq", "debian-base", "debian-base", "debian-base", "demo", "opensrp-fhir", "pacs-clinic"]);
 }
 
 #[test]
@@ -210,4 +210,31 @@ fn the_opensrp_fhir_stack_plans_with_its_java_servers_on_one_port() {
     assert_eq!(svc("keycloak").command.as_deref().unwrap(), ["start", "--http-enabled=true", "--hostname-strict=false", "--proxy=edge"]);
     assert!(svc("db").mounts.iter().any(|m| matches!(m, crate::spec::compose::Mount::File { target, read_only: true, .. } if target == "/docker-entrypoint-initdb.d")));
     assert_eq!(s.secrets.keys().collect::<Vec<_>>(), ["KEYCLOAK_ADMIN_PASSWORD", "POSTGRES_PASSWORD"]);
+}
+
+#[test]
+fn commcare_hq_services_plan_with_their_volume_lines_on_the_data_partition() {
+    let l = crate::spec::Layer::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/commcare-hq"), "debian").unwrap();
+    let s = l.stack.unwrap();
+    let svc = |n: &str| s.services.iter().find(|x| x.name == n).unwrap_or_else(|| panic!("no service {n}"));
+    // `${VOLUME_PREFIX}${BLANK_IF_TESTS-postgresql:}/var/lib/...` with the .env's prefix: a
+    // directory of the stack on the data partition.
+    assert!(svc("postgres").mounts.contains(&crate::spec::compose::Mount::Data { dir: "data/postgresql".into(), target: "/var/lib/postgresql/data".into(), read_only: false }), "{:?}", svc("postgres").mounts);
+    assert_eq!(svc("minio").mounts.len(), 2);
+    assert_eq!(svc("formplayer").ports, [(8080, 8080)]);
+    assert_eq!(svc("elasticsearch6").limits.memory.as_deref(), Some("1500m"));
+    assert_eq!(svc("kafka").depends_on, ["zookeeper"]);
+    assert_eq!(s.secrets.keys().collect::<Vec<_>>(), ["COUCHDB_PASSWORD", "FORMPLAYER_AUTH_KEY", "MINIO_SECRET_KEY", "POSTGRES_PASSWORD"]);
+    // Upstream's development `web` service, as published: refused, naming file, service, key.
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = tmp.path().join("hq");
+    fs_err::create_dir_all(layer.join("compose")).unwrap();
+    fs_err::write(layer.join("layer.toml"), "version = 1\ndescription = \"x\"\ncompose = \"compose/hq-compose.yml\"\n").unwrap();
+    fs_err::write(
+        layer.join("compose/hq-compose.yml"),
+        "version: '2.3'\nservices:\n  web:\n    build:\n      context: .\n      dockerfile: \"${DOCKERFILE}\"\n    privileged: true  # allows mount inside container\n    command: [runserver]\n",
+    )
+    .unwrap();
+    let err = crate::spec::Layer::load(&layer, "debian").unwrap_err().to_string();
+    assert!(err.contains("hq-compose.yml") && err.contains("web") && err.contains("build"), "{err}");
 }
