@@ -17,41 +17,39 @@ use crate::tool::Tool;
 /// Where layers list the ports of the box's own services.
 pub const PORTS_DIR: &str = "usr/lib/outpost/firewall.d";
 
-/// The ports open on the box: published by stacks, declared by layers.
-pub fn open_ports(root: &Path) -> Result<BTreeSet<u16>> {
-    let mut ports = BTreeSet::new();
-    let stacks = root.join(STACKS);
-    for e in walkdir::WalkDir::new(&stacks).min_depth(2).max_depth(2).sort_by_file_name() {
-        let e = match e {
-            Ok(e) => e,
-            // An image without stacks.
-            Err(err) if err.io_error().is_some_and(|i| i.kind() == std::io::ErrorKind::NotFound) => break,
-            Err(err) => return Err(err).with_context(|| format!("reading {}", stacks.display())),
-        };
-        if !e.file_name().to_string_lossy().ends_with(".run.json") {
-            continue;
-        }
-        let run: RunSpec = serde_json::from_slice(&fs_err::read(e.path())?).with_context(|| format!("parsing {}", e.path().display()))?;
-        for a in &run.args {
-            if let Some(host) = a.strip_prefix("--publish=").and_then(|m| m.split(':').next()) {
-                ports.insert(host.parse().with_context(|| format!("{}: `{a}` has no host port", e.path().display()))?);
-            }
-        }
-    }
-    let dir = root.join(PORTS_DIR);
-    for e in walkdir::WalkDir::new(&dir).min_depth(1).max_depth(1).sort_by_file_name() {
+/// The files at `depth` below `dir` whose names end with `suffix`, in name order; none when
+/// `dir` does not exist (an image without stacks, or without declared ports).
+fn files_ending(dir: &Path, depth: usize, suffix: &str) -> Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for e in walkdir::WalkDir::new(dir).min_depth(depth).max_depth(depth).sort_by_file_name() {
         let e = match e {
             Ok(e) => e,
             Err(err) if err.io_error().is_some_and(|i| i.kind() == std::io::ErrorKind::NotFound) => break,
             Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
         };
-        if !e.file_name().to_string_lossy().ends_with(".ports") {
-            continue;
+        if e.file_name().to_string_lossy().ends_with(suffix) {
+            found.push(e.into_path());
         }
-        for (i, line) in fs_err::read_to_string(e.path())?.lines().enumerate() {
+    }
+    Ok(found)
+}
+
+/// The ports open on the box: published by stacks, declared by layers.
+pub fn open_ports(root: &Path) -> Result<BTreeSet<u16>> {
+    let mut ports = BTreeSet::new();
+    for path in files_ending(&root.join(STACKS), 2, ".run.json")? {
+        let run: RunSpec = serde_json::from_slice(&fs_err::read(&path)?).with_context(|| format!("parsing {}", path.display()))?;
+        for a in &run.args {
+            if let Some(host) = a.strip_prefix("--publish=").and_then(|m| m.split(':').next()) {
+                ports.insert(host.parse().with_context(|| format!("{}: `{a}` has no host port", path.display()))?);
+            }
+        }
+    }
+    for path in files_ending(&root.join(PORTS_DIR), 1, ".ports")? {
+        for (i, line) in fs_err::read_to_string(&path)?.lines().enumerate() {
             let t = line.split('#').next().unwrap_or("").trim();
             if !t.is_empty() {
-                ports.insert(t.parse().with_context(|| format!("{} line {}: `{t}` is not a port number", e.path().display(), i + 1))?);
+                ports.insert(t.parse().with_context(|| format!("{} line {}: `{t}` is not a port number", path.display(), i + 1))?);
             }
         }
     }

@@ -15,10 +15,24 @@ pub mod tls;
 pub mod tpm;
 pub mod update;
 
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result};
+
 pub use console::say;
+
+/// An exclusive lock on `path` (a file in /run), held until the returned file is dropped: one
+/// user at a time of the ESP, a stack's network, the TLS certificate.
+pub fn lock(path: &Path) -> Result<fs_err::File> {
+    let f = fs_err::File::create(path)?;
+    // SAFETY: flock on a descriptor we own; released when the file is dropped.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(f)
+}
 
 /// Waits up to `limit` for a path to appear (udev creating a device link).
 pub fn wait_for(p: &Path, limit: Duration) -> Option<PathBuf> {

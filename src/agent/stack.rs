@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -33,7 +32,7 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
     ensure_network(stack, &run.network, &run.subnet)?;
     if run.tls {
         let host = fs_err::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "outpost".into());
-        let _lock = lock(Path::new("/run/outpost/tls.lock"))?;
+        let _lock = super::lock(Path::new("/run/outpost/tls.lock"))?;
         let c = super::tls::ensure(Path::new(TLS_DIR), Path::new(TLS_SOURCE_DIR), &host)?;
         super::say(&format!("tls: {} certificate for {host} ({}), SHA-256 fingerprint {}, valid until {}", if c.made { "made a" } else { "the" }, c.kind, c.fingerprint, c.not_after));
     }
@@ -50,22 +49,12 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
 fn ensure_network(stack: &str, network: &str, subnet: &str) -> Result<()> {
     let dir = Path::new("/run/outpost/stacks");
     fs_err::create_dir_all(dir)?;
-    let _lock = lock(&dir.join(format!("{stack}.lock")))?;
+    let _lock = super::lock(&dir.join(format!("{stack}.lock")))?;
     let exists = Tool::new("podman").args(["network", "exists", network]).run().is_ok();
     if !exists {
         Tool::new("podman").describe(format!("making the network of stack `{stack}`")).args(["network", "create", "--subnet", subnet, network]).run()?;
     }
     Ok(())
-}
-
-/// An exclusive lock on `path`, held until the file is dropped.
-fn lock(path: &Path) -> Result<fs_err::File> {
-    let f = fs_err::File::create(path)?;
-    // SAFETY: flock on a descriptor we own; released when the file is dropped.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", path.display()));
-    }
-    Ok(f)
 }
 
 /// The environment with every value interpolated: secrets first, then the site's variables,
@@ -96,7 +85,7 @@ pub fn ensure_secrets(root: &Path, stack: &str, declared: &BTreeMap<String, Secr
     fs_err::create_dir_all(&dir)?;
     fs_err::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
     fs_err::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    let _lock = lock(&dir.join(".lock"))?;
+    let _lock = super::lock(&dir.join(".lock"))?;
     for (name, s) in declared {
         if let Some(v) = site.get(name) {
             out.insert(name.clone(), v.clone());

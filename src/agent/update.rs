@@ -107,15 +107,10 @@ fn find_slots() -> Result<Slots> {
 /// The ESP, mounted while `f` runs; one user at a time (the boot check and a stick's update may
 /// overlap), through a lock in /run.
 fn with_esp<T>(f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    use std::os::unix::io::AsRawFd;
     let dev = disk_partition(&boot_disk()?, "esp")?;
     let mnt = Path::new(ESP_MOUNT);
     fs_err::create_dir_all(mnt)?;
-    let lock = fs_err::File::create("/run/outpost/esp.lock")?;
-    // SAFETY: a valid open fd; the lock goes with it when `lock` is dropped.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("locking /run/outpost/esp.lock");
-    }
+    let _lock = super::lock(Path::new("/run/outpost/esp.lock"))?;
     Tool::new("mount").describe("mounting the ESP").args(["-t", "vfat", "-o", "rw,nodev,nosuid,noexec"]).arg(&dev).arg(mnt).run()?;
     let r = f(mnt);
     Tool::new("sync").describe("writing the ESP out").run()?;

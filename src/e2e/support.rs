@@ -49,12 +49,7 @@ fn remove_stale(base: &Path, prefix: &str) {
 pub fn keys_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = std::env::temp_dir();
-        remove_stale(&base, "outpost-e2e-keys-");
-        let dir = base.join(format!("outpost-e2e-keys-{}", std::process::id()));
-        let _ = fs_err::remove_dir_all(&dir);
-        let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(["keys", "init"]).arg(&dir).args(["--name", "outpost e2e"]).output().expect("running outpost keys init");
-        assert!(out.status.success(), "outpost keys init: {}", String::from_utf8_lossy(&out.stderr));
+        let dir = init_outside_the_tree("keys");
         // The test key is stored encrypted, with the passphrase `snakeoil` (ovmf's README.Debian).
         let key = Command::new("openssl")
             .args(["pkey", "-in", "/usr/share/ovmf/PkKek-1-snakeoil.key", "-passin", "pass:snakeoil", "-out"])
@@ -75,15 +70,20 @@ pub fn keys_dir() -> &'static Path {
 /// personalized with and whose certificate their HTTPS checks trust.
 pub fn ca_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = std::env::temp_dir();
-        remove_stale(&base, "outpost-e2e-ca-");
-        let dir = base.join(format!("outpost-e2e-ca-{}", std::process::id()));
-        let _ = fs_err::remove_dir_all(&dir);
-        let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(["ca", "init"]).arg(&dir).args(["--name", "outpost e2e"]).output().expect("running outpost ca init");
-        assert!(out.status.success(), "outpost ca init: {}", String::from_utf8_lossy(&out.stderr));
-        dir
-    })
+    DIR.get_or_init(|| init_outside_the_tree("ca"))
+}
+
+/// `outpost VERB init DIR` for this run, in the system's temporary directory: outside the work
+/// tree, where private keys may not be made.
+fn init_outside_the_tree(verb: &str) -> PathBuf {
+    let base = std::env::temp_dir();
+    let prefix = format!("outpost-e2e-{verb}-");
+    remove_stale(&base, &prefix);
+    let dir = base.join(format!("{prefix}{}", std::process::id()));
+    let _ = fs_err::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args([verb, "init"]).arg(&dir).args(["--name", "outpost e2e"]).output().unwrap_or_else(|e| panic!("running outpost {verb} init: {e}"));
+    assert!(out.status.success(), "outpost {verb} init: {}", String::from_utf8_lossy(&out.stderr));
+    dir
 }
 
 /// What one appliance made for itself (its secret's hash, its certificate's fingerprint),

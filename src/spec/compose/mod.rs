@@ -414,8 +414,15 @@ pub fn load(layer: &str, layer_file: &Path, files: &[PathBuf], env_file: Option<
     let vars = read::Vars { defaults: &defaults, secrets: &secrets };
     let before = p.0.len();
     let mut merged = Mapping::new();
+    // The file that defines each service last: the one a problem with it names.
+    let mut defined_in: BTreeMap<String, PathBuf> = BTreeMap::new();
     for file in files {
         let Some(mut doc) = read::parse(file, p) else { continue };
+        if let Some(Value::Mapping(svcs)) = doc.get("services") {
+            for k in svcs.keys().filter_map(Value::as_str) {
+                defined_in.insert(k.to_string(), file.clone());
+            }
+        }
         for k in doc.keys() {
             let k = k.as_str().unwrap_or("");
             if !TOP_KEYS.contains(&k) && !k.starts_with("x-") {
@@ -453,8 +460,7 @@ pub fn load(layer: &str, layer_file: &Path, files: &[PathBuf], env_file: Option<
     let mut services = Vec::new();
     for (name, v) in services_map {
         let name = name.as_str().unwrap_or("").to_string();
-        // The file that defines the service last is the one to name.
-        let file = files.iter().rev().find(|f| file_defines(f, &name)).cloned().unwrap_or_else(|| first.clone());
+        let file = defined_in.get(&name).cloned().unwrap_or_else(|| first.clone());
         match yaml_serde::from_value::<ServiceYaml>(v) {
             Ok(s) => {
                 if let Some(svc) = service::convert(&file, &dir, &name, s, &names, &volumes, &vars, p) {
@@ -471,11 +477,6 @@ pub fn load(layer: &str, layer_file: &Path, files: &[PathBuf], env_file: Option<
         p.push(&first, "services", format!("depends_on makes a cycle: {}", cycle.join(" → ")));
     }
     Some(Stack { name: layer.into(), file: first, files: files.to_vec(), dir, services, volumes, defaults, secrets, tls: BTreeMap::new() })
-}
-
-/// Whether `file` has the service (a cheap second read, only to name the right file).
-fn file_defines(file: &Path, service: &str) -> bool {
-    fs_err::read_to_string(file).is_ok_and(|t| t.lines().any(|l| l.trim_end() == format!("  {service}:") || l.trim_start().strip_suffix(':') == Some(service) && l.starts_with(' ')))
 }
 
 /// Unknown and refused keys of each service, and `x-*` extensions dropped.
