@@ -35,6 +35,9 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
         let _lock = super::lock(Path::new("/run/outpost/tls.lock"))?;
         let c = super::tls::ensure(Path::new(TLS_DIR), Path::new(TLS_SOURCE_DIR), &host)?;
         super::say(&format!("tls: {} certificate for {host} ({}), SHA-256 fingerprint {}, valid until {}", if c.made { "made a" } else { "the" }, c.kind, c.fingerprint, c.not_after));
+        // For the status page.
+        let line = format!("SHA-256 {} ({}), valid until {}\n", c.fingerprint, c.kind, c.not_after);
+        crate::files::atomic_write(Path::new("/run/outpost/tls.txt"), |f| Ok(std::io::Write::write_all(f, line.as_bytes())?))?;
     }
     for d in &run.data_dirs {
         let p = Path::new(STACK_DATA).join(stack).join(d);
