@@ -52,6 +52,7 @@ pub const HOST_TOOLS: &[HostTool] = &[
     HostTool { program: "grub-mkimage", package: "grub-common", why: "making the installer ISO's boot loader" },
     HostTool { program: "/usr/lib/grub/i386-pc/boot_hybrid.img", package: "grub-pc-bin", why: "booting the installer ISO on legacy BIOS machines" },
     HostTool { program: "/usr/lib/grub/x86_64-efi/linux.mod", package: "grub-efi-amd64-bin", why: "booting the installer ISO on UEFI machines" },
+    HostTool { program: "curl", package: "curl", why: "HTTPS checks of `outpost test` (`tls-name`), trusting only the deployment CA" },
     HostTool { program: "qemu-io", package: "qemu-utils", why: "changing a byte of a test guest's disk in `outpost test`" },
     HostTool { program: "ssh", package: "openssh-client", why: "logging in to test guests in `outpost test`" },
     HostTool { program: "sgdisk", package: "gdisk", why: "checking partition tables in the test suite" },

@@ -140,6 +140,9 @@ fn preflight(scenarios: &[Scenario]) -> Result<()> {
         if s.secure_boot {
             need.push("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd");
         }
+        if s.boots.iter().any(|b| b.http.iter().any(|h| h.tls_name.is_some())) {
+            need.extend(["curl", "openssl"]);
+        }
     }
     tool::preflight(&need)
 }
