@@ -245,13 +245,21 @@ mod tests {
                 .arg(w("leaf.csr"))
                 .run()
                 .unwrap();
-            Tool::new("openssl").args(["x509", "-req", "-copy_extensions", "copy", "-in"]).arg(w("leaf.csr")).arg("-CA").arg(w(SEED_ISSUER_CERT)).arg("-CAkey").arg(w(SEED_ISSUER_KEY)).arg("-out").arg(&crt).run().unwrap();
+            Tool::new("openssl").args(["x509", "-req", "-days", "400", "-copy_extensions", "copy", "-in"]).arg(w("leaf.csr")).arg("-CA").arg(w(SEED_ISSUER_CERT)).arg("-CAkey").arg(w(SEED_ISSUER_KEY)).arg("-out").arg(&crt).run().unwrap();
             Tool::new("openssl").args(["verify", "-CAfile"]).arg(&ca.cert).arg("-untrusted").arg(w(SEED_ISSUER_CERT)).arg(&crt).run()
         };
         leaf("good", "DNS:clinic-7,DNS:clinic-7.local,IP:192.168.10.20").unwrap();
         let other = format!("{:#}", leaf("other", "DNS:hospital-1").unwrap_err());
         assert!(other.contains("permitted subtree violation"), "{other}");
         assert!(leaf("addr", "DNS:clinic-7,IP:10.0.0.1").is_err(), "an address the site does not give was accepted");
+        // A site's own certificate: taken when the pair belongs together, refused otherwise.
+        let site_file = tmp.path().join("clinic.toml");
+        let own = site_own(&site_file, Path::new("good.crt"), Path::new("good.key")).unwrap();
+        assert_eq!(own.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), [SEED_SITE_CERT, SEED_SITE_KEY]);
+        let err = format!("{:#}", site_own(&site_file, Path::new("good.crt"), Path::new("other.key")).unwrap_err());
+        assert!(err.contains("clinic.toml") && err.contains("is not for the key"), "{err}");
+        let err = format!("{:#}", site_own(&site_file, Path::new("missing.crt"), Path::new("good.key")).unwrap_err());
+        assert!(err.contains("`tls.cert`") && err.contains("does not exist"), "{err}");
         // Bad directories are named.
         fs_err::set_permissions(dir.join(CA_KEY), std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(format!("{:#}", Ca::load(&dir).unwrap_err()).contains("chmod 600"));
