@@ -251,6 +251,9 @@ pub enum StackCommand {
     /// Start one service of a stack: its secrets made if this is the first start, its
     /// environment interpolated, then podman run (a unit's ExecStart)
     Run { stack: String, service: String },
+    /// Renew the box's TLS certificate if it expires within 30 days, restarting the services
+    /// that serve it (a daily timer)
+    RenewTls,
     /// Wait until a container's health check passes (a unit's ExecStartPost)
     WaitHealthy {
         container: String,

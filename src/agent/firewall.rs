@@ -17,27 +17,10 @@ use crate::tool::Tool;
 /// Where layers list the ports of the box's own services.
 pub const PORTS_DIR: &str = "usr/lib/outpost/firewall.d";
 
-/// The files at `depth` below `dir` whose names end with `suffix`, in name order; none when
-/// `dir` does not exist (an image without stacks, or without declared ports).
-fn files_ending(dir: &Path, depth: usize, suffix: &str) -> Result<Vec<std::path::PathBuf>> {
-    let mut found = Vec::new();
-    for e in walkdir::WalkDir::new(dir).min_depth(depth).max_depth(depth).sort_by_file_name() {
-        let e = match e {
-            Ok(e) => e,
-            Err(err) if err.io_error().is_some_and(|i| i.kind() == std::io::ErrorKind::NotFound) => break,
-            Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
-        };
-        if e.file_name().to_string_lossy().ends_with(suffix) {
-            found.push(e.into_path());
-        }
-    }
-    Ok(found)
-}
-
 /// The ports open on the box: published by stacks, declared by layers.
 pub fn open_ports(root: &Path) -> Result<BTreeSet<u16>> {
     let mut ports = BTreeSet::new();
-    for path in files_ending(&root.join(STACKS), 2, ".run.json")? {
+    for path in super::files_ending(&root.join(STACKS), 2, ".run.json")? {
         let run: RunSpec = serde_json::from_slice(&fs_err::read(&path)?).with_context(|| format!("parsing {}", path.display()))?;
         for a in &run.args {
             if let Some(host) = a.strip_prefix("--publish=").and_then(|m| m.split(':').next()) {
@@ -45,7 +28,7 @@ pub fn open_ports(root: &Path) -> Result<BTreeSet<u16>> {
             }
         }
     }
-    for path in files_ending(&root.join(PORTS_DIR), 1, ".ports")? {
+    for path in super::files_ending(&root.join(PORTS_DIR), 1, ".ports")? {
         for (i, line) in fs_err::read_to_string(&path)?.lines().enumerate() {
             let t = line.split('#').next().unwrap_or("").trim();
             if !t.is_empty() {

@@ -34,6 +34,23 @@ pub fn lock(path: &Path) -> Result<fs_err::File> {
     Ok(f)
 }
 
+/// The files at `depth` below `dir` whose names end with `suffix`, in name order; none when
+/// `dir` does not exist (an image without stacks, or without declared ports).
+pub fn files_ending(dir: &Path, depth: usize, suffix: &str) -> Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for e in walkdir::WalkDir::new(dir).min_depth(depth).max_depth(depth).sort_by_file_name() {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) if err.io_error().is_some_and(|i| i.kind() == std::io::ErrorKind::NotFound) => break,
+            Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
+        };
+        if e.file_name().to_string_lossy().ends_with(suffix) {
+            found.push(e.into_path());
+        }
+    }
+    Ok(found)
+}
+
 /// Waits up to `limit` for a path to appear (udev creating a device link).
 pub fn wait_for(p: &Path, limit: Duration) -> Option<PathBuf> {
     let start = Instant::now();

@@ -31,13 +31,7 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
     let secrets = ensure_secrets(Path::new(SECRETS), stack, &spec.secrets, &site)?;
     ensure_network(stack, &run.network, &run.subnet)?;
     if run.tls {
-        let host = fs_err::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "outpost".into());
-        let _lock = super::lock(Path::new("/run/outpost/tls.lock"))?;
-        let c = super::tls::ensure(Path::new(TLS_DIR), Path::new(TLS_SOURCE_DIR), &host)?;
-        super::say(&format!("tls: {} certificate for {host} ({}), SHA-256 fingerprint {}, valid until {}", if c.made { "made a" } else { "the" }, c.kind, c.fingerprint, c.not_after));
-        // For the status page.
-        let line = format!("SHA-256 {} ({}), valid until {}\n", c.fingerprint, c.kind, c.not_after);
-        crate::files::atomic_write(Path::new("/run/outpost/tls.txt"), |f| Ok(std::io::Write::write_all(f, line.as_bytes())?))?;
+        ensure_tls()?;
     }
     for d in &run.data_dirs {
         let p = Path::new(STACK_DATA).join(stack).join(d);
@@ -45,6 +39,46 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
     }
     let argv = podman_argv(&run, &resolve_environment(&run.environment, &secrets, &site, &spec.defaults).with_context(|| format!("service `{service}` of stack `{stack}`"))?);
     Err(Tool::new("podman").describe(format!("starting service `{service}` of stack `{stack}`")).args(&argv).exec(KEEP_ENV))
+}
+
+/// The box's certificate made, renewed or kept (`agent::tls`), said on the console and given
+/// to the status page; whether it was made by this call.
+fn ensure_tls() -> Result<bool> {
+    let host = fs_err::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "outpost".into());
+    let _lock = super::lock(Path::new("/run/outpost/tls.lock"))?;
+    let c = super::tls::ensure(Path::new(TLS_DIR), Path::new(TLS_SOURCE_DIR), &host)?;
+    super::say(&format!("tls: {} certificate for {host} ({}), SHA-256 fingerprint {}, valid until {}", if c.made { "made a" } else { "the" }, c.kind, c.fingerprint, c.not_after));
+    let line = format!("SHA-256 {} ({}), valid until {}\n", c.fingerprint, c.kind, c.not_after);
+    crate::files::atomic_write(Path::new("/run/outpost/tls.txt"), |f| Ok(std::io::Write::write_all(f, line.as_bytes())?))?;
+    Ok(c.made)
+}
+
+/// The units of the services that serve the box's certificate, from the run specifications
+/// under `root`.
+pub fn tls_units(root: &Path) -> Result<Vec<String>> {
+    let mut units = Vec::new();
+    for path in super::files_ending(&root.join(crate::format::stack::STACKS), 2, ".run.json")? {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (Some(service), Some(stack)) = (name.strip_suffix(".run.json"), path.parent().and_then(Path::file_name)) else { continue };
+        let run: RunSpec = serde_json::from_slice(&fs_err::read(&path)?).with_context(|| format!("parsing {}", path.display()))?;
+        if run.tls {
+            units.push(crate::format::stack::service_unit(&stack.to_string_lossy(), service));
+        }
+    }
+    Ok(units)
+}
+
+/// `outpost stack renew-tls`, from a daily timer: a box that runs for years without a restart
+/// still renews its certificate 30 days before it expires; the services that serve it are
+/// restarted to load the new one.
+pub fn renew_tls() -> Result<()> {
+    let units = tls_units(Path::new("/"))?;
+    if units.is_empty() || !ensure_tls()? {
+        return Ok(());
+    }
+    super::say(&format!("tls: the certificate was renewed; restarting {}", units.join(", ")));
+    Tool::new("systemctl").describe("restarting the services that serve the certificate").args(["try-restart", "--no-block"]).args(&units).run()?;
+    Ok(())
 }
 
 /// Makes the stack's network if this boot has not yet (podman keeps networks in /etc, which is
@@ -171,6 +205,20 @@ pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_services_that_serve_the_certificate_are_found_by_their_run_specifications() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(crate::format::stack::STACKS).join("orthanc-pacs");
+        fs_err::create_dir_all(&dir).unwrap();
+        for (service, tls) in [("nginx", true), ("orthanc", false)] {
+            let run = RunSpec { args: vec![], environment: BTreeMap::new(), tail: vec![], data_dirs: vec![], network: "outpost-orthanc-pacs".into(), subnet: "10.89.1.0/24".into(), tls };
+            fs_err::write(dir.join(format!("{service}.run.json")), serde_json::to_vec(&run).unwrap()).unwrap();
+        }
+        fs_err::write(dir.join("stack.json"), "{}").unwrap();
+        assert_eq!(tls_units(root.path()).unwrap(), ["outpost-orthanc-pacs-nginx.service"]);
+        assert!(tls_units(tempfile::tempdir().unwrap().path()).unwrap().is_empty(), "an image without stacks");
+    }
 
     #[test]
     fn secrets_are_made_once_kept_and_differ_between_devices() {

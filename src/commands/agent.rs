@@ -44,6 +44,7 @@ pub fn power(command: &PowerCommand) -> Result<i32> {
 pub fn stack(command: &StackCommand) -> Result<i32> {
     match command {
         StackCommand::Run { stack, service } => agent::stack::run(stack, service)?,
+        StackCommand::RenewTls => agent::stack::renew_tls()?,
         StackCommand::WaitHealthy { container, timeout } => agent::stack::wait_healthy(container, Duration::from_secs(*timeout))?,
     }
     Ok(0)

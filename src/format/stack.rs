@@ -28,6 +28,11 @@ pub const SEED_SITE_KEY: &str = "site.key";
 /// The site's application variables as JSON, written at boot from the seed.
 pub const SITE_APP_JSON: &str = "/etc/outpost/site-app.json";
 
+/// The systemd unit of a stack's service.
+pub fn service_unit(stack: &str, service: &str) -> String {
+    format!("outpost-{stack}-{service}.service")
+}
+
 /// `STACKS/LAYER/stack.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackSpec {

@@ -343,11 +343,10 @@ pub fn parse_duration(s: &str) -> Option<u64> {
     Some(total_ms.div_ceil(1000))
 }
 
-/// The systemd unit of a stack's service. Stack (layer) and service names are checked names,
-/// and the plan refuses two that give the same unit, container or volume name.
-pub fn service_unit(stack: &str, service: &str) -> String {
-    format!("outpost-{stack}-{service}.service")
-}
+/// The systemd unit of a stack's service (the agent restarts them by this name too). Stack
+/// (layer) and service names are checked names, and the plan refuses two that give the same
+/// unit, container or volume name.
+pub use crate::format::stack::service_unit;
 
 /// The podman container of a stack's service.
 pub fn container_name(stack: &str, service: &str) -> String {
