@@ -54,10 +54,15 @@ fn encrypt_with(raw: &Path, key: &Path, out: &Path, iter_time_ms: u32) -> Result
             .arg(&tmp);
         // QEMU times PBKDF2 on the thread's CPU clock and gives up when a loaded machine shows
         // it no progress ("Unable to get accurate CPU usage"): a busy CI runner, not a fault.
+        // Four tries in a row failed once while the unit tests ran beside a build: up to eight,
+        // a little longer apart each time.
         let mut tries = 0;
         loop {
             match convert.run() {
-                Err(e) if tries < 3 && e.to_string().contains("Unable to get accurate CPU usage") => tries += 1,
+                Err(e) if tries < 8 && e.to_string().contains("Unable to get accurate CPU usage") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(250 * tries));
+                }
                 r => break r?,
             }
         }
