@@ -167,6 +167,9 @@ fn print_report(report: &crate::vmtest::Report) {
     for f in &report.failed {
         println!("FAIL  {f}");
     }
+    for t in &report.timings {
+        println!("time  {t}");
+    }
     if report.failed.is_empty() {
         println!("{} passed, 0 failed ({}, console log {})", report.passed.len(), report.accel, report.console_log.display());
     } else {

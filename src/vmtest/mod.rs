@@ -39,6 +39,9 @@ pub struct Report {
     pub failed: Vec<String>,
     pub boot_seconds: f64,
     pub console_log: PathBuf,
+    /// Per boot that reached its verdict: systemd's own account of where the boot's time went
+    /// (`systemd-analyze`), its first line here and the critical chain and blame in a file.
+    pub timings: Vec<String>,
 }
 
 /// KVM when it really runs a guest, TCG otherwise. `/dev/kvm` can exist and still fail (nested
@@ -200,6 +203,10 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         report.console_log = console.clone();
         let label = if many { format!("boot {}: ", n + 1) } else { String::new() };
         let (passed, failed) = boot_once(&m, boot, tpm, &console, &mut saved, &mut report.boot_seconds, n + 1 == scenario.boots.len() && scenario.power_cuts.is_none()).await?;
+        let analysis = analysis_path(&console);
+        if let Ok(text) = fs_err::read_to_string(&analysis) {
+            report.timings.push(format!("{label}{} ({})", text.lines().next().unwrap_or_default(), analysis.display()));
+        }
         report.passed.extend(passed.into_iter().map(|p| format!("{label}{p}")));
         let stop = !failed.is_empty();
         report.failed.extend(failed.into_iter().map(|f| format!("{label}{f}")));
@@ -382,6 +389,15 @@ async fn boot_once(
     }
     if failed.is_empty() {
         guest_checks(m, boot, console, saved, &mut passed, &mut failed).await;
+    }
+    if passed.iter().any(|p| p.starts_with("verdict `")) {
+        // Where the boot's time went, for the boot-time work (#19): not a check, never a failure.
+        let cmd = "systemd-analyze --no-pager time 2>&1 | tr -s ' \\n' ' '; echo; echo; systemd-analyze --no-pager critical-chain 2>&1; echo; systemd-analyze --no-pager blame 2>&1 | head -25";
+        let path = analysis_path(console);
+        crate::files::remove_if_exists(&path)?;
+        if let Ok((0, out)) = agent::exec(&m.qga, cmd, Instant::now() + Duration::from_secs(30)).await {
+            fs_err::write(&path, out)?;
+        }
     }
     if failed.is_empty()
         && (!last || !boot.disk.is_empty())
@@ -657,6 +673,11 @@ async fn http_request(port: u16, path: &str, body: Option<(&[u8], &str)>) -> Res
         .with_context(|| format!("not an HTTP answer: `{}`", text.chars().take(80).collect::<String>()))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// Where a boot's `systemd-analyze` output goes: beside its console log.
+fn analysis_path(console: &Path) -> PathBuf {
+    console.with_extension("analyze.txt")
 }
 
 /// The last lines of the console log, for failure reports.
