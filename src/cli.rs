@@ -233,6 +233,10 @@ pub enum RootCommand {
     Verify {
         #[arg(long, default_value = "/dev/mapper/outpost-root")]
         device: PathBuf,
+        /// Only when this root was not read in full on this box within the week (a new
+        /// release, a first boot): what the boot and the daily timer run
+        #[arg(long)]
+        when_due: bool,
     },
 }
 

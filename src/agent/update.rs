@@ -54,6 +54,11 @@ fn booted() -> Result<(String, String)> {
     Ok((parts[0].to_lowercase(), parts[2].to_string()))
 }
 
+/// The running root's dm-verity root hash.
+pub fn booted_root_hash() -> Result<String> {
+    Ok(booted()?.1)
+}
+
 fn running_release() -> Result<Release> {
     let p = Path::new("/").join(update::RELEASE_PATH);
     serde_json::from_slice(&fs_err::read(&p)?).with_context(|| format!("reading {}", p.display()))

@@ -27,7 +27,7 @@ pub fn data(command: &DataCommand) -> Result<i32> {
 
 pub fn root(command: &RootCommand) -> Result<i32> {
     match command {
-        RootCommand::Verify { device } => agent::root::verify_root(device)?,
+        RootCommand::Verify { device, when_due } => agent::root::verify_root(device, *when_due)?,
     }
     Ok(0)
 }
