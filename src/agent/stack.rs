@@ -197,7 +197,8 @@ pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
             }
             Err(e) => last = e.to_string(),
         }
-        std::thread::sleep(std::time::Duration::from_secs(2));
+        // Each check is a process in the container; dependents wait for the first that passes.
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
     anyhow::bail!("container {name} was not healthy within {} s; last check: {last}", timeout.as_secs())
 }

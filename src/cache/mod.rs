@@ -2,6 +2,8 @@
 //! An entry exists only once its tarball has been renamed into place, so an interrupted build
 //! leaves at most `*.partial` files, which the next build ignores and `cache gc` removes.
 
+pub mod debs;
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;

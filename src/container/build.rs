@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::oci;
+use crate::cache::debs::DebPool;
 use crate::plan::BuildPlan;
 use crate::rootfs;
 use crate::spec::container::ImageConfig;
@@ -24,13 +25,18 @@ pub fn build(
     remove: &[String],
     work: &Path,
     layout: &Path,
+    cache_root: &Path,
     epoch: i64,
 ) -> Result<Vec<(String, String)>> {
     let root = work.join("root");
     let why = format!("building container `{name}` from {} {} packages ({})", plan.base.distro, plan.base.suite, packages.join(" "));
     // `essential`: dpkg's Essential set (a shell, coreutils) and the packages with their
     // dependencies; no apt, no init.
-    rootfs::mmdebstrap(&plan.base, "essential", packages, &root, &[], why).run()?;
+    let pool = DebPool::open(cache_root, &plan.base.archive())?;
+    let staging = work.join("debs");
+    let r = rootfs::mmdebstrap(&plan.base, "essential", packages, &root, &[], &pool, &staging, why).run();
+    pool.take(&staging)?;
+    r?;
     if let Some(dir) = files {
         copy_tree(dir, &root)?;
     }

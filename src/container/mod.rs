@@ -95,7 +95,7 @@ pub fn resolve(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, c: &Contai
         _ => {
             let work = cache.work_dir(&format!("container-{}", c.name))?;
             let layout = work.path().join("layout");
-            let packages = fetch(plan, layer, c, work.path(), &layout, epoch)?;
+            let packages = fetch(plan, layer, c, work.path(), &layout, cache.root(), epoch)?;
             let digest = Layout(layout.clone()).manifest_digest()?;
             if let Source::Registry { reference, .. } = &c.source
                 && let Some(want) = pinned_digest(reference)
@@ -133,11 +133,11 @@ pub fn resolve(plan: &BuildPlan, layer: &PlannedLayer, cache: &Cache, c: &Contai
 }
 
 /// Makes the OCI layout for one source in `layout`; returns its packages when known.
-fn fetch(plan: &BuildPlan, layer: &PlannedLayer, c: &Container, work: &Path, layout: &Path, epoch: i64) -> Result<Vec<(String, String)>> {
+fn fetch(plan: &BuildPlan, layer: &PlannedLayer, c: &Container, work: &Path, layout: &Path, cache_root: &Path, epoch: i64) -> Result<Vec<(String, String)>> {
     let dest = format!("oci:{}:{}", layout.display(), oci::REF_NAME);
     match &c.source {
         Source::Packages { packages, files, config, remove } => {
-            build::build(plan, &c.name, packages, files.as_deref(), config, remove, work, layout, epoch)
+            build::build(plan, &c.name, packages, files.as_deref(), config, remove, work, layout, cache_root, epoch)
         }
         Source::Registry { reference, tls_verify } => {
             let mut t = skopeo(format!("pulling container `{}` of layer `{}` from {reference}", c.name, layer.name))

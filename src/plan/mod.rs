@@ -25,6 +25,13 @@ pub struct Base {
     pub keyring: Option<Keyring>,
 }
 
+impl Base {
+    /// The archive's name in the package pool: one name means one file within it.
+    pub fn archive(&self) -> String {
+        format!("{}-{}-{}", self.distro, self.suite, self.architecture)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedLayer {
     pub name: String,

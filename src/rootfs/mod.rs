@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::cache::debs::{self, DebPool};
 use crate::cache::{Cache, EntryMeta};
 use crate::plan::{Base, BuildPlan, PlannedLayer, render};
 use crate::tool::Tool;
@@ -53,11 +54,23 @@ exec chroot "$root" "$@""#;
 
 /// mmdebstrap of `variant` plus `packages` from the base's archive into the directory `root`,
 /// without documentation or recommends.
-pub fn mmdebstrap(base: &Base, variant: &str, packages: &[String], root: &Path, options: &[&str], why: String) -> Tool {
+///
+/// The packages come from the cache's pool when it holds them (hard-linked into the chroot's
+/// apt archive before the download, checked by apt against the signed index); those it
+/// downloads are hard-linked to `staging` at the end, for the caller to `DebPool::take`.
+pub fn mmdebstrap(base: &Base, variant: &str, packages: &[String], root: &Path, options: &[&str], pool: &DebPool, staging: &Path, why: String) -> Tool {
+    let q = |p: &Path| crate::tool::shell_quote(&p.to_string_lossy());
+    let link_debs = |from: &str, to: &str| format!(r#"for f in {from}/*.deb; do [ -e "$f" ] || continue; ln "$f" {to}/ 2>/dev/null || cp "$f" {to}/; done"#);
+    let lend = format!(r#"mkdir -p "$1/var/cache/apt/archives"; {}"#, link_debs(&q(pool.names_dir()), r#""$1/var/cache/apt/archives""#));
+    let keep = format!("mkdir -p {}; {}", q(staging), link_debs(r#""$1/var/cache/apt/archives""#, &q(staging)));
     let mut t = Tool::new("mmdebstrap")
         .describe(why)
         .args(["--mode=root", "--format=directory", "--quiet"])
         .args(options)
+        // The essential packages' files stay until the customize hook has kept them.
+        .arg("--skip=essential/unlink")
+        .arg(format!("--setup-hook={lend}"))
+        .arg(format!("--customize-hook={keep}"))
         .arg(format!("--variant={variant}"))
         .arg(format!("--architectures={}", base.architecture))
         .arg(format!("--components={}", base.components))
@@ -80,10 +93,16 @@ pub fn mmdebstrap(base: &Base, variant: &str, packages: &[String], root: &Path, 
 }
 
 /// Bootstraps the base with mmdebstrap: minbase plus the bottom layer's packages.
-pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path) -> Result<()> {
+pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path, pool: &DebPool) -> Result<()> {
     let why = format!("bootstrapping {} {} with the packages of layer `{}`", base.distro, base.suite, layer.name);
+    let staging = root.with_extension("debs");
     // The package lists stay: later layers install from them (see `apply`).
-    mmdebstrap(base, "minbase", &layer.packages, root, &["--skip=cleanup/apt/lists"], why).run()?;
+    let r = mmdebstrap(base, "minbase", &layer.packages, root, &["--skip=cleanup/apt/lists"], pool, &staging, why).run();
+    pool.take(&staging)?;
+    if staging.exists() {
+        fs_err::remove_dir_all(&staging)?;
+    }
+    r?;
     // Later layers run `apt-get update` in the chroot and need the archive key there too.
     if let Some(k) = &base.keyring {
         let name = k.file.file_name().context("keyring file name")?;
@@ -101,7 +120,7 @@ pub type Extra<'a> = &'a dyn Fn(&PlannedLayer, &Path) -> Result<()>;
 
 /// Applies one layer on top of the tree: packages (unless `bootstrapped`), files, scripts,
 /// `extra` (containers) and units.
-pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: bool, extra: Extra<'_>) -> Result<()> {
+pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: bool, pool: &DebPool, extra: Extra<'_>) -> Result<()> {
     let l = &layer.layer;
     // Services must not start inside the build chroot (Debian policy-rc.d protocol).
     let policy = root.join("usr/sbin/policy-rc.d");
@@ -116,10 +135,14 @@ pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: 
         // them anew.
         let pkgs = layer.packages.iter().map(|p| crate::tool::shell_quote(p)).collect::<Vec<_>>().join(" ");
         let install = format!("apt-get install -y -q --no-install-recommends {pkgs}");
-        let script = format!("set -e\n{install} || {{ apt-get update -q && {install}; }}\napt-get clean\n");
+        let script = format!("set -e\n{install} || {{ apt-get update -q && {install}; }}\n");
+        let archives = root.join("var/cache/apt/archives");
+        pool.lend(&archives)?;
         let result = chroot(root, &format!("installing the packages of layer `{}` ({})", layer.name, layer.packages.join(" ")))
             .args(["sh", "-c", &script])
             .run();
+        pool.take(&archives)?;
+        debs::clean(&archives)?;
         fs_err::remove_file(&policy).with_context(|| format!("removing {}", policy.display()))?;
         fs_err::remove_file(root.join("etc/dpkg/dpkg.cfg.d/outpost-excludes"))?;
         result?;
@@ -206,6 +229,7 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'
     let mut report = LayersReport { built: Vec::new(), reused: Vec::new(), tree_complete: false };
     // Index of the last layer the tree holds, when it holds any.
     let mut tree_at: Option<usize> = None;
+    let pool = DebPool::open(cache.root(), &plan.base.archive())?;
     for (i, layer) in plan.layers.iter().enumerate() {
         if cache.has(&layer.key) {
             report.reused.push(layer.name.clone());
@@ -219,12 +243,12 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'
             if tree.exists() {
                 fs_err::remove_dir_all(tree)?;
             }
-            bootstrap(&plan.base, layer, tree)?;
+            bootstrap(&plan.base, layer, tree, &pool)?;
             None
         } else {
             Some(snapshot(tree)?)
         };
-        apply(plan, layer, tree, i == 0, extra)?;
+        apply(plan, layer, tree, i == 0, &pool, extra)?;
         let meta = EntryMeta {
             layer: layer.name.clone(),
             image: plan.image.clone(),
