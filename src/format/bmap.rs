@@ -154,11 +154,16 @@ pub fn mapped_ranges(raw: &Path) -> Result<Vec<(u64, u64)>> {
         spans.push((start, end));
     }
     spans.push(((disk.header().last_usable + 1) * lb, size));
+    // One range per partition, not merged with its neighbours: a personalized copy changes the
+    // seed partition alone, and only its range is hashed again (`rehash`).
     let mut blocks: Vec<(u64, u64)> = Vec::new();
     for (start, end) in spans {
+        if end <= start {
+            continue;
+        }
         let (first, last) = (start / BLOCK, end.div_ceil(BLOCK) - 1);
         match blocks.last_mut() {
-            Some(prev) if first <= prev.1 + 1 => prev.1 = prev.1.max(last),
+            Some(prev) if first <= prev.1 => prev.1 = prev.1.max(last),
             _ => blocks.push((first, last)),
         }
     }
@@ -178,6 +183,27 @@ pub fn create(raw: &Path) -> Result<BlockMap> {
         anyhow::ensure!(n == len, "{} ends inside blocks {first}-{last}", raw.display());
         r.sha256 = Some(sha256);
         ranges.push(r);
+    }
+    Ok(BlockMap { image_size, ranges })
+}
+
+/// The block map of `raw` when only the bytes in `start..end` changed since `before` was made
+/// of the same disk: the ranges that touch them are hashed again, the others kept. `before`
+/// must have the ranges `raw`'s partition table gives (else the whole disk is hashed).
+pub fn rehash(before: BlockMap, raw: &Path, start: u64, end: u64) -> Result<BlockMap> {
+    let image_size = fs_err::metadata(raw).with_context(|| format!("reading {}", raw.display()))?.len();
+    let spans: Vec<(u64, u64)> = before.ranges.iter().map(|r| (r.first, r.last)).collect();
+    if before.image_size != image_size || spans != mapped_ranges(raw)? || before.ranges.iter().any(|r| r.sha256.is_none()) {
+        return create(raw);
+    }
+    let mut f = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let mut ranges = before.ranges;
+    for r in ranges.iter_mut().filter(|r| r.offset() < end && r.offset() + r.len(image_size) > start) {
+        f.seek(SeekFrom::Start(r.offset()))?;
+        let len = r.len(image_size);
+        let (sha256, n) = crate::files::hash_copy(&mut (&mut f).take(len), &mut std::io::sink()).with_context(|| format!("reading {}", raw.display()))?;
+        anyhow::ensure!(n == len, "{} ends inside blocks {}-{}", raw.display(), r.first, r.last);
+        r.sha256 = Some(sha256);
     }
     Ok(BlockMap { image_size, ranges })
 }
@@ -310,8 +336,16 @@ mod tests {
         let (raw, layout) = sample_disk(tmp.path());
         let ranges = mapped_ranges(&raw).unwrap();
         let data = layout.get(Role::Data);
-        // Everything up to 16 MiB into the data partition, then the backup GPT's blocks.
-        assert_eq!(ranges, vec![(0, (data.offset() + DATA_WIPE) / BLOCK - 1), ((layout.size - 33 * 512) / BLOCK, layout.size / BLOCK - 1)]);
+        // Everything up to 16 MiB into the data partition, one range per partition back to
+        // back (the seed's alone, which personalization hashes again), then the backup GPT's
+        // blocks.
+        let (head, tail) = ranges.split_at(ranges.len() - 1);
+        assert_eq!(head[0].0, 0);
+        assert!(head.windows(2).all(|w| w[1].0 == w[0].1 + 1), "{ranges:?}");
+        assert_eq!(head.last().unwrap().1, (data.offset() + DATA_WIPE) / BLOCK - 1);
+        let seed = layout.get(Role::Seed);
+        assert!(head.contains(&(seed.offset() / BLOCK, (seed.offset() + seed.size()) / BLOCK - 1)), "{ranges:?}");
+        assert_eq!(tail, [((layout.size - 33 * 512) / BLOCK, layout.size / BLOCK - 1)]);
     }
 
     #[test]

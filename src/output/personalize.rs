@@ -49,15 +49,30 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64, ca: O
             crate::output::qcow2(&raw, &partial)?;
             fs_err::remove_file(&raw)?;
         } else {
-            // Its own block map: the seed's range checksum changed.
+            // Its own block map: the seed's range checksum changed. The image's map, when it
+            // lies beside it, gives the others (hashing them again reads the whole disk).
             let bmap = crate::format::bmap::path_for(out);
-            crate::format::bmap::write(&partial, &crate::files::partial(&bmap))?;
+            let map = match image_bmap(image) {
+                Some(before) => {
+                    let (offset, size, _) = crate::format::layout::find_partition(&partial, SEED_LABEL)?;
+                    crate::format::bmap::rehash(before, &partial, offset, offset + size)?
+                }
+                None => crate::format::bmap::create(&partial)?,
+            };
+            fs_err::write(crate::files::partial(&bmap), map.to_xml())?;
             fs_err::rename(crate::files::partial(&bmap), &bmap).with_context(|| format!("renaming {} into place", bmap.display()))?;
         }
         fs_err::rename(&partial, out)?;
     }
     drop(leftovers);
     Ok(())
+}
+
+/// The block map beside a raw image, when there is one that reads.
+fn image_bmap(image: &Path) -> Option<crate::format::bmap::BlockMap> {
+    let path = crate::format::bmap::path_for(image);
+    let text = fs_err::read_to_string(&path).ok()?;
+    crate::format::bmap::BlockMap::parse(&text, &path).ok()
 }
 
 /// A copy of the installer ISO whose seed carries the site (and whose installer asks nothing
@@ -112,6 +127,7 @@ mod tests {
         fs_err::write(&blob, vec![7u8; 1 << 20]).unwrap();
         crate::disk::copy_into(&layout, crate::format::layout::Role::Root, &blob, &raw).unwrap();
         let before = fs_err::read(&raw).unwrap();
+        crate::format::bmap::write(&raw, &crate::format::bmap::path_for(&raw)).unwrap();
         let site = tmp.path().join("s.toml");
         fs_err::write(&site, "version = 1\nhostname = \"clinic-9\"\n").unwrap();
         let out = tmp.path().join("clinic-9.raw");
@@ -125,6 +141,13 @@ mod tests {
         let part = tmp.path().join("seed.img");
         fs_err::write(&part, &after[a..b]).unwrap();
         assert_eq!(seed::read_site(&part).unwrap().as_deref(), Some("version = 1\nhostname = \"clinic-9\"\n"));
+        // The copy's block map, made from the image's with the seed's range hashed again, is the
+        // one hashing the whole copy gives; the seed's range changed, no other.
+        let map = |p: &Path| crate::format::bmap::BlockMap::parse(&fs_err::read_to_string(crate::format::bmap::path_for(p)).unwrap(), p).unwrap();
+        let (old, new) = (map(&raw), map(&out));
+        assert_eq!(new, crate::format::bmap::create(&out).unwrap());
+        let changed: Vec<_> = old.ranges.iter().zip(&new.ranges).filter(|(a, b)| a != b).map(|(a, _)| a.offset()).collect();
+        assert_eq!(changed, [seed.offset()], "only the seed's range: {:?}", new.ranges);
 
         let bad = tmp.path().join("bad.toml");
         fs_err::write(&bad, "version = 1\nhostname = \"clinic 9\"\n").unwrap();
