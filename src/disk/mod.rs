@@ -43,6 +43,10 @@ pub fn make_erofs(root: &Path, img: &Path, uuid: &uuid::Uuid, epoch: i64) -> Res
     Tool::new("mkfs.erofs")
         .describe("writing the root file system (EROFS)")
         .args(["--quiet", "-zlz4hc", "-x1"])
+        // The kernel and initramfs boot from the UKI on the ESP (and the installer's copies are
+        // taken from the tree): in the root they would be read by nothing, a fifth of its size.
+        .arg(r"--exclude-regex=^boot/(vmlinuz|initrd\.img|System\.map|config)-")
+        .arg(r"--exclude-regex=^(vmlinuz|initrd\.img)(\.old)?$")
         .arg(format!("-T{epoch}"))
         .arg(format!("-U{uuid}"))
         .arg(img)
@@ -148,6 +152,10 @@ mod tests {
         fs_err::create_dir_all(tree.join("etc")).unwrap();
         fs_err::write(tree.join("etc/os-release"), "ID=test\n".repeat(2000)).unwrap();
         fs_err::write(tree.join("big"), (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        fs_err::create_dir_all(tree.join("boot")).unwrap();
+        fs_err::write(tree.join("boot/vmlinuz-6.1.0-1-amd64"), "kernel").unwrap();
+        fs_err::write(tree.join("boot/grub.cfg"), "kept").unwrap();
+        std::os::unix::fs::symlink("boot/vmlinuz-6.1.0-1-amd64", tree.join("vmlinuz")).unwrap();
         let uuid = layout::derive_uuid("t", "root");
         let mut hashes = Vec::new();
         for n in 0..2 {
@@ -157,6 +165,12 @@ mod tests {
         }
         assert!(hashes[0] == hashes[1], "two runs differ");
         let (img, hash) = (tmp.path().join("root0.erofs"), tmp.path().join("root0.verity"));
+        // The kernel's files stay out of the root (they boot from the UKI); the rest of /boot
+        // is kept.
+        let out = tmp.path().join("extracted");
+        Tool::new("fsck.erofs").arg(format!("--extract={}", out.display())).arg(&img).run().unwrap();
+        assert!(out.join("boot/grub.cfg").is_file() && out.join("etc/os-release").is_file());
+        assert!(!out.join("boot/vmlinuz-6.1.0-1-amd64").exists() && !out.join("vmlinuz").is_symlink());
         let root_hash = &hashes[0].1;
         Tool::new("veritysetup").arg("verify").arg(&img).arg(&hash).arg(root_hash).run().unwrap();
         let mut bytes = fs_err::read(&img).unwrap();
