@@ -87,6 +87,10 @@ fn ensure_network(stack: &str, network: &str, subnet: &str) -> Result<()> {
     let dir = Path::new("/run/outpost/stacks");
     fs_err::create_dir_all(dir)?;
     let _lock = super::lock(&dir.join(format!("{stack}.lock")))?;
+    // The image defines it (container::units); an image that does not is given one here.
+    if Path::new("/").join(crate::format::stack::NETWORKS).join(format!("{network}.json")).is_file() {
+        return Ok(());
+    }
     let exists = Tool::new("podman").args(["network", "exists", network]).run().is_ok();
     if !exists {
         Tool::new("podman").describe(format!("making the network of stack `{stack}`")).args(["network", "create", "--subnet", subnet, network]).run()?;

@@ -197,6 +197,31 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
     u
 }
 
+/// The stack's podman network, defined in the image (netavark's format, as `podman network
+/// create --subnet` writes it, without a creation date): podman finds it at every boot, where
+/// making it would cost each boot two podman runs on the stack's critical path (/etc is rebuilt
+/// in memory at every boot).
+fn write_network(stack: &Stack, root: &Path) -> Result<()> {
+    use sha2::Digest;
+    let name = network_name(&stack.name);
+    let n = stack_subnet(&stack.name);
+    let config = serde_json::json!({
+        "name": name,
+        "id": hex::encode(sha2::Sha256::digest(name.as_bytes())),
+        "driver": "bridge",
+        "network_interface": format!("outpost{n}"),
+        "subnets": [{"subnet": format!("10.89.{n}.0/24"), "gateway": format!("10.89.{n}.1")}],
+        "ipv6_enabled": false,
+        "internal": false,
+        "dns_enabled": true,
+        "ipam_options": {"driver": "host-local"},
+    });
+    let dir = root.join(crate::format::stack::NETWORKS);
+    fs_err::create_dir_all(&dir)?;
+    fs_err::write(dir.join(format!("{name}.json")), serde_json::to_vec_pretty(&config)?)?;
+    Ok(())
+}
+
 /// Writes the stack's units, target and files into the tree, and enables the target.
 pub fn install(plan: &BuildPlan, stack: &Stack, root: &Path) -> Result<()> {
     let unit_dir = root.join(UNIT_DIR);
@@ -240,6 +265,7 @@ pub fn install(plan: &BuildPlan, stack: &Stack, root: &Path) -> Result<()> {
             }
         }
     }
+    write_network(stack, root)?;
     let target = target_unit(&stack.name);
     let text = format!(
         "# Written by outpost: the stack of layer `{name}`.\n[Unit]\nDescription=container stack {name}\nWants={wants}\n\n[Install]\nWantedBy=multi-user.target\n",
@@ -259,6 +285,30 @@ pub fn install(plan: &BuildPlan, stack: &Stack, root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The network comes with the image in the form podman reads, and the same at every build.
+    #[test]
+    fn the_stack_network_is_defined_in_the_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        fs_err::write(d.join("compose.yaml"), "services:\n  db:\n    image: db\n").unwrap();
+        let mut p = crate::spec::Problems::default();
+        let stack = crate::spec::compose::load("pacs", &d.join("layer.toml"), &[d.join("compose.yaml")], None, Default::default(), &mut p).unwrap();
+        let root = d.join("root");
+        write_network(&stack, &root).unwrap();
+        let file = root.join("etc/containers/networks/outpost-pacs.json");
+        let first = fs_err::read(&file).unwrap();
+        let n: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        let sub = stack_subnet("pacs");
+        assert_eq!(n["name"], "outpost-pacs");
+        assert_eq!(n["driver"], "bridge");
+        assert_eq!(n["dns_enabled"], true);
+        assert_eq!(n["id"].as_str().unwrap().len(), 64);
+        assert_eq!(n["subnets"][0]["subnet"], format!("10.89.{sub}.0/24"));
+        assert_eq!(n["subnets"][0]["gateway"], format!("10.89.{sub}.1"));
+        write_network(&stack, &root).unwrap();
+        assert_eq!(fs_err::read(&file).unwrap(), first, "not reproducible");
+    }
 
     #[test]
     fn a_service_becomes_an_ordered_restarting_unit() {

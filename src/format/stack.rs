@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// Where a stack's compose files, the files it mounts and its run specifications are kept.
 pub const STACKS: &str = "usr/lib/outpost/stacks";
+/// Where podman (netavark) keeps network definitions; the stacks' networks come with the image.
+pub const NETWORKS: &str = "etc/containers/networks";
 /// Per-device secrets, on the encrypted data partition: `SECRETS/LAYER/NAME`, mode 0600.
 pub const SECRETS: &str = "/var/lib/outpost/secrets";
 /// Host data directories of stacks (`./srv:/data` in a compose file): `STACK_DATA/LAYER/DIR`.
