@@ -335,6 +335,11 @@ async fn boot_once(
     let mut started;
     let mut attempt = 0;
     let needle = boot.power_cut_at.as_deref().unwrap_or(VERDICT_PREFIX);
+    // When the application first answers (the boot's first plain GET check, asked from
+    // power-on every quarter second): what a clinic waits for after a power cut, often before
+    // the boot's verdict, which waits for every unit. Information, not a check.
+    let probe = boot.http.iter().find(|h| h.tls_name.is_none() && h.body.is_none() && h.body_file.is_none()).filter(|_| boot.power_cut_at.is_none());
+    let mut answered: Option<tokio::task::JoinHandle<Option<f64>>> = None;
     let found = loop {
         let mut cmd = qemu_command(m, boot, console, swtpm.as_ref().map(|(_, s)| s.as_path()));
         if let Some((kernel, initrd, cmdline)) = thief.as_ref().and_then(|t| t.direct.as_ref()) {
@@ -342,6 +347,22 @@ async fn boot_once(
         }
         started = Instant::now();
         vm = Vm(cmd.spawn(true)?);
+        if let Some(a) = answered.take() {
+            a.abort();
+        }
+        answered = probe.map(|h| {
+            let (port, path, status, t0, limit) = (m.port_map[&h.port], h.path.clone(), h.status, started, Duration::from_secs(m.scenario.timeout));
+            // Bounded by the boot's time limit, should an early return leave it running.
+            tokio::spawn(async move {
+                while t0.elapsed() < limit {
+                    if matches!(http_request(port, &path, None).await, Ok((s, _)) if s == status) {
+                        return Some(t0.elapsed().as_secs_f64());
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                None
+            })
+        });
         let deadline = started + Duration::from_secs(m.scenario.timeout);
         match wait_console(&mut vm, console, needle, deadline).await {
             // Twice: a scenario whose guest restarts itself (an update's tries) passes through
@@ -401,10 +422,18 @@ async fn boot_once(
     if failed.is_empty() {
         guest_checks(m, boot, console, saved, &mut passed, &mut failed).await;
     }
+    let app = match answered {
+        Some(a) if a.is_finished() => a.await.ok().flatten().zip(probe).map(|(secs, h)| format!("GET :{}{} answered {} after {secs:.1} s from power-on; ", h.port, h.path, h.status)),
+        Some(a) => {
+            a.abort();
+            None
+        }
+        None => None,
+    };
     if analysis {
         let wait = "for i in $(seq 60); do [ -e /run/outpost-analyze.txt ] && exec cat /run/outpost-analyze.txt; sleep 0.5; done; exit 1";
         if let Ok((0, out)) = agent::exec(&m.qga, wait, Instant::now() + Duration::from_secs(35)).await {
-            fs_err::write(&path, out)?;
+            fs_err::write(&path, format!("{}{out}", app.unwrap_or_default()))?;
         }
     }
     if failed.is_empty()
