@@ -18,10 +18,24 @@ boot-test:
 e2e name:
     cargo test --release --test e2e -- --include-ignored {{name}}
 
-# Debian test image: cold build, warm rebuild after editing the top layer, a bare mmdebstrap of
-# the same packages, their ratios, and output sizes; personalize; first-boot encryption of a
-# 1 GiB and a 10 GiB data partition under QEMU and the unlock on the next boot
+# Everything #19 measures, as one table (figure, value): the Debian test image's cold build, the
+# same with only the package pool kept, the warm rebuild after editing the top layer, a bare
+# mmdebstrap of the same packages, output sizes; personalize; encrypted output; under QEMU the
+# first and a later boot (power-on to the status page answering, to the boot's verdict, and the
+# data partition's encryption and unlock) with a 1 GiB and a 10 GiB data partition; then the
+# PACS stack (bench-pacs) and the delivery outputs (bench-delivery)
 bench:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release -q
+    t=$(mktemp -d /var/tmp/outpost-bench-all.XXXXXX)
+    trap 'rm -rf "$t"' EXIT
+    { just bench-debian; just bench-pacs; just bench-delivery; } | tee "$t/rows.tsv" >&2
+    echo
+    column -t -s $'\t' "$t/rows.tsv"
+
+# The Debian test image's figures (see bench), one `figure<TAB>value` line each
+bench-debian:
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release -q
@@ -32,54 +46,66 @@ bench:
     cp -a layers images qemu-tests "$t/"
     img=$t/images/debian-base.toml
     secs() { python3 -c "import time; print(f'{time.time():.2f}')"; }
+    sub() { python3 -c "print(f'{$2 - $1:.1f}')"; }
     a=$(secs); $ob build "$img" --out "$t/out" --cache "$t/cache" --json > "$t/cold.json"; b=$(secs)
     echo "<!-- bench -->" >> "$t/layers/status-page/files/usr/lib/outpost/status-page.tera"
     $ob build "$img" --out "$t/out2" --cache "$t/cache" --json > "$t/warm.json"; c=$(secs)
+    # Cold again, with only the package pool of the first build kept.
+    mv "$t/cache" "$t/cache-first"; mkdir -p "$t/cache"; mv "$t/cache-first/debs" "$t/cache/"
+    c1=$(secs); $ob build "$img" --out "$t/out3" --cache "$t/cache" > /dev/null; c2=$(secs)
     pkgs=$($ob plan "$img" --json | python3 -c "import json,sys; print(','.join(p for l in json.load(sys.stdin)['layers'] for p in l['packages']))")
     mmdebstrap --mode=root --variant=minbase --quiet --include="$pkgs" \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
       --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*' \
       bookworm "$t/bare"; d=$(secs)
+    printf 'debian-base: cold build\t%s s\n' "$(sub $a $b)"
+    printf 'debian-base: warm rebuild, one file of the top layer changed\t%s s\n' "$(sub $b $c)"
+    printf 'debian-base: cold build, package pool kept\t%s s\n' "$(sub $c1 $c2)"
+    printf 'debian-base: bare mmdebstrap of the same packages\t%s s (cold build / bare = %s)\n' "$(sub $c2 $d)" "$(python3 -c "print(f'{($b - $a) / ($d - $c2):.2f}')")"
+    python3 - "$t" <<'PY'
+    import json, os, sys
+    t = sys.argv[1]
+    for st, s in json.load(open(t + "/cold.json"))["stages"]:
+        print(f"debian-base: cold, {st}\t{s:.1f} s")
+    for f in ["debian-base.raw", "debian-base.qcow2"]:
+        st = os.stat(f"{t}/out/{f}")
+        print(f"{f}\t{st.st_blocks * 512 / 2**20:.1f} MiB allocated ({st.st_size / 2**20:.1f} MiB apparent)")
+    pool = [os.path.join(r, n) for r, _, ns in os.walk(t + "/cache/debs/sha256") for n in ns]
+    print(f"package pool\t{len(pool)} packages, {sum(map(os.path.getsize, pool)) / 2**20:.1f} MiB")
+    PY
     # 100 sites personalized from the cold build's raw image
     for i in $(seq 1 100); do sed "s/clinic-kisumu/clinic-$i/" sites/example-static.toml > "$t/site-$i.toml"; done
     e=$(secs); $ob personalize "$t/out/debian-base.raw" --site "$t/site-1.toml" --out "$t/one.raw" > /dev/null; f=$(secs)
     for i in $(seq 1 100); do $ob personalize "$t/out/debian-base.raw" --site "$t/site-$i.toml" --out "$t/site.raw" > /dev/null; done; g=$(secs)
-    echo "personalize       $(python3 -c "print(f'{$f - $e:.2f}')") s for one site, $(python3 -c "print(f'{$g - $f:.1f}')") s for 100 (raw to raw)"
+    printf 'personalize, raw to raw (%s MiB)\t%s s for one site, %s s for 100\n' "$(( $(stat -c %s "$t/out/debian-base.raw") >> 20 ))" "$(sub $e $f)" "$(sub $f $g)"
     # Whole-image encryption of the raw output, and decryption back
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$t/image.key"
     h=$(secs); $ob build "$img" --out "$t/out-enc" --cache "$t/cache" --encrypt-key-file "$t/image.key" > /dev/null; i=$(secs)
     $ob decrypt "$t/out-enc/debian-base.raw.luks" --key-file "$t/image.key" --out "$t/decrypted.raw" > /dev/null; j=$(secs)
     cmp "$t/decrypted.raw" "$t/out-enc/debian-base.raw"
-    echo "encrypted output  build with --encrypt-key-file $(python3 -c "print(f'{$i - $h:.1f}')") s (cached layers), decrypt $(python3 -c "print(f'{$j - $i:.1f}')") s, round trip identical"
-    # First-boot encryption and the next boot's unlock, by data partition size
+    printf 'encrypted output\tbuild with --encrypt-key-file %s s (cached layers), decrypt %s s, round trip identical\n' "$(sub $h $i)" "$(sub $i $j)"
+    # First boot and a later one, by data partition size
     for size in 1G 10G; do
       sed "s/^data = .*/data = \"$size\"/" "$img" > "$t/images/bench-$size.toml"
-      printf 'version = 1\nimage = "../images/bench-%s.toml"\ntimeout = 900\nverdict = "OUTPOST-VERDICT: running"\n[[reboot]]\nverdict = "OUTPOST-VERDICT: running"\n' "$size" > "$t/qemu-tests/bench-$size.toml"
-      $ob test "$t/qemu-tests/bench-$size.toml" --cache "$t/cache" --work "$t/vm-$size" > /dev/null
+      printf '%s\n' 'version = 1' "image = \"../images/bench-$size.toml\"" 'timeout = 900' 'verdict = "OUTPOST-VERDICT: running"' \
+        '[[http]]' 'port = 80' 'path = "/"' '[[reboot]]' 'verdict = "OUTPOST-VERDICT: running"' '[[reboot.http]]' 'port = 80' 'path = "/"' > "$t/qemu-tests/bench-$size.toml"
+      $ob test "$t/qemu-tests/bench-$size.toml" --cache "$t/cache" --work "$t/vm-$size" --json > "$t/vm-$size.json"
       prep=$(grep -a -o 'prepared in [0-9.]* s' "$t/vm-$size/vm/console.log")
       unlock=$(grep -a -o 'unlocked (tpm2) in [0-9.]* s' "$t/vm-$size/vm/console-2.log")
-      echo "data partition $size under QEMU: first boot $prep; next boot $unlock"
-    done
-    python3 - "$a" "$b" "$c" "$d" "$t" <<'PY'
-    import json, os, sys
-    a, b, c, d = map(float, sys.argv[1:5]); t = sys.argv[5]
-    cold, warm, bare = b - a, c - b, d - c
-    print(f"cold build        {cold:7.1f} s")
-    print(f"warm rebuild      {warm:7.1f} s  ({100 * warm / cold:.0f} % of cold; layers rebuilt: {json.load(open(t + '/warm.json'))['built_layers']})")
-    print(f"bare mmdebstrap   {bare:7.1f} s  (cold build / bare = {cold / bare:.2f})")
-    for st, s in json.load(open(t + "/cold.json"))["stages"]:
-        print(f"  cold {st:<34} {s:6.1f} s")
-    for f in ["debian-base.raw", "debian-base.qcow2"]:
-        st = os.stat(f"{t}/out/{f}")
-        print(f"{f:<18} {st.st_size / 2**20:7.1f} MiB apparent, {st.st_blocks * 512 / 2**20:7.1f} MiB allocated")
-    cache = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(t + "/cache/layers") for n in ns)
-    print(f"layer cache       {cache / 2**20:7.1f} MiB")
+      python3 - "$t/vm-$size.json" "$size" "$prep" "$unlock" <<'PY'
+    import json, re, sys
+    r = json.load(open(sys.argv[1])); size = sys.argv[2]
+    verdicts = dict(re.match(r"boot (\d): verdict .* after (\d+) s", p).groups() for p in r["passed"] if re.match(r"boot \d: verdict", p))
+    answers = {m[1]: m[2] for m in (re.match(r"boot (\d): GET \S+ answered \d+ after ([\d.]+) s", x) for x in r.get("timings", [])) if m}
+    for n, name in [("1", "first boot"), ("2", "later boot")]:
+        print(f"debian-base {size} data, {name} (TCG)\tstatus page answers {answers.get(n, '?')} s, verdict {verdicts.get(n, '?')} s after power-on")
+    print(f"debian-base {size} data, encryption\tfirst boot {sys.argv[3]}; next boot {sys.argv[4]}")
     PY
-    just bench-pacs
-    just bench-delivery
+    done
 
 # The PACS stack (three container images built from packages): build time it adds cold and warm,
 # size it adds, and under QEMU the time from power-on to Orthanc answering, first and later boots
+# (one `figure<TAB>value` line each, as in bench)
 bench-pacs:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -102,22 +128,23 @@ bench-pacs:
     a, b, c, d, e = map(float, sys.argv[1:6]); t = sys.argv[6]
     # The build with the stack reuses every layer the one without it made; what it takes beyond a
     # fully cached build of the image without it is what the stack adds.
-    print(f"PACS stack, cold: +{(c - b) - (d - c):6.1f} s (image without it: {b - a:.1f} s from a cold cache; then with it: {c - b:.1f} s)")
-    print(f"PACS stack, warm: +{(e - d) - (d - c):6.1f} s (fully cached: without {d - c:.1f} s, with {e - d:.1f} s)")
+    print(f"PACS stack, cold\t+{(c - b) - (d - c):.1f} s (image without it: {b - a:.1f} s from a cold cache; then with it: {c - b:.1f} s)")
+    print(f"PACS stack, warm\t+{(e - d) - (d - c):.1f} s (fully cached: without {d - c:.1f} s, with {e - d:.1f} s)")
     for st, s in json.load(open(t + "/cold.json"))["stages"]:
-        print(f"  cold {st:<34} {s:6.1f} s")
+        print(f"PACS, cold with the stack, {st}\t{s:.1f} s")
     for f in ["raw", "qcow2"]:
         none = os.stat(f"{t}/out-none/no-pacs.{f}"); pacs = os.stat(f"{t}/out-pacs/pacs-clinic.{f}")
-        print(f"{f:<6} without {none.st_blocks * 512 / 2**20:7.1f} MiB, with {pacs.st_blocks * 512 / 2**20:7.1f} MiB allocated (+{(pacs.st_blocks - none.st_blocks) * 512 / 2**20:.1f} MiB)")
+        print(f"PACS {f}\twithout {none.st_blocks * 512 / 2**20:.1f} MiB, with {pacs.st_blocks * 512 / 2**20:.1f} MiB allocated (+{(pacs.st_blocks - none.st_blocks) * 512 / 2**20:.1f} MiB)")
     for c in json.load(open(f"{t}/out-pacs/manifest.json"))["containers"]:
         layout = f"{t}/cache/oci/images/" + c["digest"].replace(":", "-")
         size = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(layout) for n in ns)
-        print(f"  {c['name']:<14} {size / 2**20:6.1f} MiB compressed, {len(c['packages'])} packages")
-    for p in json.load(open(t + "/test.json"))["passed"]:
+        print(f"PACS container {c['name']}\t{size / 2**20:.1f} MiB compressed, {len(c['packages'])} packages")
+    r = json.load(open(t + "/test.json"))
+    answers = {m[1]: m[2] for m in (re.match(r"boot (\d): GET \S+ answered \d+ after ([\d.]+) s", x) for x in r.get("timings", [])) if m}
+    for p in r["passed"]:
         m = re.match(r"boot (\d): verdict .* after (\d+) s", p)
         if m:
-            print(f"boot {m[1]}: power-on to the stack up and Orthanc answering through nginx: {m[2]} s (TCG)")
-    print("first-boot image loading: none (the store is in the root)")
+            print(f"PACS boot {m[1]} (TCG)\tOrthanc answers through nginx {answers.get(m[1], '?')} s, verdict {m[2]} s after power-on")
     PY
 
 # The clinic PC image's delivery outputs: sizes against the raw disk, the ISO step of the build,
@@ -143,21 +170,21 @@ bench-delivery:
     for name in ["cold", "warm"]:
         r = json.load(open(f"{t}/{name}.json"))
         total = sum(s for _, s in r["stages"]); iso = dict(r["stages"]).get("writing the installer ISO", 0)
-        print(f"{name} build        {total:6.1f} s, of which the installer ISO {iso:.1f} s")
+        print(f"clinic-pc {name} build\t{total:.1f} s, of which the installer ISO {iso:.1f} s")
     sizes = {o["file"]: o["size"] for o in json.load(open(f"{t}/cold.json"))["outputs"]}
     raw = sizes["clinic-pc.raw"]
     for f, n in sizes.items():
-        print(f"  {f:<26} {n / 2**20:7.1f} MiB  ({100 * n / raw:.0f} % of raw)")
+        print(f"{f}\t{n / 2**20:.1f} MiB ({100 * n / raw:.0f} % of raw)")
     for name in ["flash-bmap", "flash-all"]:
         r = json.load(open(f"{t}/{name}.json"))
-        print(f"{name:<12} {r['written_bytes'] / 2**20:6.1f} MiB in {r['write_seconds']:.1f} s ({r['write_mb_per_s']:.0f} MB/s), verified in {r['verify_seconds']:.1f} s")
+        print(f"{name}\t{r['written_bytes'] / 2**20:.1f} MiB in {r['write_seconds']:.1f} s ({r['write_mb_per_s']:.0f} MB/s), verified in {r['verify_seconds']:.1f} s")
     for p in json.load(open(f"{t}/install.json"))["passed"]:
         m = re.search(r"checked, in (\d+) s.* after (\d+) s", p)
         if m:
-            print(f"install (TCG)     power-on to installed {m[2]} s, writing and verifying {m[1]} s")
+            print(f"install (TCG)\tpower-on to installed {m[2]} s, writing and verifying {m[1]} s")
         m = re.match(r"verdict .* after (\d+) s", p)
         if m:
-            print(f"installed disk    first boot to the verdict {m[1]} s (TCG)")
+            print(f"installed disk (TCG)\tfirst boot to the verdict {m[1]} s")
     PY
 
 # 100 power cuts on the Debian test appliance (seeded; about 2 hours under TCG), signed with keys
