@@ -198,7 +198,8 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
 }
 
 /// The stack's podman network, defined in the image (netavark's format, as `podman network
-/// create --subnet` writes it, without a creation date): podman finds it at every boot, where
+/// create --subnet` writes it, without a creation date; its bridge named `podmanN` as podman
+/// names them, which the firewall lets through): podman finds it at every boot, where
 /// making it would cost each boot two podman runs on the stack's critical path (/etc is rebuilt
 /// in memory at every boot).
 fn write_network(stack: &Stack, root: &Path) -> Result<()> {
@@ -209,7 +210,7 @@ fn write_network(stack: &Stack, root: &Path) -> Result<()> {
         "name": name,
         "id": hex::encode(sha2::Sha256::digest(name.as_bytes())),
         "driver": "bridge",
-        "network_interface": format!("outpost{n}"),
+        "network_interface": format!("podman{n}"),
         "subnets": [{"subnet": format!("10.89.{n}.0/24"), "gateway": format!("10.89.{n}.1")}],
         "ipv6_enabled": false,
         "internal": false,
