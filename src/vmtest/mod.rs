@@ -355,7 +355,8 @@ async fn boot_once(
             // Bounded by the boot's time limit, should an early return leave it running.
             tokio::spawn(async move {
                 while t0.elapsed() < limit {
-                    if matches!(http_request(port, &path, None).await, Ok((s, _)) if s == status) {
+                    // Briefly: before the guest's network is up, a forwarded connection hangs.
+                    if matches!(tokio::time::timeout(Duration::from_secs(2), http_request(port, &path, None)).await, Ok(Ok((s, _))) if s == status) {
                         return Some(t0.elapsed().as_secs_f64());
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -423,11 +424,13 @@ async fn boot_once(
         guest_checks(m, boot, console, saved, &mut passed, &mut failed).await;
     }
     let app = match answered {
-        Some(a) if a.is_finished() => a.await.ok().flatten().zip(probe).map(|(secs, h)| format!("GET :{}{} answered {} after {secs:.1} s from power-on; ", h.port, h.path, h.status)),
-        Some(a) => {
-            a.abort();
-            None
-        }
+        Some(mut a) => match tokio::time::timeout(Duration::from_secs(3), &mut a).await {
+            Ok(r) => r.ok().flatten().zip(probe).map(|(secs, h)| format!("GET :{}{} answered {} after {secs:.1} s from power-on; ", h.port, h.path, h.status)),
+            Err(_) => {
+                a.abort();
+                None
+            }
+        },
         None => None,
     };
     if analysis {
