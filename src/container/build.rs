@@ -1,16 +1,20 @@
 //! Container images built from distribution packages: an `essential` root from the base's
-//! archive plus the packages, the layer's files on top, one zstd tar layer, a config with the
+//! archive plus the packages, the layer's files on top, as two zstd tar layers (the Essential
+//! set every such image shares, then what this image adds to it), a config with the
 //! entrypoint, user, ports and volumes. Rootless of any daemon, and byte-for-byte reproducible
 //! with SOURCE_DATE_EPOCH, like apko or distroless do for their ecosystems.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
 
 use super::oci;
 use crate::cache::debs::DebPool;
+use crate::files::atomic_write;
+use crate::plan::key::hash_field;
 use crate::plan::BuildPlan;
 use crate::rootfs;
 use crate::spec::container::ImageConfig;
@@ -28,15 +32,10 @@ pub fn build(
     cache_root: &Path,
     epoch: i64,
 ) -> Result<Vec<(String, String)>> {
+    let base_layer = base(plan, work, cache_root, epoch)?;
     let root = work.join("root");
     let why = format!("building container `{name}` from {} {} packages ({})", plan.base.distro, plan.base.suite, packages.join(" "));
-    // `essential`: dpkg's Essential set (a shell, coreutils) and the packages with their
-    // dependencies; no apt, no init.
-    let pool = DebPool::open(cache_root, &plan.base.archive())?;
-    let staging = work.join("debs");
-    let r = rootfs::mmdebstrap(&plan.base, "essential", packages, &root, &[], &pool, &staging, why).run();
-    pool.take(&staging)?;
-    r?;
+    bootstrap(plan, packages, &root, cache_root, why)?;
     if let Some(dir) = files {
         copy_tree(dir, &root)?;
     }
@@ -49,23 +48,82 @@ pub fn build(
             }
         }
     }
-    rootfs::scrub(&root)?;
+    prepare(&root, epoch)?;
+    let installed = rootfs::installed_packages(&root)?;
+    // Layer 2: what the packages, files and removals made of the base, by content.
+    let base_root = work.join("base");
+    fs_err::create_dir_all(&base_root)?;
+    rootfs::extract(&base_layer, &base_root)?;
+    let layer = work.join("layer.tar.zst");
+    let mut f = fs::File::create(&layer).with_context(|| format!("creating {}", layer.display()))?;
+    rootfs::write_diff(&root, &base_root, &mut f)?;
+    drop(f);
+    fs_err::remove_dir_all(&root)?;
+    fs_err::remove_dir_all(&base_root)?;
+    // The cache keeps the base; the layout gets its own link to it (or copy, across devices).
+    let base_copy = work.join("base.tar.zst");
+    if fs::hard_link(&base_layer, &base_copy).is_err() {
+        fs_err::copy(&base_layer, &base_copy)?;
+    }
+    let (distro, suite) = (&plan.base.distro, &plan.base.suite);
+    let layers = [
+        (base_copy, format!("outpost: {distro} {suite} essential")),
+        (layer, format!("outpost: {distro} {suite} packages {}", packages.join(" "))),
+    ];
+    oci::write_image(layout, &layers, config, &plan.base.architecture, epoch)?;
+    Ok(installed)
+}
+
+/// The layer every image built from the base's archive starts with: dpkg's Essential set alone
+/// (a shell, coreutils), built once per archive state and kept in the cache, so that the image
+/// store in the root holds it once however many images share it.
+fn base(plan: &BuildPlan, work: &Path, cache_root: &Path, epoch: i64) -> Result<PathBuf> {
+    let mut h = Sha256::new();
+    hash_field(&mut h, "format", super::FORMAT.as_bytes());
+    // The archive's state is pinned with the base layer's key, as for the images' own keys.
+    hash_field(&mut h, "base", plan.layers[0].key.as_bytes());
+    hash_field(&mut h, "epoch", epoch.to_string().as_bytes());
+    let dest = cache_root.join("oci").join("bases").join(format!("{}.tar.zst", hex::encode(h.finalize())));
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let root = work.join("base-root");
+    let why = format!("building the {} {} essential base of the containers", plan.base.distro, plan.base.suite);
+    bootstrap(plan, &[], &root, cache_root, why)?;
+    prepare(&root, epoch)?;
+    fs_err::create_dir_all(dest.parent().expect("bases dir"))?;
+    // Written whole or not at all: builds running side by side may both write it, the same bytes.
+    atomic_write(&dest, |f| rootfs::write_delta(&root, None, f).map(|_| ()))?;
+    fs_err::remove_dir_all(&root)?;
+    Ok(dest)
+}
+
+/// `essential`: dpkg's Essential set (a shell, coreutils) and the packages with their
+/// dependencies; no apt, no init.
+fn bootstrap(plan: &BuildPlan, packages: &[String], root: &Path, cache_root: &Path, why: String) -> Result<()> {
+    let pool = DebPool::open(cache_root, &plan.base.archive())?;
+    // The packages this run downloaded, for the pool; one directory per run.
+    let staging = root.with_extension("debs");
+    let r = rootfs::mmdebstrap(&plan.base, "essential", packages, root, &[], &pool, &staging, why).run();
+    pool.take(&staging)?;
+    r?;
+    if staging.exists() {
+        fs_err::remove_dir_all(&staging)?;
+    }
+    Ok(())
+}
+
+/// What no image keeps: build logs and caches, the build host's machine ID, ldconfig's cache of
+/// the build; times clamped to `epoch`.
+fn prepare(root: &Path, epoch: i64) -> Result<()> {
+    rootfs::scrub(root)?;
     for f in ["etc/machine-id", "var/lib/dbus/machine-id", "var/cache/ldconfig/aux-cache"] {
         let p = root.join(f);
         if p.exists() {
             fs_err::remove_file(&p)?;
         }
     }
-    let installed = rootfs::installed_packages(&root)?;
-    crate::files::clamp_times(&root, epoch)?;
-    let layer = work.join("layer.tar.zst");
-    let mut f = fs::File::create(&layer).with_context(|| format!("creating {}", layer.display()))?;
-    rootfs::write_delta(&root, None, &mut f)?;
-    drop(f);
-    fs_err::remove_dir_all(&root)?;
-    let history = format!("outpost: {} {} packages {}", plan.base.distro, plan.base.suite, packages.join(" "));
-    oci::write_image(layout, &layer, config, &plan.base.architecture, epoch, &history)?;
-    Ok(installed)
+    crate::files::clamp_times(root, epoch)
 }
 
 /// The paths under `root` that `pattern` (absolute; `*` matches within one path component)

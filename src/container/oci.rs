@@ -61,16 +61,21 @@ impl Layout {
     }
 }
 
-/// Writes an OCI layout for the image whose only layer is `layer_zst` (a zstd tar), with a
-/// config made from `config`; returns the manifest digest. Every byte is a function of the
-/// inputs: the JSON is written with sorted keys, `created` is `epoch`.
-pub fn write_image(dir: &Path, layer_zst: &Path, config: &ImageConfig, architecture: &str, epoch: i64, history: &str) -> Result<String> {
+/// Writes an OCI layout for the image made of `layers` (zstd tars, bottom first, each moved
+/// into the layout, with the history line that says what it holds), with a config made from
+/// `config`; returns the manifest digest. Every byte is a function of the inputs: the JSON is
+/// written with sorted keys, `created` is `epoch`.
+pub fn write_image(dir: &Path, layers: &[(PathBuf, String)], config: &ImageConfig, architecture: &str, epoch: i64) -> Result<String> {
     let layout = Layout(dir.to_path_buf());
     fs_err::create_dir_all(dir.join("blobs/sha256"))?;
-    let layer_digest = format!("sha256:{}", sha256_reader(fs_err::File::open(layer_zst)?)?);
-    let diff_id = format!("sha256:{}", sha256_reader(zstd::Decoder::new(fs_err::File::open(layer_zst)?)?)?);
-    let layer_size = fs_err::metadata(layer_zst)?.len();
-    fs_err::rename(layer_zst, layout.blob(&layer_digest)).with_context(|| format!("moving {} into {}", layer_zst.display(), dir.display()))?;
+    let (mut descriptors, mut diff_ids) = (Vec::new(), Vec::new());
+    for (zst, _) in layers {
+        let digest = format!("sha256:{}", sha256_reader(fs_err::File::open(zst)?)?);
+        diff_ids.push(format!("sha256:{}", sha256_reader(zstd::Decoder::new(fs_err::File::open(zst)?)?)?));
+        let size = fs_err::metadata(zst)?.len();
+        fs_err::rename(zst, layout.blob(&digest)).with_context(|| format!("moving {} into {}", zst.display(), dir.display()))?;
+        descriptors.push(json!({ "mediaType": LAYER_ZSTD, "digest": digest, "size": size }));
+    }
     let created = rfc3339(epoch);
     let mut env: Vec<String> = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
     env.extend(config.env.iter().filter(|(k, _)| k.as_str() != "PATH").map(|(k, v)| format!("{k}={v}")));
@@ -105,15 +110,15 @@ pub fn write_image(dir: &Path, layer_zst: &Path, config: &ImageConfig, architect
         "os": "linux",
         "created": created,
         "config": c,
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-        "history": [{ "created": created, "created_by": history }],
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": layers.iter().map(|(_, h)| json!({ "created": created, "created_by": h })).collect::<Vec<_>>(),
     });
     let (config_digest, config_size) = layout.write_blob(&serde_json::to_vec(&image_config)?)?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST,
         "config": { "mediaType": CONFIG, "digest": config_digest, "size": config_size },
-        "layers": [{ "mediaType": LAYER_ZSTD, "digest": layer_digest, "size": layer_size }],
+        "layers": descriptors,
     });
     let (manifest_digest, manifest_size) = layout.write_blob(&serde_json::to_vec(&manifest)?)?;
     write_index(dir, &manifest_digest, manifest_size)?;

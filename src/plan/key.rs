@@ -11,7 +11,7 @@ use crate::spec::Layer;
 
 /// Bumped whenever the way outpost builds or stores a container image changes; part of the
 /// cache key of every source and of every layer with containers.
-pub const CONTAINER_FORMAT: &str = "outpost-container-3";
+pub const CONTAINER_FORMAT: &str = "outpost-container-4";
 
 /// Bumped whenever the units and run specifications written for a compose stack change; part of
 /// the cache key of every layer with a stack.

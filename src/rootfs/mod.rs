@@ -15,7 +15,7 @@ use crate::cache::{Cache, EntryMeta};
 use crate::plan::{Base, BuildPlan, PlannedLayer, render};
 use crate::tool::Tool;
 
-pub use tarball::{extract, snapshot, write_delta};
+pub use tarball::{extract, snapshot, write_delta, write_diff};
 
 /// dpkg paths left out of every image: documentation and translations nobody reads on an
 /// appliance console (copyright files stay, as licences require).

@@ -40,6 +40,76 @@ pub fn snapshot(root: &Path) -> Result<Snapshot> {
 /// Writes every entry of `root` that is new or changed since `before` (all of them when
 /// `before` is None) and a whiteout for every removed one, as zstd-compressed tar.
 pub fn write_delta(root: &Path, before: Option<&Snapshot>, out: &mut File) -> Result<u64> {
+    let unchanged = |rel: &Path, m: &fs::Metadata| -> Result<bool> {
+        Ok(before.and_then(|b| b.0.get(rel)).is_some_and(|s| {
+            *s == Stamp { dev: m.dev(), ino: m.ino(), ctime: m.ctime(), ctime_nsec: m.ctime_nsec(), mode: m.mode() }
+        }))
+    };
+    let earlier: Vec<&Path> = before.map(|b| b.0.keys().map(PathBuf::as_path).collect()).unwrap_or_default();
+    write_tar(root, unchanged, earlier, out)
+}
+
+/// Writes what `root` holds beyond the tree `base`, by content: every entry that is not in
+/// `base` with the same type, mode, owner, mtime, extended attributes and bytes (or link
+/// target), and a whiteout for every entry of `base` that `root` lacks. Laid over `base`'s own
+/// archive it gives `root` again: how a container image shares its distribution's base layer.
+pub fn write_diff(root: &Path, base: &Path, out: &mut File) -> Result<u64> {
+    let mut earlier = Vec::new();
+    for e in walk(base) {
+        earlier.push(e?.path().strip_prefix(base)?.to_path_buf());
+    }
+    let unchanged = |rel: &Path, m: &fs::Metadata| same_entry(&root.join(rel), m, &base.join(rel));
+    write_tar(root, unchanged, earlier.iter().map(PathBuf::as_path).collect(), out)
+}
+
+/// Whether `b` is the same entry as `a` (whose metadata is `ma`), contents included.
+fn same_entry(a: &Path, ma: &fs::Metadata, b: &Path) -> Result<bool> {
+    let Ok(mb) = fs::symlink_metadata(b) else { return Ok(false) };
+    if ma.file_type() != mb.file_type() || ma.mode() != mb.mode() || ma.uid() != mb.uid() || ma.gid() != mb.gid() || ma.mtime() != mb.mtime() {
+        return Ok(false);
+    }
+    if ma.file_type().is_symlink() {
+        return Ok(fs_err::read_link(a)? == fs_err::read_link(b)?);
+    }
+    if xattrs(a)? != xattrs(b)? {
+        return Ok(false);
+    }
+    if !ma.is_file() {
+        return Ok(true);
+    }
+    if ma.len() != mb.len() {
+        return Ok(false);
+    }
+    let (mut fa, mut fb) = (BufReader::new(File::open(a).with_context(|| format!("reading {}", a.display()))?), BufReader::new(File::open(b).with_context(|| format!("reading {}", b.display()))?));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = fa.read(&mut ba).with_context(|| format!("reading {}", a.display()))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n]).with_context(|| format!("reading {}", b.display()))?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// A file's extended attributes as tar's PAX records name them, sorted.
+fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut names: Vec<_> = xattr::list(path).with_context(|| format!("listing xattrs of {}", path.display()))?.collect();
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        if let Some(v) = xattr::get(path, &n).with_context(|| format!("reading xattrs of {}", path.display()))? {
+            out.push((format!("SCHILY.xattr.{}", n.to_string_lossy()), v));
+        }
+    }
+    Ok(out)
+}
+
+/// The tar both deltas write: every entry of `root` but those `unchanged` says to leave out,
+/// then a whiteout for each of the `earlier` paths that is gone.
+fn write_tar(root: &Path, unchanged: impl Fn(&Path, &fs::Metadata) -> Result<bool>, mut earlier: Vec<&Path>, out: &mut File) -> Result<u64> {
     let enc = zstd::Encoder::new(BufWriter::new(out), 3)?;
     let mut tar = tar::Builder::new(enc);
     let mut seen_links: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -50,33 +120,28 @@ pub fn write_delta(root: &Path, before: Option<&Snapshot>, out: &mut File) -> Re
         let rel = e.path().strip_prefix(root)?.to_path_buf();
         let m = e.metadata().with_context(|| format!("reading {}", e.path().display()))?;
         present.insert(rel.clone(), ());
-        if let Some(b) = before
-            && let Some(s) = b.0.get(&rel)
-            && *s == (Stamp { dev: m.dev(), ino: m.ino(), ctime: m.ctime(), ctime_nsec: m.ctime_nsec(), mode: m.mode() })
-        {
+        if unchanged(&rel, &m)? {
             continue;
         }
         append(&mut tar, e.path(), &rel, &m, &mut seen_links)?;
         count += 1;
     }
-    if let Some(b) = before {
-        let mut removed: Vec<&PathBuf> = b.0.keys().filter(|p| !present.contains_key(*p)).collect();
-        removed.sort();
-        for p in removed {
-            // A removed directory's whiteout covers its children.
-            if p.parent().is_some_and(|parent| !parent.as_os_str().is_empty() && !present.contains_key(parent)) {
-                continue;
-            }
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let wh = p.with_file_name(format!("{WHITEOUT}{name}"));
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(0);
-            h.set_mode(0o644);
-            h.set_mtime(0);
-            tar.append_data(&mut h, &wh, io::empty())?;
-            count += 1;
+    earlier.retain(|p| !present.contains_key(*p));
+    earlier.sort();
+    for p in earlier {
+        // A removed directory's whiteout covers its children.
+        if p.parent().is_some_and(|parent| !parent.as_os_str().is_empty() && !present.contains_key(parent)) {
+            continue;
         }
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let wh = p.with_file_name(format!("{WHITEOUT}{name}"));
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tar.append_data(&mut h, &wh, io::empty())?;
+        count += 1;
     }
     let enc = tar.into_inner()?;
     let mut buf = enc.finish()?;
@@ -99,16 +164,7 @@ fn append<W: Write>(
     h.set_mtime(m.mtime().max(0) as u64);
     h.set_size(0);
     // Extended attributes carry file capabilities (ping's cap_net_raw, for one).
-    let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-    if !ft.is_symlink() {
-        let mut names: Vec<_> = xattr::list(path).with_context(|| format!("listing xattrs of {}", path.display()))?.collect();
-        names.sort();
-        for n in names {
-            if let Some(v) = xattr::get(path, &n).with_context(|| format!("reading xattrs of {}", path.display()))? {
-                pax.push((format!("SCHILY.xattr.{}", n.to_string_lossy()), v));
-            }
-        }
-    }
+    let pax = if ft.is_symlink() { Vec::new() } else { xattrs(path)? };
     if !pax.is_empty() {
         tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
     }
@@ -262,6 +318,42 @@ mod tests {
         extract(&base_tar, &b).unwrap();
         extract(&delta_tar, &b).unwrap();
         assert_eq!(tree_listing(&a), tree_listing(&b));
+    }
+
+    #[test]
+    fn diff_by_content_over_a_base_gives_the_tree_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (base, root) = (tmp.path().join("base"), tmp.path().join("root"));
+        for t in [&base, &root] {
+            fs_err::create_dir_all(t.join("usr/bin")).unwrap();
+            fs_err::create_dir_all(t.join("etc/gone.d")).unwrap();
+            fs_err::write(t.join("usr/bin/same"), "same bytes").unwrap();
+            fs_err::write(t.join("etc/conf"), "a").unwrap();
+            fs_err::write(t.join("etc/gone"), "x").unwrap();
+            fs_err::write(t.join("etc/gone.d/inner"), "x").unwrap();
+            symlink("same", t.join("usr/bin/link")).unwrap();
+        }
+        // Same length, other bytes; a new file hard-linked to an unchanged one; removals.
+        fs_err::write(root.join("etc/conf"), "b").unwrap();
+        fs_err::hard_link(root.join("usr/bin/same"), root.join("usr/bin/also")).unwrap();
+        fs_err::remove_file(root.join("etc/gone")).unwrap();
+        fs_err::remove_dir_all(root.join("etc/gone.d")).unwrap();
+        fs_err::write(root.join("usr/bin/new"), "new").unwrap();
+        for t in [&base, &root] {
+            crate::files::clamp_times(t, 1_700_000_000).unwrap();
+        }
+        let base_tar = tmp.path().join("base.tar.zst");
+        write_delta(&base, None, &mut File::create(&base_tar).unwrap()).unwrap();
+        let diff_tar = tmp.path().join("diff.tar.zst");
+        let n = write_diff(&root, &base, &mut File::create(&diff_tar).unwrap()).unwrap();
+        // etc/conf, usr/bin/also, usr/bin/new and two whiteouts; the unchanged file, the link
+        // and the directories (same metadata) are left to the base.
+        assert_eq!(n, 5);
+        let back = tmp.path().join("back");
+        fs_err::create_dir(&back).unwrap();
+        extract(&base_tar, &back).unwrap();
+        extract(&diff_tar, &back).unwrap();
+        assert_eq!(tree_listing(&root), tree_listing(&back));
     }
 
     #[test]
