@@ -39,10 +39,11 @@ pub fn make_fat(src: &Path, img: &Path, size: u64, serial: u32, epoch: i64) -> R
 pub fn make_erofs(root: &Path, img: &Path, uuid: &uuid::Uuid, epoch: i64) -> Result<u64> {
     crate::files::remove_if_exists(img)?;
     // lz4hc: the best ratio the Debian 12 erofs-utils offers, and decompression cheap enough
-    // for the slowest clinic PC.
+    // for the slowest clinic PC. Level 5 rather than the default 9: on the Debian test image it
+    // writes in 4.5 s instead of 8.2 s for 0.4 % more bytes (207.7 against 206.8 MB).
     Tool::new("mkfs.erofs")
         .describe("writing the root file system (EROFS)")
-        .args(["--quiet", "-zlz4hc", "-x1"])
+        .args(["--quiet", "-zlz4hc,5", "-x1"])
         // The kernel and initramfs boot from the UKI on the ESP (and the installer's copies are
         // taken from the tree): in the root they would be read by nothing, a fifth of its size.
         .arg(r"--exclude-regex=^boot/(vmlinuz|initrd\.img|System\.map|config)-")
