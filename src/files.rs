@@ -187,11 +187,22 @@ pub fn clamp_times(root: &Path, epoch: i64) -> Result<()> {
     Ok(())
 }
 
+/// Seconds since 1970 by the clock (0 for a clock before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `PID-NANOS`: a name no other process, and no earlier call of this one, is using for scratch.
+pub fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
+}
+
 /// SOURCE_DATE_EPOCH, or now when it is not set (the build is then not reproducible).
 pub fn source_date_epoch() -> Result<i64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds since 1970")),
-        Err(_) => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64),
+        Err(_) => Ok(unix_now() as i64),
     }
 }
 

@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::files::unix_now as now;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -38,10 +38,6 @@ fn due(stamp: Option<&Stamp>, root_hash: &str, now: u64) -> bool {
 
 fn read_stamp(path: &Path) -> Option<Stamp> {
     serde_json::from_slice(&fs_err::read(path).ok()?).ok()
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// `outpost root verify`: reads every block of the verified root once, unless `when_due` and

@@ -96,8 +96,7 @@ impl Cache {
     }
 
     pub fn work_dir(&self, what: &str) -> Result<WorkDir> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let dir = self.root.join("work").join(format!("{what}-{}-{nanos}", std::process::id()));
+        let dir = self.root.join("work").join(format!("{what}-{}", crate::files::unique_suffix()));
         fs_err::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(WorkDir(dir))
     }

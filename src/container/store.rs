@@ -25,8 +25,7 @@ pub fn add(layout: &Layout, store: &Path, name: &str, what: &str) -> Result<()> 
 
 /// A run root for containers/storage (lock and mount state of this one copy), outside the image.
 fn run_root() -> Result<std::path::PathBuf> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let d = std::env::temp_dir().join(format!("outpost-runroot-{}-{nanos}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("outpost-runroot-{}", crate::files::unique_suffix()));
     fs_err::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }

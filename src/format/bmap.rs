@@ -177,14 +177,20 @@ pub fn create(raw: &Path) -> Result<BlockMap> {
     let mut ranges = Vec::new();
     for (first, last) in mapped_ranges(raw)? {
         let mut r = Range { first, last, sha256: None };
-        f.seek(SeekFrom::Start(r.offset()))?;
-        let len = r.len(image_size);
-        let (sha256, n) = crate::files::hash_copy(&mut (&mut f).take(len), &mut std::io::sink()).with_context(|| format!("reading {}", raw.display()))?;
-        anyhow::ensure!(n == len, "{} ends inside blocks {first}-{last}", raw.display());
-        r.sha256 = Some(sha256);
+        hash_range(&mut f, raw, &mut r, image_size)?;
         ranges.push(r);
     }
     Ok(BlockMap { image_size, ranges })
+}
+
+/// Sets the range's checksum from the bytes of `f` (the image `raw`) it covers.
+fn hash_range(f: &mut File, raw: &Path, r: &mut Range, image_size: u64) -> Result<()> {
+    f.seek(SeekFrom::Start(r.offset()))?;
+    let len = r.len(image_size);
+    let (sha256, n) = crate::files::hash_copy(&mut f.take(len), &mut std::io::sink()).with_context(|| format!("reading {}", raw.display()))?;
+    anyhow::ensure!(n == len, "{} ends inside blocks {}-{}", raw.display(), r.first, r.last);
+    r.sha256 = Some(sha256);
+    Ok(())
 }
 
 /// The block map of `raw` when only the bytes in `start..end` changed since `before` was made
@@ -199,11 +205,7 @@ pub fn rehash(before: BlockMap, raw: &Path, start: u64, end: u64) -> Result<Bloc
     let mut f = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let mut ranges = before.ranges;
     for r in ranges.iter_mut().filter(|r| r.offset() < end && r.offset() + r.len(image_size) > start) {
-        f.seek(SeekFrom::Start(r.offset()))?;
-        let len = r.len(image_size);
-        let (sha256, n) = crate::files::hash_copy(&mut (&mut f).take(len), &mut std::io::sink()).with_context(|| format!("reading {}", raw.display()))?;
-        anyhow::ensure!(n == len, "{} ends inside blocks {}-{}", raw.display(), r.first, r.last);
-        r.sha256 = Some(sha256);
+        hash_range(&mut f, raw, r, image_size)?;
     }
     Ok(BlockMap { image_size, ranges })
 }

@@ -150,8 +150,7 @@ fn name_constraints(names: &[String]) -> String {
 /// chained to the CA), the CA certificate and the names, made in a private scratch directory
 /// that is removed afterwards.
 pub fn issue(ca: &Ca, site: &Site) -> Result<Vec<(String, Vec<u8>)>> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
-    let scratch = crate::files::Scratch::new(std::env::temp_dir().join(format!("outpost-issuer-{}-{nanos}", std::process::id())));
+    let scratch = crate::files::Scratch::new(std::env::temp_dir().join(format!("outpost-issuer-{}", crate::files::unique_suffix())));
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().mode(0o700).create(scratch.path()).with_context(|| format!("making the private scratch directory {}", scratch.path().display()))?;

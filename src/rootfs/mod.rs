@@ -253,7 +253,7 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'
             layer: layer.name.clone(),
             image: plan.image.clone(),
             parent: (i > 0).then(|| plan.layers[i - 1].key.clone()),
-            created: now(),
+            created: crate::files::unix_now(),
         };
         cache
             .publish(&layer.key, &meta, |f| write_delta(tree, before.as_ref(), f).map(|_| ()))
@@ -394,10 +394,6 @@ fn reset_dir(p: &Path) -> Result<()> {
         fs_err::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
     }
     fs_err::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Packages installed in the tree, from dpkg's status file: (name, version), sorted.
