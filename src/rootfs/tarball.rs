@@ -58,7 +58,19 @@ pub fn write_diff(root: &Path, base: &Path, out: &mut File) -> Result<u64> {
     for e in walk(base) {
         earlier.push(e?.path().strip_prefix(base)?.to_path_buf());
     }
-    let unchanged = |rel: &Path, m: &fs::Metadata| same_entry(&root.join(rel), m, &base.join(rel));
+    // A directory where the base has something else (a symlink, as /bin is in a merged /usr)
+    // replaces it whole: everything under it is written, whatever the base's path holds.
+    let mut replaced: Vec<PathBuf> = Vec::new();
+    let unchanged = |rel: &Path, m: &fs::Metadata| -> Result<bool> {
+        if replaced.iter().any(|d| rel.starts_with(d)) {
+            return Ok(false);
+        }
+        if m.is_dir() && !fs::symlink_metadata(base.join(rel)).is_ok_and(|b| b.is_dir()) {
+            replaced.push(rel.to_path_buf());
+            return Ok(false);
+        }
+        same_entry(&root.join(rel), m, &base.join(rel))
+    };
     write_tar(root, unchanged, earlier.iter().map(PathBuf::as_path).collect(), out)
 }
 
@@ -109,7 +121,7 @@ fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 
 /// The tar both deltas write: every entry of `root` but those `unchanged` says to leave out,
 /// then a whiteout for each of the `earlier` paths that is gone.
-fn write_tar(root: &Path, unchanged: impl Fn(&Path, &fs::Metadata) -> Result<bool>, mut earlier: Vec<&Path>, out: &mut File) -> Result<u64> {
+fn write_tar(root: &Path, mut unchanged: impl FnMut(&Path, &fs::Metadata) -> Result<bool>, mut earlier: Vec<&Path>, out: &mut File) -> Result<u64> {
     let enc = zstd::Encoder::new(BufWriter::new(out), 3)?;
     let mut tar = tar::Builder::new(enc);
     let mut seen_links: HashMap<(u64, u64), PathBuf> = HashMap::new();
@@ -339,6 +351,11 @@ mod tests {
         fs_err::remove_file(root.join("etc/gone")).unwrap();
         fs_err::remove_dir_all(root.join("etc/gone.d")).unwrap();
         fs_err::write(root.join("usr/bin/new"), "new").unwrap();
+        // Where the base has a symlink to a directory, the image has a directory: its files are
+        // written even though the same path through the base's link holds the same bytes.
+        symlink("usr/bin", base.join("bin")).unwrap();
+        fs_err::create_dir(root.join("bin")).unwrap();
+        fs_err::write(root.join("bin/same"), "same bytes").unwrap();
         for t in [&base, &root] {
             crate::files::clamp_times(t, 1_700_000_000).unwrap();
         }
@@ -346,9 +363,9 @@ mod tests {
         write_delta(&base, None, &mut File::create(&base_tar).unwrap()).unwrap();
         let diff_tar = tmp.path().join("diff.tar.zst");
         let n = write_diff(&root, &base, &mut File::create(&diff_tar).unwrap()).unwrap();
-        // etc/conf, usr/bin/also, usr/bin/new and two whiteouts; the unchanged file, the link
-        // and the directories (same metadata) are left to the base.
-        assert_eq!(n, 5);
+        // bin/, bin/same, etc/conf, usr/bin/also, usr/bin/new and two whiteouts; the unchanged
+        // file, the link and the directories (same metadata) are left to the base.
+        assert_eq!(n, 7);
         let back = tmp.path().join("back");
         fs_err::create_dir(&back).unwrap();
         extract(&base_tar, &back).unwrap();
