@@ -173,6 +173,9 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
     let _ = writeln!(u);
     let _ = writeln!(u, "[Service]");
     let _ = writeln!(u, "Type=notify");
+    // The application is what the boot is for: ahead of what starts beside it (status page,
+    // firewall, logins) until the boot is done.
+    let _ = writeln!(u, "StartupCPUWeight=500");
     let _ = writeln!(u, "NotifyAccess=all");
     let _ = writeln!(u, "Environment=PODMAN_SYSTEMD_UNIT=%n");
     let _ = writeln!(u, "ExecStartPre=/bin/rm -f %t/%N.cid");
