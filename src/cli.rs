@@ -172,6 +172,12 @@ pub enum Command {
         #[command(subcommand)]
         command: UpdateCommand,
     },
+    /// The appliance's state as JSON or Prometheus metrics (runs inside the appliance)
+    #[command(hide = true)]
+    Status {
+        #[command(subcommand)]
+        command: StatusCommand,
+    },
     /// The USB installer (runs as the first process of the installer ISO's initrd)
     #[command(hide = true)]
     Installer {
@@ -265,6 +271,24 @@ pub enum StackCommand {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StatusCommand {
+    /// Print the status: release, uptime, units, stacks, file systems, data partition, TPM,
+    /// Secure Boot, power cuts, last backup
+    Show {
+        /// As Prometheus metrics instead of JSON
+        #[arg(long)]
+        prometheus: bool,
+    },
+    /// Write status.json and metrics into a directory (the status page's) and note that this
+    /// boot is alive
+    Write { dir: PathBuf },
+    /// At boot: count a power cut if the previous boot ended without a shutdown
+    Boot,
+    /// At a clean shutdown: note that this boot ended cleanly
+    Shutdown,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ pub mod root;
 pub mod site;
 pub mod firewall;
 pub mod stack;
+pub mod status;
 pub mod tls;
 pub mod tpm;
 pub mod update;
@@ -22,6 +23,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 pub use console::say;
+
+/// The units in a systemd state (`failed`, `auto-restart`...), by name.
+pub fn units_in_state(state: &str) -> Vec<String> {
+    let out = crate::tool::Tool::new("systemctl").describe("listing units").args(["list-units", "--all", "--no-legend", "--plain"]).arg(format!("--state={state}")).output().unwrap_or_default();
+    out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
+}
+
+/// `systemctl is-system-running`: `running`, `starting`, `degraded`...
+pub fn system_state() -> String {
+    crate::tool::Tool::new("systemctl").describe("reading the system state").arg("is-system-running").output_with_status().map(|(_, out)| out.trim().to_string()).unwrap_or_default()
+}
 
 /// An exclusive lock on `path` (a file in /run), held until the returned file is dropped: one
 /// user at a time of the ESP, a stack's network, the TLS certificate.

@@ -528,14 +528,10 @@ fn wait_healthy(limit: Duration) -> Result<(), String> {
     let mut failing_since: Option<Instant> = None;
     let mut healthy_since: Option<Instant> = None;
     let mut restarting: HashMap<String, Instant> = HashMap::new();
-    let units = |state: &str| -> Vec<String> {
-        let out = Tool::new("systemctl").describe("listing units").args(["list-units", "--all", "--no-legend", "--plain"]).arg(format!("--state={state}")).output().unwrap_or_default();
-        out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
-    };
     loop {
-        let state = Tool::new("systemctl").describe("reading the system state").arg("is-system-running").output_with_status().map(|(_, out)| out.trim().to_string()).unwrap_or_default();
-        let failed = units("failed");
-        let looping = units("auto-restart");
+        let state = super::system_state();
+        let failed = super::units_in_state("failed");
+        let looping = super::units_in_state("auto-restart");
         for u in &looping {
             let first = *restarting.entry(u.clone()).or_insert_with(Instant::now);
             if first.elapsed() > RESTART_GRACE {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::agent;
-use crate::cli::{DataCommand, InstallerCommand, PowerCommand, RootCommand, SeedCommand, StackCommand, UpdateCommand};
+use crate::cli::{DataCommand, InstallerCommand, PowerCommand, RootCommand, SeedCommand, StackCommand, StatusCommand, UpdateCommand};
 
 pub fn seed(command: &SeedCommand) -> Result<i32> {
     match command {
@@ -61,6 +61,16 @@ pub fn update(command: &UpdateCommand) -> Result<i32> {
         UpdateCommand::Stick { device } => agent::update::stick(device)?,
         UpdateCommand::BootCheck => agent::update::boot_check()?,
         UpdateCommand::Status => agent::update::status()?,
+    }
+    Ok(0)
+}
+
+pub fn status(command: &StatusCommand) -> Result<i32> {
+    match command {
+        StatusCommand::Show { prometheus } => agent::status::show(*prometheus)?,
+        StatusCommand::Write { dir } => agent::status::write(dir)?,
+        StatusCommand::Boot => agent::status::boot()?,
+        StatusCommand::Shutdown => agent::status::shutdown()?,
     }
     Ok(0)
 }

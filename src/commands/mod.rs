@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Firewall => agent::firewall(),
         Command::Installer { command } => agent::installer(command),
         Command::Update { command } => agent::update(command),
+        Command::Status { command } => agent::status(command),
     }
 }
 

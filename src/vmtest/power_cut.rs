@@ -165,7 +165,7 @@ pub async fn run(m: &Machine<'_>, c: &PowerCuts, tpm: Option<&Path>, report: &mu
             s.fsck_repairs += 1;
         }
         if last {
-            final_checks(m, &mut vm, &console, report).await;
+            final_checks(m, &mut vm, &console, (s.cuts_while_writing, s.cuts + s.emulator_stalls), report).await;
             drop(swtpm);
             break;
         }
@@ -267,8 +267,10 @@ async fn kill(vm: &mut Vm) {
 }
 
 /// The last boot: the verdict as the scenario's first boot expects it, the data file system not
-/// marked with errors, and a clean power-off.
-async fn final_checks(m: &Machine<'_>, vm: &mut Vm, console: &Path, report: &mut Report) {
+/// marked with errors, the cuts counted by the appliance between `counted` (the boots cut after
+/// the application answered were all on record; one cut during the boot may come before this
+/// boot's record is made) and a clean power-off.
+async fn final_checks(m: &Machine<'_>, vm: &mut Vm, console: &Path, counted: (u32, u32), report: &mut Report) {
     let verdict = &m.scenario.boots[0].verdict;
     let deadline = Instant::now() + Duration::from_secs(m.scenario.timeout);
     match wait_console(vm, console, super::VERDICT_PREFIX, deadline).await {
@@ -282,6 +284,15 @@ async fn final_checks(m: &Machine<'_>, vm: &mut Vm, console: &Path, report: &mut
         Ok((0, out)) if out.split(':').nth(1).map(str::trim) == Some("clean") => report.passed.push("after the cuts: data file system state clean".into()),
         Ok((_, out)) => report.failed.push(format!("after the cuts: data file system `{}`", out.trim())),
         Err(e) => report.failed.push(format!("after the cuts: {e:#}")),
+    }
+    let cuts = "/usr/lib/outpost/outpost status show --prometheus | grep '^outpost_power_cuts_total '";
+    match agent::exec(&m.qga, cuts, Instant::now() + Duration::from_secs(60)).await {
+        Ok((0, out)) => match out.split_whitespace().nth(1).and_then(|v| v.parse::<u32>().ok()) {
+            Some(n) if n >= counted.0 && n <= counted.1 => report.passed.push(format!("after the cuts: the appliance counted {n} power cuts (between {} and {})", counted.0, counted.1)),
+            _ => report.failed.push(format!("after the cuts: the appliance reports `{}`, expected between {} and {} power cuts", out.trim(), counted.0, counted.1)),
+        },
+        Ok((code, out)) => report.failed.push(format!("after the cuts: outpost status: exit {code}: {}", out.trim())),
+        Err(e) => report.failed.push(format!("after the cuts: outpost status: {e:#}")),
     }
     // Every cut after the data key was unsealed would count as a failed authorization if the
     // TPM's dictionary-attack protection were on (agent/tpm.rs): none may have counted.
