@@ -168,22 +168,31 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
         Some(d) => Some(d.to_path_buf()),
         None => wait_for(&Path::new("/dev/disk/by-partlabel").join(SEED_LABEL), Duration::from_secs(10)),
     };
-    let Some(dev) = dev else {
-        console("no seed partition; keeping the image's settings (DHCP on every wired interface)");
-        return Ok(());
-    };
-    if root == Path::new("/") {
+    if let Some(dev) = &dev
+        && root == Path::new("/")
+    {
         // A failure here must not keep the site's network from coming up.
         let source = Path::new(crate::format::stack::TLS_SOURCE_DIR);
-        if let Err(e) = super::tls::take_from_seed(&dev, source, super::data::closed()) {
+        if let Err(e) = super::tls::take_from_seed(dev, source, super::data::closed()) {
             console(&format!("tls: the seed's TLS files were not taken: {e:#}"));
         }
     }
-    let Some(text) = seed::read_site(&dev)? else {
-        console("the seed has no site.toml; keeping the image's settings (DHCP on every wired interface)");
+    let from_seed = match &dev {
+        Some(d) => seed::read_site(d)?.map(|t| (t, "seed:/site.toml".to_string())),
+        None => None,
+    };
+    // A cloud instance has no personalized seed: its settings come as the cloud's metadata.
+    let found = match from_seed {
+        Some(f) => Some(f),
+        None if root == Path::new("/") => nocloud_site(Path::new("/dev/disk/by-label")),
+        None => None,
+    };
+    let Some((text, source)) = found else {
+        let why = if dev.is_some() { "the seed has no site.toml" } else { "no seed partition" };
+        console(&format!("{why} and no cloud metadata; keeping the image's settings (DHCP on every wired interface)"));
         return Ok(());
     };
-    let site = match Site::parse(Path::new("seed:/site.toml"), &text) {
+    let site = match Site::parse(Path::new(&source), &text) {
         Ok(s) => s,
         Err(e) => {
             // A typo made on a laptop must not stop the clinic's box from booting.
@@ -217,6 +226,35 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
         console(&format!("site {} applied: {}", site.hostname, list.join(", ")));
     }
     Ok(())
+}
+
+/// The site from a NoCloud seed disk (a FAT volume labelled CIDATA, as cloud-init reads it):
+/// `user-data` when it is a site file, else a site naming the `local-hostname` of `meta-data`.
+/// Cloud-config YAML in `user-data` is not outpost's and is said to be ignored.
+fn nocloud_site(by_label: &Path) -> Option<(String, String)> {
+    let dev = ["CIDATA", "cidata"].iter().map(|l| by_label.join(l)).find(|p| p.exists())?;
+    let read = |name: &str| match seed::read_root_file(&dev, name) {
+        Ok(b) => b.map(|b| String::from_utf8_lossy(&b).into_owned()),
+        Err(e) => {
+            console(&format!("the NoCloud seed {} could not be read: {e:#}", dev.display()));
+            None
+        }
+    };
+    let user_data = read("user-data").filter(|t| !t.trim().is_empty());
+    match user_data {
+        Some(t) if !t.trim_start().starts_with("#cloud-config") => return Some((t, format!("{}:/user-data", dev.display()))),
+        Some(_) => console("the NoCloud seed's user-data is cloud-config, not an outpost site file: ignored"),
+        None => {}
+    }
+    let meta = read("meta-data")?;
+    let full = meta.lines().find_map(|l| l.trim().strip_prefix("local-hostname:")).map(|h| h.trim().trim_matches(|c| c == '"' || c == '\'').to_string())?;
+    // Clouds give a full name (ip-10-0-0-5.ec2.internal): the host is its first label.
+    let host = full.split('.').next().unwrap_or_default().to_string();
+    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        console(&format!("the NoCloud seed's local-hostname `{full}` is not a host name: ignored"));
+        return None;
+    }
+    Some((format!("version = 1\nhostname = \"{host}\"\n"), format!("{}:/meta-data", dev.display())))
 }
 
 /// Where SSH host keys outlive the boot: /etc is rebuilt in memory at every boot.

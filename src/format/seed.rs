@@ -108,18 +108,47 @@ impl Write for ReadOnly {
 
 /// `site.toml` from the seed file system on `dev`, if there is one.
 pub fn read_site(dev: &Path) -> Result<Option<String>> {
-    let f = std::fs::File::open(dev).with_context(|| format!("opening the seed {}", dev.display()))?;
+    match read_root_file(dev, SITE_FILE)? {
+        Some(b) => Ok(Some(String::from_utf8(b).with_context(|| format!("{SITE_FILE} on {} is not UTF-8 text", dev.display()))?)),
+        None => Ok(None),
+    }
+}
+
+/// The volume label of a NoCloud seed (cloud-init's data source): a FAT disk holding
+/// `meta-data` (`local-hostname: NAME`) and `user-data` (for outpost: a site file).
+pub const NOCLOUD_LABEL: &[u8; 11] = b"CIDATA     ";
+
+/// A file of the FAT volume's root directory on `dev` (any case), if it is there.
+pub fn read_root_file(dev: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    let f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
     let fs = fatfs::FileSystem::new(ReadOnly(f), fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system on {}", dev.display()))?;
-    let root = fs.root_dir();
-    for e in root.iter() {
+    for e in fs.root_dir().iter() {
         let e = e?;
-        if e.file_name().eq_ignore_ascii_case(SITE_FILE) && e.is_file() {
-            let mut text = String::new();
-            e.to_file().read_to_string(&mut text).with_context(|| format!("reading {SITE_FILE} from {}", dev.display()))?;
-            return Ok(Some(text));
+        if e.file_name().eq_ignore_ascii_case(name) && e.is_file() {
+            let mut bytes = Vec::new();
+            e.to_file().read_to_end(&mut bytes).with_context(|| format!("reading {name} from {}", dev.display()))?;
+            return Ok(Some(bytes));
         }
     }
     Ok(None)
+}
+
+/// A NoCloud seed disk (FAT, labelled CIDATA) holding `files` in its root, as a cloud or a
+/// test gives an instance.
+pub fn nocloud_image(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    let mut disk = Cursor::new(vec![0u8; 2 << 20]);
+    fatfs::format_volume(&mut disk, fatfs::FormatVolumeOptions::new().volume_label(*NOCLOUD_LABEL)).context("formatting the NoCloud seed")?;
+    disk.seek(SeekFrom::Start(0))?;
+    {
+        let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new())?;
+        for (name, bytes) in files {
+            let mut f = fs.root_dir().create_file(name).with_context(|| format!("writing {name} into the NoCloud seed"))?;
+            f.truncate()?;
+            f.write_all(bytes)?;
+        }
+        fs.unmount()?;
+    }
+    Ok(disk.into_inner())
 }
 
 /// `tls/NAME` from the seed on `dev`, if there is one.

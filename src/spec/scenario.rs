@@ -45,6 +45,10 @@ struct ScenarioToml {
     /// stick of `unlock = "usb-key"` (a virtio disk: the test kernel has no USB).
     #[serde(default)]
     key_disk: bool,
+    /// A NoCloud seed disk (FAT, labelled CIDATA) in the machine at every boot, as a cloud
+    /// gives an instance its metadata.
+    #[serde(default)]
+    nocloud: Option<NoCloudToml>,
     /// Secure Boot enforced: OVMF's variables with Debian's test key ("snakeoil", from the
     /// ovmf package) enrolled as PK, KEK and db; the image must be signed with that key (the
     /// test suite's key directory uses it as its db key).
@@ -75,6 +79,21 @@ struct ScenarioToml {
     #[serde(default)]
     install: Option<Install>,
 }
+
+/// `[nocloud]`: what the NoCloud seed disk holds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct NoCloudToml {
+    /// `meta-data`'s `local-hostname`.
+    #[serde(default)]
+    local_hostname: Option<String>,
+    /// A file (relative to the scenario) given as `user-data`.
+    #[serde(default)]
+    user_data: Option<PathBuf>,
+}
+
+/// The NoCloud seed's files, read when the scenario is loaded: `(name, bytes)`.
+pub type NoCloud = Vec<(String, Vec<u8>)>;
 
 /// `[install]`: the machine first starts the image's installer ISO (personalized with the
 /// scenario's site) from a USB stick, with an empty internal disk; the boots that follow start
@@ -331,6 +350,7 @@ pub struct Scenario {
     pub guest_address: Option<std::net::Ipv4Addr>,
     pub tpm: bool,
     pub key_disk: bool,
+    pub nocloud: Option<NoCloud>,
     pub secure_boot: bool,
     pub update_image: Option<PathBuf>,
     /// The first boot, then each reboot.
@@ -504,8 +524,22 @@ impl Scenario {
         {
             p.push(file, "net", format!("`{n}` is not an IPv4 network of /24 or larger, such as 192.168.76.0/24"));
         }
+        let nocloud = t.nocloud.map(|n| {
+            let mut files = Vec::new();
+            if let Some(h) = &n.local_hostname {
+                files.push(("meta-data".to_string(), format!("instance-id: outpost-test\nlocal-hostname: {h}\n").into_bytes()));
+            }
+            if let Some(u) = &n.user_data {
+                match fs_err::read(base.join(u)) {
+                    Ok(b) => files.push(("user-data".to_string(), b)),
+                    Err(e) => p.push(file, "nocloud.user-data", format!("{}: {e}", base.join(u).display())),
+                }
+            }
+            files
+        });
         p.into_result()?;
         Ok(Scenario {
+            nocloud,
             site,
             deployment_ca: t.deployment_ca,
             ca_cert: None,

@@ -109,6 +109,10 @@ impl Machine<'_> {
     fn key_disk(&self) -> PathBuf {
         self.dir.join("key-disk.img")
     }
+
+    fn nocloud_disk(&self) -> PathBuf {
+        self.dir.join("nocloud.img")
+    }
 }
 
 pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: &Path) -> Result<Report> {
@@ -170,6 +174,10 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         crate::files::remove_if_exists(&img)?;
         fs_err::File::create(&img)?.set_len(32 << 20)?;
         Tool::new("mkfs.fat").describe("formatting the test key disk").args(["-n", "OUTPOSTKEY"]).arg(&img).run()?;
+    }
+    if let Some(files) = &scenario.nocloud {
+        let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+        fs_err::write(m.nocloud_disk(), crate::format::seed::nocloud_image(&named)?)?;
     }
     if let Some(inst) = &scenario.install {
         let console = dir.join("install.log");
@@ -284,6 +292,9 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
         // The Intel 6300ESB watchdog: what systemd's RuntimeWatchdogSec drives when the
         // guest's kernel has its driver (the appliance falls back to softdog otherwise).
         .args(["-device", "i6300esb"]);
+    if m.scenario.nocloud.is_some() {
+        cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", m.nocloud_disk().display()));
+    }
     if boot.key_disk {
         cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.key_disk().display()));
     }
