@@ -172,6 +172,23 @@ pub enum Command {
         #[command(subcommand)]
         command: UpdateCommand,
     },
+    /// Back up the appliance's application state (runs inside the appliance)
+    #[command(hide = true)]
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Restore the newest backup on a USB stick labelled OUTPOSTBACKUP onto this appliance:
+    /// its stacks run with that data, under this box's own keys (runs inside the appliance)
+    #[command(hide = true)]
+    Restore {
+        /// A file holding the backup key shown at the first boot of the box that made it
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Which box's backup, when the stick holds several
+        #[arg(long)]
+        host: Option<String>,
+    },
     /// The appliance's state as JSON or Prometheus metrics (runs inside the appliance)
     #[command(hide = true)]
     Status {
@@ -270,6 +287,20 @@ pub enum StackCommand {
         /// Seconds to wait before giving up
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up to a USB stick (started by udev when one labelled OUTPOSTBACKUP is plugged in)
+    Stick {
+        /// The stick's block device
+        device: PathBuf,
+    },
+    /// Check this box's backup repository on a USB stick (restic check)
+    Check {
+        /// The stick's block device
+        device: PathBuf,
     },
 }
 

@@ -214,6 +214,19 @@ impl Tool {
         }
     }
 
+    /// Runs to completion with stdin from `input` and stdout into `output` (a database dump
+    /// streamed to a file, or loaded back from one); stderr is captured for the error.
+    pub fn run_with_files(&self, input: Option<std::fs::File>, output: Option<std::fs::File>) -> Result<(), ToolError> {
+        debug(&format!("+ {}", self.cmdline()));
+        let mut cmd = self.command()?;
+        if let Some(f) = input {
+            cmd.stdin(Stdio::from(f));
+        }
+        cmd.stdout(output.map(Stdio::from).unwrap_or_else(Stdio::null)).stderr(Stdio::piped());
+        let out = cmd.output().map_err(|e| self.start_error(&e))?;
+        self.check(out.status, &out.stderr)
+    }
+
     /// Replaces this process with the tool (a unit's ExecStart that prepares, then becomes
     /// podman), keeping the variables in `keep` too (NOTIFY_SOCKET and the like). Returns only
     /// when the exec failed.

@@ -341,7 +341,7 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
     if unlock == Unlock::None {
         console("WARNING: the data partition is NOT encrypted (the policy is `unlock = \"none\"`): anyone holding this disk can read the patient data");
         Tool::new("mkfs.ext4").describe("formatting the data partition").args(["-q", "-F", "-L", FS_NEW, "-U", &uuid]).arg(dev).arg(fs_size(dev)?).run()?;
-        fill(dev, &newvar, None)?;
+        fill(dev, &newvar, None, None)?;
         set_provisioning(dev, false)?;
         Tool::new("e2label").describe("marking the data partition ready").arg(dev).arg(FS_READY).run()?;
         return Ok(());
@@ -393,7 +393,8 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
     Tool::new("cryptsetup").describe("opening the new data partition").args(["open", "--key-file"]).arg(&tmp).arg(dev).arg(MAPPING).run()?;
     let mapped = Path::new("/dev/mapper").join(MAPPING);
     Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).arg(fs_size(&mapped)?).run()?;
-    fill(&mapped, &newvar, (recovery == RecoveryKey::File).then_some(recovery_key.as_str()))?;
+    let backup_key = super::backup::new_key()?;
+    fill(&mapped, &newvar, (recovery == RecoveryKey::File).then_some(recovery_key.as_str()), Some(&backup_key))?;
     Tool::new("cryptsetup").describe("removing the first-boot key slot").args(["luksKillSlot", "--batch-mode"]).arg(dev).arg("0").run()?;
     fs_err::remove_file(&tmp)?;
     let where_ = match recovery {
@@ -409,7 +410,7 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
         },
     };
     console_only(&format!(
-        "\n==== outpost: RECOVERY KEY of this appliance's data partition (shown once) ====\n    {recovery_key}\nIt opens the patient data if the TPM or the USB key is lost; it is stored {where_}.\nA key shown by an earlier, interrupted first boot no longer works.\n\n"
+        "\n==== outpost: RECOVERY KEY of this appliance's data partition (shown once) ====\n    {recovery_key}\nIt opens the patient data if the TPM or the USB key is lost; it is stored {where_}.\nA key shown by an earlier, interrupted first boot no longer works.\n\n==== outpost: BACKUP KEY of this appliance (shown once) ====\n    {backup_key}\nIt reads this box's backups (USB stick or server): without it they are unreadable. Keep it with the recovery key.\n\n"
     ))?;
     // Then the commit point: from here on the partition is taken as ready, and only a readable
     // header of ours is ever formatted again.
@@ -454,7 +455,7 @@ fn machine_uuid(id: &str) -> Result<String> {
 }
 
 /// Copies the image's /var (the initial application state) into the new file system.
-fn fill(dev: &Path, mnt: &Path, recovery_key: Option<&str>) -> Result<()> {
+fn fill(dev: &Path, mnt: &Path, recovery_key: Option<&str>, backup_key: Option<&str>) -> Result<()> {
     Tool::new("mount").describe("mounting the new data file system").args(["-t", "ext4"]).arg(dev).arg(mnt).run()?;
     let copied = Tool::new("cp").describe("copying the image's /var to the data partition").args(["-a", "--sparse=always", "/var/."]).arg(mnt).run();
     let key = match (copied.is_ok(), recovery_key) {
@@ -466,6 +467,11 @@ fn fill(dev: &Path, mnt: &Path, recovery_key: Option<&str>) -> Result<()> {
         }
         _ => Ok(()),
     };
+    // Unencrypted boxes get theirs at their first backup, shown then.
+    let key = key.and_then(|()| match (copied.is_ok(), backup_key) {
+        (true, Some(k)) => super::backup::write_key(&mnt.join(super::backup::KEY_FILE.trim_start_matches("/var/")), k),
+        _ => Ok(()),
+    });
     let synced = Tool::new("sync").arg("-f").arg(mnt).run();
     Tool::new("umount").describe("unmounting the new data file system").arg(mnt).run()?;
     copied?;

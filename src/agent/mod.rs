@@ -3,6 +3,7 @@
 //! installer. It shares with the build only the formats in `crate::format`, and writes to the
 //! console through `say` alone.
 
+pub mod backup;
 mod console;
 pub mod data;
 pub mod installer;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::agent;
-use crate::cli::{DataCommand, InstallerCommand, PowerCommand, RootCommand, SeedCommand, StackCommand, StatusCommand, UpdateCommand};
+use crate::cli::{BackupCommand, DataCommand, InstallerCommand, PowerCommand, RootCommand, SeedCommand, StackCommand, StatusCommand, UpdateCommand};
 
 pub fn seed(command: &SeedCommand) -> Result<i32> {
     match command {
@@ -62,6 +62,19 @@ pub fn update(command: &UpdateCommand) -> Result<i32> {
         UpdateCommand::BootCheck => agent::update::boot_check()?,
         UpdateCommand::Status => agent::update::status()?,
     }
+    Ok(0)
+}
+
+pub fn backup(command: &BackupCommand) -> Result<i32> {
+    match command {
+        BackupCommand::Stick { device } => agent::backup::stick(device)?,
+        BackupCommand::Check { device } => agent::backup::check(device)?,
+    }
+    Ok(0)
+}
+
+pub fn restore(key_file: &Path, host: Option<&str>) -> Result<i32> {
+    agent::backup::restore(key_file, host)?;
     Ok(0)
 }
 

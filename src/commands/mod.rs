@@ -42,6 +42,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Installer { command } => agent::installer(command),
         Command::Update { command } => agent::update(command),
         Command::Status { command } => agent::status(command),
+        Command::Backup { command } => agent::backup(command),
+        Command::Restore { key_file, host } => agent::restore(key_file, host.as_deref()),
     }
 }
 

@@ -34,6 +34,9 @@ pub fn run(cli: &Cli, image: &Path) -> Result<i32> {
                 if !s.secrets.is_empty() {
                     println!("  secrets made on each device: {}", s.secrets.keys().cloned().collect::<Vec<_>>().join(", "));
                 }
+                for d in &s.backup {
+                    println!("  backed up as a dump: {}{}", d.service, d.volume.as_ref().map(|v| format!(" (in place of volume {v})")).unwrap_or_default());
+                }
                 for svc in &s.services {
                     let deps = if svc.depends_on.is_empty() { String::new() } else { format!(" after {}", svc.depends_on.join(", ")) };
                     let ports: Vec<String> = svc.ports.iter().map(|(h, c)| if h == c { h.to_string() } else { format!("{h}:{c}") }).collect();

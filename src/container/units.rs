@@ -236,7 +236,7 @@ pub fn install(plan: &BuildPlan, stack: &Stack, root: &Path) -> Result<()> {
         let name = f.file_name().context("a compose file has a name")?;
         fs_err::copy(f, files.join(name)).with_context(|| format!("copying {}", f.display()))?;
     }
-    let spec = StackSpec { defaults: stack.defaults.clone(), secrets: stack.secrets.clone() };
+    let spec = StackSpec { defaults: stack.defaults.clone(), secrets: stack.secrets.clone(), backup: stack.backup.clone() };
     fs_err::write(files.join("stack.json"), serde_json::to_vec_pretty(&spec)?)?;
     let mut wants = Vec::new();
     for s in &stack.services {

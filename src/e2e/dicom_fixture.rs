@@ -7,6 +7,9 @@ pub const STUDY_UID: &str = "2.25.329800735698586629295641978511506172918";
 pub const SERIES_UID: &str = "2.25.329800735698586629295641978511506172919";
 pub const INSTANCE_UID: &str = "2.25.329800735698586629295641978511506172920";
 pub const PATIENT_ID: &str = "OUTPOST-0001";
+/// Orthanc's ID of the instance (a hash of the identifiers above), as qemu-tests/pacs-clinic.toml
+/// reads it back.
+pub const INSTANCE_ID: &str = "ad5f9fe4-96b49125-1298bb47-5e140c0f-3df180ce";
 const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 

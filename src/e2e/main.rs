@@ -54,7 +54,7 @@ fn dicom_fixture_is_the_generated_file() -> Result<(), Failed> {
     if &made[128..132] != b"DICM" || made.len() % 2 != 0 {
         return Err("the DICOM fixture is malformed".into());
     }
-    let _ = (dicom_fixture::STUDY_UID, dicom_fixture::SERIES_UID, dicom_fixture::PATIENT_ID);
+    let _ = (dicom_fixture::STUDY_UID, dicom_fixture::SERIES_UID, dicom_fixture::PATIENT_ID, dicom_fixture::INSTANCE_ID);
     Ok(())
 }
 

@@ -89,12 +89,31 @@ pub fn pacs_pulled_by_digest() {
     drop(registry);
     // A second appliance of the image, personalized for another clinic with the same
     // deployment CA: its own secret and certificate, trusted through the CA by its own name.
+    // A replacement box: it restores the PACS clinic's backup stick, with the backup key that
+    // box showed on its console at its first boot, and serves the same study, byte for byte.
+    let theirs = support::identity_of("pacs-clinic");
+    let restore = match &theirs {
+        Some(Some(_)) => {
+            let vm = support::run_dir().join("vm-pacs-clinic/vm");
+            let console = String::from_utf8_lossy(&fs_err::read(vm.join("console.log")).expect("the PACS clinic's first console")).into_owned();
+            let key = backup_key_on(&console).expect("the PACS clinic's console shows no backup key");
+            format!(
+                "backup-disk = true\nbackup-disk-from = \"{}\"\n\
+                 [[command]]\nrun = \"printf '%s\\\\n' '{key}' > /run/backup-key && /usr/lib/outpost/outpost restore --key-file /run/backup-key --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 900\n\
+                 [[command]]\nrun = \"for i in $(seq 1 120); do curl -sf -o /run/study.dcm http://127.0.0.1/instances/{}/file && break; sleep 1; done; sha256sum < /run/study.dcm\"\nexpect = \"{}\"\n",
+                vm.join("backup-disk.img").display(),
+                crate::dicom_fixture::INSTANCE_ID,
+                support::sha(&support::project().join("qemu-tests/files/outpost-test.dcm")),
+            )
+        }
+        _ => String::new(),
+    };
     fs_err::write(proj.join("sites/pacs-annex.toml"), "version = 1\nhostname = \"pacs-annex\"\n").expect("writing the site");
     let scenario = proj.join("qemu-tests/pacs-pulled.toml");
     fs_err::write(
         &scenario,
         format!(
-            "version = 1\nimage = \"../images/pacs-clinic.toml\"\nsite = \"../sites/pacs-annex.toml\"\ndeployment-ca = true\ntimeout = 900\nmemory = 1536\nverdict = \"OUTPOST-VERDICT: running\"\n\
+            "version = 1\nimage = \"../images/pacs-clinic.toml\"\nsite = \"../sites/pacs-annex.toml\"\ndeployment-ca = true\ntimeout = 900\nmemory = 1536\nverdict = \"OUTPOST-VERDICT: running\"\n{restore}\
              [[command]]\nrun = \"podman inspect --format '{{{{.ImageDigest}}}}' orthanc-pacs-nginx\"\nexpect = \"{nginx_digest}\"\n\
              [[command]]\nrun = \"echo identity secret=$(sha256sum < /var/lib/outpost/secrets/orthanc-pacs/ORTHANC_DB_PASSWORD | cut -c1-16) cert=$(openssl x509 -noout -fingerprint -sha256 -in /var/lib/outpost/tls/cert.pem | cut -d= -f2)\"\nexpect = \"identity secret=\"\n\
              [[http]]\nport = 80\npath = \"/system\"\ncontains = \"outpost PACS\"\n\
@@ -104,7 +123,7 @@ pub fn pacs_pulled_by_digest() {
     .expect("writing the scenario");
     let report = support::boot(&scenario, &out.join("pacs-clinic.raw"), &t.join("vm"));
     let mine = support::identity_in(&report);
-    match support::identity_of("pacs-clinic") {
+    match theirs {
         None => eprintln!("registry: the secret and certificate were not compared with the PACS clinic's (scenario::pacs-clinic is not in this run)"),
         Some(None) => panic!("scenario::pacs-clinic failed before it reported its secret and certificate, so two appliances could not be compared"),
         Some(Some(theirs)) => {
@@ -114,4 +133,11 @@ pub fn pacs_pulled_by_digest() {
             }
         }
     }
+}
+
+/// The backup key a box showed on its console at its first boot (the line after the heading).
+fn backup_key_on(console: &str) -> Option<String> {
+    let at = console.find("BACKUP KEY of this appliance")?;
+    let key = console[at..].lines().nth(1)?.trim().to_string();
+    (key.len() == 71 && key.split('-').all(|g| g.len() == 8 && g.chars().all(|c| c.is_ascii_hexdigit()))).then_some(key)
 }

@@ -35,12 +35,39 @@ pub fn service_unit(stack: &str, service: &str) -> String {
     format!("outpost-{stack}-{service}.service")
 }
 
+/// The podman container of a stack's service.
+pub fn container_name(stack: &str, service: &str) -> String {
+    format!("{stack}-{service}")
+}
+
+/// The podman volume of a stack's named volume.
+pub fn volume_name(stack: &str, volume: &str) -> String {
+    format!("{stack}-{volume}")
+}
+
 /// `STACKS/LAYER/stack.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackSpec {
     /// The layer's env file: the last place a variable is looked up.
     pub defaults: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, Secret>,
+    /// How the stack's databases are backed up consistently (the layer's `[[backup.dump]]`).
+    #[serde(default)]
+    pub backup: Vec<Dump>,
+}
+
+/// A service whose state is dumped by a command for a backup, and loaded back by another on a
+/// restore, instead of its volume being copied mid-write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dump {
+    pub service: String,
+    /// The volume the dump stands for: left out of the backup, and on a restore the new box's
+    /// own (made by its first start, with its own secrets) is kept.
+    pub volume: Option<String>,
+    /// Run in the service's container; its standard output is the dump.
+    pub dump: Vec<String>,
+    /// Run in the service's container with the dump on its standard input.
+    pub restore: Vec<String>,
 }
 
 /// `STACKS/LAYER/SERVICE.run.json`: `podman run ARGS --env=K=V... TAIL`.

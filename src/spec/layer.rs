@@ -39,6 +39,26 @@ struct LayerToml {
     /// Services that take the appliance's TLS certificate, and where it is mounted in them.
     #[serde(default)]
     tls: BTreeMap<String, String>,
+    /// How backups take the stack's state consistently.
+    #[serde(default)]
+    backup: BackupToml,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupToml {
+    #[serde(default)]
+    dump: Vec<DumpToml>,
+}
+
+/// `[[backup.dump]]`: a database dumped by a command in its container, not copied mid-write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DumpToml {
+    service: String,
+    volume: Option<String>,
+    dump: Vec<String>,
+    restore: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,10 +259,27 @@ impl Layer {
                 }
             }
             stack.tls = t.tls.clone();
+            for (i, d) in t.backup.dump.iter().enumerate() {
+                let at = |k: &str| format!("backup.dump[{i}].{k}");
+                if !stack.services.iter().any(|x| x.name == d.service) {
+                    p.push(&file, &at("service"), format!("`{}` is not a service of the layer's compose files", super::excerpt(&d.service, 60)));
+                }
+                if let Some(v) = &d.volume
+                    && !stack.volumes.contains(v)
+                {
+                    p.push(&file, &at("volume"), format!("`{}` is not a named volume of the layer's compose files", super::excerpt(v, 60)));
+                }
+                for (k, argv) in [("dump", &d.dump), ("restore", &d.restore)] {
+                    if argv.is_empty() || argv.iter().any(|a| super::has_control(a)) {
+                        p.push(&file, &at(k), "a command is a non-empty list of arguments without control characters, run in the service's container");
+                    }
+                }
+                stack.backup.push(crate::format::stack::Dump { service: d.service.clone(), volume: d.volume.clone(), dump: d.dump.clone(), restore: d.restore.clone() });
+            }
             Some(stack)
         });
-        if !has_compose && (!t.secrets.is_empty() || t.env_file.is_some() || !t.tls.is_empty()) {
-            p.push(&file, "compose", "secrets, tls and env-file belong to a layer with `compose` files");
+        if !has_compose && (!t.secrets.is_empty() || t.env_file.is_some() || !t.tls.is_empty() || !t.backup.dump.is_empty()) {
+            p.push(&file, "compose", "secrets, tls, backup and env-file belong to a layer with `compose` files");
         }
         let inputs = list_tree(dir)
             .into_iter()

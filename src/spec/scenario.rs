@@ -45,6 +45,13 @@ struct ScenarioToml {
     /// stick of `unlock = "usb-key"` (a virtio disk: the test kernel has no USB).
     #[serde(default)]
     key_disk: bool,
+    /// A USB stick labelled OUTPOSTBACKUP (FAT, OUTPOSTBKUP) plugged in during the first boot;
+    /// reboots say `backup-disk = true` to plug it in again. Blank, or a copy of the image
+    /// `backup-disk-from` names (another scenario's stick, to restore from). Kept across boots.
+    #[serde(default)]
+    backup_disk: bool,
+    #[serde(default)]
+    backup_disk_from: Option<PathBuf>,
     /// A NoCloud seed disk (FAT, labelled CIDATA) in the machine at every boot, as a cloud
     /// gives an instance its metadata.
     #[serde(default)]
@@ -175,6 +182,9 @@ struct RebootToml {
     /// Plug the key disk in (default: as the scenario says) or leave it out.
     #[serde(default)]
     key_disk: Option<bool>,
+    /// Plug the scenario's backup stick in during this boot.
+    #[serde(default)]
+    backup_disk: bool,
     #[serde(default)]
     verdict: Option<String>,
     #[serde(default)]
@@ -270,6 +280,9 @@ pub struct Command {
     /// Keep the trimmed output under this name, for a later disk check.
     #[serde(default)]
     pub save_as: Option<String>,
+    /// Seconds this command may take beyond the boot's shared 120 s for commands (a restore).
+    #[serde(default)]
+    pub timeout: Option<u64>,
 }
 
 /// An SSH login from the host through a forwarded port 22.
@@ -350,6 +363,8 @@ pub struct Scenario {
     pub guest_address: Option<std::net::Ipv4Addr>,
     pub tpm: bool,
     pub key_disk: bool,
+    /// Where the backup stick starts from (None: blank), when the scenario has one.
+    pub backup_disk_from: Option<PathBuf>,
     pub nocloud: Option<NoCloud>,
     pub secure_boot: bool,
     pub update_image: Option<PathBuf>,
@@ -364,6 +379,7 @@ pub struct Scenario {
 pub struct Boot {
     pub tpm: TpmState,
     pub key_disk: bool,
+    pub backup_disk: bool,
     /// The line a unit in the guest prints on the serial console when the system is up; the
     /// reported line must start with it. Empty for a boot cut off by `power_cut_at`.
     pub verdict: String,
@@ -409,6 +425,7 @@ impl Scenario {
         let mut boots = vec![Boot {
             tpm: TpmState::Same,
             key_disk: t.key_disk,
+            backup_disk: t.backup_disk,
             verdict: t.verdict.unwrap_or_default(),
             power_cut_at: t.power_cut_at,
             power_cut_delay: 0.0,
@@ -424,6 +441,7 @@ impl Scenario {
         boots.extend(t.reboot.into_iter().map(|r| Boot {
             tpm: r.tpm,
             key_disk: r.key_disk.unwrap_or(t.key_disk),
+            backup_disk: r.backup_disk,
             verdict: r.verdict.unwrap_or_default(),
             power_cut_at: r.power_cut_at,
             power_cut_delay: r.power_cut_delay,
@@ -524,6 +542,12 @@ impl Scenario {
         {
             p.push(file, "net", format!("`{n}` is not an IPv4 network of /24 or larger, such as 192.168.76.0/24"));
         }
+        let backup_disk_from = t.backup_disk_from.map(|f| base.join(f));
+        if let Some(f) = &backup_disk_from
+            && !f.is_file()
+        {
+            p.push(file, "backup-disk-from", format!("{} does not exist", f.display()));
+        }
         let nocloud = t.nocloud.map(|n| {
             let mut files = Vec::new();
             if let Some(h) = &n.local_hostname {
@@ -539,6 +563,7 @@ impl Scenario {
         });
         p.into_result()?;
         Ok(Scenario {
+            backup_disk_from,
             nocloud,
             site,
             deployment_ca: t.deployment_ca,

@@ -110,6 +110,10 @@ impl Machine<'_> {
         self.dir.join("key-disk.img")
     }
 
+    fn backup_disk(&self) -> PathBuf {
+        self.dir.join("backup-disk.img")
+    }
+
     fn nocloud_disk(&self) -> PathBuf {
         self.dir.join("nocloud.img")
     }
@@ -174,6 +178,19 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         crate::files::remove_if_exists(&img)?;
         fs_err::File::create(&img)?.set_len(32 << 20)?;
         Tool::new("mkfs.fat").describe("formatting the test key disk").args(["-n", "OUTPOSTKEY"]).arg(&img).run()?;
+    }
+    if scenario.boots.iter().any(|b| b.backup_disk) {
+        let img = m.backup_disk();
+        crate::files::remove_if_exists(&img)?;
+        match &scenario.backup_disk_from {
+            Some(from) => {
+                fs_err::copy(from, &img)?;
+            }
+            None => {
+                fs_err::File::create(&img)?.set_len(256 << 20)?;
+                Tool::new("mkfs.fat").describe("formatting the test backup stick").args(["-F", "32", "-n", "OUTPOSTBKUP"]).arg(&img).run()?;
+            }
+        }
     }
     if let Some(files) = &scenario.nocloud {
         let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
@@ -294,6 +311,9 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
         .args(["-device", "i6300esb"]);
     if m.scenario.nocloud.is_some() {
         cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", m.nocloud_disk().display()));
+    }
+    if boot.backup_disk {
+        cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.backup_disk().display()));
     }
     if boot.key_disk {
         cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.key_disk().display()));
@@ -501,7 +521,8 @@ async fn guest_checks(
     }
     let cmd_deadline = Instant::now() + Duration::from_secs(120);
     for c in &boot.commands {
-        match agent::exec(&m.qga, &c.run, cmd_deadline).await {
+        let deadline = c.timeout.map_or(cmd_deadline, |t| cmd_deadline.max(Instant::now() + Duration::from_secs(t)));
+        match agent::exec(&m.qga, &c.run, deadline).await {
             Ok((status, out)) => {
                 let out_ok = c.expect.as_ref().is_none_or(|e| out.contains(e.as_str()));
                 if status == c.expect_status && out_ok {

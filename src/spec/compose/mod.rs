@@ -316,6 +316,8 @@ pub struct Stack {
     /// Services that take the appliance's TLS certificate → the directory it is mounted on
     /// (`cert.pem`, `key.pem`), from the layer's `[tls]`.
     pub tls: BTreeMap<String, String>,
+    /// The layer's `[[backup.dump]]`.
+    pub backup: Vec<crate::format::stack::Dump>,
 }
 
 /// "10s", "1m30s", "500ms", "2h" → whole seconds (at least 1 for a non-zero duration).
@@ -346,17 +348,8 @@ pub fn parse_duration(s: &str) -> Option<u64> {
 /// The systemd unit of a stack's service (the agent restarts them by this name too). Stack
 /// (layer) and service names are checked names, and the plan refuses two that give the same
 /// unit, container or volume name.
-pub use crate::format::stack::service_unit;
 
-/// The podman container of a stack's service.
-pub fn container_name(stack: &str, service: &str) -> String {
-    format!("{stack}-{service}")
-}
-
-/// The podman volume of a stack's named volume.
-pub fn volume_name(stack: &str, volume: &str) -> String {
-    format!("{stack}-{volume}")
-}
+pub use crate::format::stack::{container_name, service_unit, volume_name};
 
 /// The third number of a stack's network, 10.89.N.0/24: from its name, so that the layer's
 /// build does not depend on which other stacks an image has (the plan refuses two that meet).
@@ -475,7 +468,7 @@ pub fn load(layer: &str, layer_file: &Path, files: &[PathBuf], env_file: Option<
     if let Some(cycle) = dependency_cycle(&services) {
         p.push(&first, "services", format!("depends_on makes a cycle: {}", cycle.join(" → ")));
     }
-    Some(Stack { name: layer.into(), file: first, files: files.to_vec(), dir, services, volumes, defaults, secrets, tls: BTreeMap::new() })
+    Some(Stack { name: layer.into(), file: first, files: files.to_vec(), dir, services, volumes, defaults, secrets, tls: BTreeMap::new(), backup: Vec::new() })
 }
 
 /// Unknown and refused keys of each service, and `x-*` extensions dropped.

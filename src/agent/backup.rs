@@ -1,0 +1,370 @@
+//! Backups of the data partition's application state, and their restore onto a replacement box
+//! (docs/backup.md). restic (from the distribution) does the work: encrypted on the box before
+//! anything leaves it, deduplicated in content-defined chunks, each backup an incremental
+//! snapshot, a repository that an interrupted backup leaves valid (what it wrote is unreferenced
+//! until the next one completes, and reused by it). A stick labelled OUTPOSTBACKUP (OUTPOSTBKUP
+//! on FAT, whose labels hold 11 characters) starts a backup when it is plugged in.
+//!
+//! What is backed up: the stacks' named volumes and data directories, and for each database a
+//! stack declares (`[[backup.dump]]` in its layer) a dump made by its own tool in its container,
+//! in place of its volume, which is never copied mid-write. The backup key is made at the first
+//! boot and shown with the recovery key; without it a backup is unreadable.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::say;
+use crate::format::stack::{Dump, STACKS, StackSpec, container_name, service_unit, volume_name};
+use crate::tool::Tool;
+
+/// The backup key (restic's repository password), on the encrypted data partition.
+pub const KEY_FILE: &str = "/var/lib/outpost/backup/key";
+/// Dumps of the stacks' databases, made before each backup and backed up with it.
+const DUMPS: &str = "/var/lib/outpost/backup/dumps";
+pub const STICK_LABELS: [&str; 2] = ["OUTPOSTBACKUP", "OUTPOSTBKUP"];
+/// On a stick: `outpost-backup/HOST` is one box's repository.
+const REPO_DIR: &str = "outpost-backup";
+const MOUNT: &str = "/run/outpost/backup-stick";
+const VOLUMES: &str = "/var/lib/containers/storage/volumes";
+/// A device node podman makes beside the volumes on every box: not data, and not restorable
+/// over the one the new box has.
+const PODMAN_DEVICE: &str = "backingFsBlockDev";
+
+/// `status.json`'s `last_backup` (`/var/lib/outpost/backup/last.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub ok: bool,
+    pub target: String,
+    /// Unix seconds.
+    pub finished: u64,
+    pub seconds: f64,
+    pub snapshot: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
+    pub bytes_added: u64,
+    pub error: Option<String>,
+}
+
+/// A new backup key: 32 random bytes as 8 groups of 8 hex digits, to be written down.
+pub fn new_key() -> Result<String> {
+    let mut buf = [0u8; 32];
+    std::io::Read::read_exact(&mut fs_err::File::open("/dev/urandom")?, &mut buf)?;
+    let hex = hex::encode(buf);
+    Ok(hex.as_bytes().chunks(8).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join("-"))
+}
+
+/// The box's backup key, made (and shown once on the console) if the first boot did not make
+/// one (a box set up before backups existed).
+fn ensure_key() -> Result<PathBuf> {
+    let path = Path::new(KEY_FILE);
+    if !path.exists() {
+        let key = new_key()?;
+        write_key(path, &key)?;
+        super::console::console_only(&format!(
+            "\n==== outpost: BACKUP KEY of this appliance (shown once) ====\n    {key}\nIt reads this box's backups: without it they are unreadable. Keep it with the recovery key.\n\n"
+        ))?;
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Writes a backup key (mode 0600 in a 0700 directory), durably.
+pub fn write_key(path: &Path, key: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().context("the key file has a directory")?;
+    fs_err::create_dir_all(dir)?;
+    fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    crate::files::atomic_write(path, |f| {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(std::io::Write::write_all(f, format!("{key}\n").as_bytes())?)
+    })
+}
+
+/// `outpost backup stick DEV` (udev, when a stick labelled OUTPOSTBACKUP is plugged in).
+pub fn stick(dev: &Path) -> Result<()> {
+    let _one = super::lock(Path::new("/run/outpost/backup.lock"))?;
+    say(&format!("backup: started to the USB stick {}; leave it plugged in until this says done", dev.display()));
+    let started = Instant::now();
+    let r = mounted(dev, true, |mnt| to_repository(&mnt.join(REPO_DIR).join(hostname())));
+    let report = match &r {
+        Ok(s) => Report {
+            ok: true,
+            target: "usb".into(),
+            finished: crate::files::unix_now(),
+            seconds: started.elapsed().as_secs_f64(),
+            snapshot: Some(s.snapshot_id.clone()),
+            files: s.total_files_processed,
+            bytes: s.total_bytes_processed,
+            bytes_added: s.data_added,
+            error: None,
+        },
+        Err(e) => Report {
+            ok: false,
+            target: "usb".into(),
+            finished: crate::files::unix_now(),
+            seconds: started.elapsed().as_secs_f64(),
+            snapshot: None,
+            files: 0,
+            bytes: 0,
+            bytes_added: 0,
+            error: Some(format!("{e:#}")),
+        },
+    };
+    let text = serde_json::to_vec_pretty(&report)?;
+    crate::files::atomic_write(Path::new(super::status::LAST_BACKUP_PATH), |f| Ok(std::io::Write::write_all(f, &text)?))?;
+    match r {
+        Ok(s) => {
+            say(&format!(
+                "backup: done in {:.0} s: snapshot {} ({} files, {} MB, {} MB new); the stick can be unplugged",
+                report.seconds,
+                &s.snapshot_id[..s.snapshot_id.len().min(8)],
+                s.total_files_processed,
+                s.total_bytes_processed / 1_000_000,
+                s.data_added / 1_000_000
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            say(&format!("backup: FAILED: {e:#}; the stick can be unplugged"));
+            Err(e)
+        }
+    }
+}
+
+/// `outpost backup check DEV`: restic's check of this box's repository on a stick.
+pub fn check(dev: &Path) -> Result<()> {
+    let key = ensure_key()?;
+    mounted(dev, false, |mnt| {
+        let repo = mnt.join(REPO_DIR).join(hostname());
+        // Read-only: the stick is mounted so, and restic takes no lock.
+        restic(&repo, &key).describe("checking the backup repository").args(["--no-lock", "check"]).run()?;
+        say(&format!("backup: the repository {} on the stick is valid", repo.strip_prefix(mnt).unwrap_or(&repo).display()));
+        Ok(())
+    })
+}
+
+/// Mounts `dev` on MOUNT for `f`, unmounted after (also when `f` fails).
+fn mounted<T>(dev: &Path, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let mnt = Path::new(MOUNT);
+    fs_err::create_dir_all(mnt)?;
+    let _ = Tool::new("umount").arg(mnt).run();
+    Tool::new("mount").describe("mounting the backup USB stick").args(["-o", if writable { "rw,nodev,nosuid,noexec" } else { "ro,nodev,nosuid,noexec" }]).arg(dev).arg(mnt).run()?;
+    let r = f(mnt);
+    let u = Tool::new("umount").describe("unmounting the backup USB stick (everything written is on it once this succeeds)").arg(mnt).run();
+    let v = r?;
+    u?;
+    Ok(v)
+}
+
+fn hostname() -> String {
+    fs_err::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "outpost".into())
+}
+
+/// restic on `repo` with the box's key; no cache (the next backup on another stick needs none).
+fn restic(repo: &Path, key: &Path) -> Tool {
+    Tool::new("restic").arg("--repo").arg(repo).arg("--password-file").arg(key).args(["--no-cache", "--quiet"])
+}
+
+/// restic's `backup --json` summary line.
+#[derive(Debug, Default, Deserialize)]
+struct Summary {
+    snapshot_id: String,
+    #[serde(default)]
+    total_files_processed: u64,
+    #[serde(default)]
+    total_bytes_processed: u64,
+    #[serde(default)]
+    data_added: u64,
+}
+
+fn to_repository(repo: &Path) -> Result<Summary> {
+    let key = ensure_key()?;
+    let parent = repo.parent().context("a repository has a parent")?;
+    fs_err::create_dir_all(parent)?;
+    // Beside the repository while a backup writes to it: found by the next one after a cut.
+    let marker = repo.with_extension("in-progress");
+    if marker.exists() {
+        say("backup: the last backup to this stick was interrupted (a power cut, or the stick pulled out); this one completes it");
+    }
+    if !repo.join("config").exists() {
+        // A repository without its config is one whose creation was cut short: nothing in it.
+        if repo.exists() {
+            fs_err::remove_dir_all(repo)?;
+        }
+        restic(repo, &key).describe("creating the backup repository on the stick").arg("init").run()?;
+    }
+    fs_err::write(&marker, b"")?;
+    fs_err::File::open(parent)?.sync_all()?;
+    let excluded = make_dumps(Path::new("/"))?;
+    // Locks a cut backup left: only this box writes to its repository, and one backup at a time.
+    restic(repo, &key).describe("removing the locks of an interrupted backup").args(["unlock", "--remove-all"]).run()?;
+    let sources: Vec<&str> = [VOLUMES, crate::format::stack::STACK_DATA, DUMPS].into_iter().filter(|p| Path::new(p).exists()).collect();
+    if sources.is_empty() {
+        bail!("this appliance has no application state to back up ({VOLUMES}, {}, {DUMPS})", crate::format::stack::STACK_DATA);
+    }
+    say("backup: writing the snapshot");
+    let mut t = restic(repo, &key).describe("writing the backup").args(["backup", "--json", "--tag", "outpost", "--host"]).arg(hostname());
+    // Podman's device node beside the volumes: made by podman on every box, not data.
+    t = t.arg("--exclude").arg(Path::new(VOLUMES).join(PODMAN_DEVICE));
+    for e in &excluded {
+        t = t.arg("--exclude").arg(e);
+    }
+    let out = t.args(&sources).output()?;
+    let summary = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "summary")
+        .and_then(|v| serde_json::from_value::<Summary>(v).ok())
+        .context("restic backup printed no summary")?;
+    fs_err::remove_file(&marker)?;
+    fs_err::File::open(parent)?.sync_all()?;
+    Ok(summary)
+}
+
+/// Every stack's `[[backup.dump]]` under `root`: `(stack, dump)`.
+fn dumps(root: &Path) -> Result<Vec<(String, Dump)>> {
+    let mut found = Vec::new();
+    for f in super::files_ending(&root.join(STACKS), 2, "stack.json")? {
+        let stack = f.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let spec: StackSpec = serde_json::from_slice(&fs_err::read(&f)?).with_context(|| format!("parsing {}", f.display()))?;
+        found.extend(spec.backup.into_iter().map(|d| (stack.clone(), d)));
+    }
+    Ok(found)
+}
+
+fn dump_file(stack: &str, service: &str) -> PathBuf {
+    Path::new(DUMPS).join(format!("{stack}-{service}.dump"))
+}
+
+/// Dumps each declared database with its own tool, in its running container; returns the
+/// volumes the dumps stand for (left out of the backup).
+fn make_dumps(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut excluded = Vec::new();
+    for (stack, d) in dumps(root)? {
+        let file = dump_file(&stack, &d.service);
+        fs_err::create_dir_all(Path::new(DUMPS))?;
+        let container = container_name(&stack, &d.service);
+        let started = Instant::now();
+        let partial = crate::files::partial(&file);
+        let out = fs_err::File::create(&partial)?;
+        Tool::new("podman").describe(format!("dumping service `{}` of stack `{stack}` for the backup", d.service)).arg("exec").arg(&container).args(&d.dump).run_with_files(None, Some(out.into()))?;
+        fs_err::File::open(&partial)?.sync_all()?;
+        fs_err::rename(&partial, &file)?;
+        say(&format!("backup: {stack}/{} dumped ({} KB) in {:.1} s", d.service, fs_err::metadata(&file)?.len() / 1000, started.elapsed().as_secs_f64()));
+        if let Some(v) = &d.volume {
+            excluded.push(Path::new(VOLUMES).join(volume_name(&stack, v)));
+        }
+    }
+    Ok(excluded)
+}
+
+/// `outpost restore`: the newest backup on a stick labelled OUTPOSTBACKUP (of `host`, or of the
+/// only box on it), read with `key_file`, in place of this box's application state: the stacks
+/// are stopped, the files put back, each declared database loaded from its dump into this box's
+/// own database (its own secrets stay), and the stacks started again.
+pub fn restore(key_file: &Path, host: Option<&str>) -> Result<()> {
+    let _one = super::lock(Path::new("/run/outpost/backup.lock"))?;
+    let key = fs_err::read_to_string(key_file).with_context(|| format!("reading the backup key from {}", key_file.display()))?;
+    if key.trim().is_empty() {
+        bail!("{} is empty: give the backup key shown at the first boot of the box whose backup this is", key_file.display());
+    }
+    let dev = STICK_LABELS
+        .iter()
+        .find_map(|l| super::wait_for(&Path::new("/dev/disk/by-label").join(l), Duration::from_secs(10)))
+        .with_context(|| format!("no USB stick labelled {} (or {} on FAT) is plugged in", STICK_LABELS[0], STICK_LABELS[1]))?;
+    let started_at = Instant::now();
+    mounted(&dev, false, |mnt| {
+        let repos = mnt.join(REPO_DIR);
+        let boxes: Vec<String> = fs_err::read_dir(&repos)
+            .with_context(|| format!("the stick has no {REPO_DIR} folder: it holds no outpost backup"))?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("config").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let from = match (host, boxes.as_slice()) {
+            (Some(h), _) if boxes.iter().any(|b| b == h) => h.to_string(),
+            (Some(h), _) => bail!("the stick holds no backup of `{h}`; it holds: {}", boxes.join(", ")),
+            (None, [one]) => one.clone(),
+            (None, []) => bail!("the stick holds no backup"),
+            (None, many) => bail!("the stick holds backups of several boxes ({}): name one with --host", many.join(", ")),
+        };
+        let repo = repos.join(&from);
+        let snaps = restic(&repo, key_file).describe("reading the backup's snapshots (is the key the one of that box?)").args(["--no-lock", "snapshots", "--json", "--latest", "1"]).output()?;
+        let latest: Vec<serde_json::Value> = serde_json::from_str(&snaps).context("parsing restic's list of snapshots")?;
+        let snap = latest.last().with_context(|| format!("the backup of `{from}` has no snapshot"))?;
+        let id = snap["short_id"].as_str().unwrap_or_default().to_string();
+        say(&format!("restore: snapshot {id} of {from} taken {}; stopping the applications", snap["time"].as_str().unwrap_or("?")));
+        let targets: Vec<String> = super::files_ending(&Path::new("/").join(STACKS), 2, "stack.json")?
+            .iter()
+            .filter_map(|f| f.parent().and_then(Path::file_name).map(|n| format!("outpost-stack-{}.target", n.to_string_lossy())))
+            .collect();
+        let units: Vec<String> = super::files_ending(&Path::new("/").join(STACKS), 2, ".run.json")?
+            .iter()
+            .filter_map(|f| {
+                let stack = f.parent().and_then(Path::file_name)?.to_string_lossy().into_owned();
+                let service = f.file_name()?.to_string_lossy().trim_end_matches(".run.json").to_string();
+                Some(service_unit(&stack, &service))
+            })
+            .collect();
+        Tool::new("systemctl").describe("stopping the applications").arg("stop").args(&targets).args(&units).run()?;
+        let restored = put_back(&repo, key_file, &from);
+        // The applications come back whatever happened: with the backup's data, or with their
+        // own when the restore failed (and says why).
+        let started = Tool::new("systemctl").describe("starting the applications").arg("start").args(&targets).run();
+        restored?;
+        started?;
+        say(&format!("restore: done in {:.0} s: snapshot {id} of {from}; the applications run with its data", started_at.elapsed().as_secs_f64()));
+        Ok(())
+    })
+}
+
+/// The snapshot's files, then each declared database loaded from its dump (its service started
+/// alone: its unit waits until it is healthy).
+fn put_back(repo: &Path, key_file: &Path, from: &str) -> Result<()> {
+    restic(repo, key_file).describe("restoring the backup's files").args(["--no-lock", "restore", "latest", "--target", "/", "--exclude"]).arg(Path::new(VOLUMES).join(PODMAN_DEVICE)).arg("--host").arg(from).run()?;
+    for (stack, d) in dumps(Path::new("/"))? {
+        let file = dump_file(&stack, &d.service);
+        if !file.exists() {
+            say(&format!("restore: the backup has no dump of {stack}/{}; its volume is this box's own", d.service));
+            continue;
+        }
+        // The database's service alone (its unit waits until it is healthy), then its dump.
+        Tool::new("systemctl").describe(format!("starting service `{}` of stack `{stack}`", d.service)).arg("start").arg(service_unit(&stack, &d.service)).run()?;
+        let loading = Instant::now();
+        Tool::new("podman")
+            .describe(format!("loading the dump of service `{}` of stack `{stack}`", d.service))
+            .args(["exec", "-i"])
+            .arg(container_name(&stack, &d.service))
+            .args(&d.restore)
+            .run_with_files(Some(fs_err::File::open(&file)?.into()), None)?;
+        say(&format!("restore: {stack}/{} loaded from its dump in {:.1} s", d.service, loading.elapsed().as_secs_f64()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_eight_groups_of_hex() {
+        let k = new_key().unwrap();
+        assert_eq!(k.len(), 71);
+        assert!(k.split('-').all(|g| g.len() == 8 && g.chars().all(|c| c.is_ascii_hexdigit())));
+        assert_ne!(k, new_key().unwrap());
+    }
+
+    #[test]
+    fn declared_dumps_are_found_in_the_stacks() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join(STACKS).join("orthanc-pacs");
+        fs_err::create_dir_all(&dir).unwrap();
+        let d = Dump { service: "postgres".into(), volume: Some("pgdata".into()), dump: vec!["pg_dump".into()], restore: vec!["pg_restore".into()] };
+        let spec = StackSpec { defaults: Default::default(), secrets: Default::default(), backup: vec![d.clone()] };
+        fs_err::write(dir.join("stack.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(dumps(t.path()).unwrap(), [("orthanc-pacs".to_string(), d)]);
+        assert_eq!(dump_file("orthanc-pacs", "postgres"), Path::new("/var/lib/outpost/backup/dumps/orthanc-pacs-postgres.dump"));
+    }
+}
