@@ -188,12 +188,22 @@ fn to_repository(repo: &Path) -> Result<Summary> {
     if marker.exists() {
         say("backup: the last backup to this stick was interrupted (a power cut, or the stick pulled out); this one completes it");
     }
-    if !repo.join("config").exists() {
-        // A repository without its config is one whose creation was cut short: nothing in it.
-        if repo.exists() {
-            fs_err::remove_dir_all(repo)?;
+    match repository_state(repo) {
+        Repository::Valid => {}
+        Repository::Empty => {
+            // A repository whose creation was cut short holds nothing yet: made again.
+            if repo.exists() {
+                fs_err::remove_dir_all(repo)?;
+            }
+            restic(repo, &key).describe("creating the backup repository on the stick").arg("init").run()?;
+            // On the stick before anything relies on it: a cut later in this backup must find a
+            // whole repository (FAT keeps what it was given in memory until told).
+            Tool::new("sync").describe("writing the new repository onto the stick").arg("-f").arg(parent).run()?;
         }
-        restic(repo, &key).describe("creating the backup repository on the stick").arg("init").run()?;
+        Repository::Damaged => bail!(
+            "the repository {} on the stick is damaged (its config file is empty or missing, but it holds snapshots): copy what is on the stick somewhere safe and use another stick for this box",
+            repo.display()
+        ),
     }
     fs_err::write(&marker, b"")?;
     fs_err::File::open(parent)?.sync_all()?;
@@ -221,6 +231,26 @@ fn to_repository(repo: &Path) -> Result<Summary> {
     fs_err::remove_file(&marker)?;
     fs_err::File::open(parent)?.sync_all()?;
     Ok(summary)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Repository {
+    Valid,
+    /// None, or one whose creation was cut before its config reached the stick, with no
+    /// snapshot: safe to make again.
+    Empty,
+    /// No usable config, but snapshots: not touched.
+    Damaged,
+}
+
+fn repository_state(repo: &Path) -> Repository {
+    let config = fs_err::metadata(repo.join("config")).map(|m| m.len() > 0).unwrap_or(false);
+    let snapshots = fs_err::read_dir(repo.join("snapshots")).map(|mut d| d.next().is_some()).unwrap_or(false);
+    match (config, snapshots) {
+        (true, _) => Repository::Valid,
+        (false, false) => Repository::Empty,
+        (false, true) => Repository::Damaged,
+    }
 }
 
 /// Every stack's `[[backup.dump]]` under `root`: `(stack, dump)`.
@@ -280,7 +310,7 @@ pub fn restore(key_file: &Path, host: Option<&str>) -> Result<()> {
         let boxes: Vec<String> = fs_err::read_dir(&repos)
             .with_context(|| format!("the stick has no {REPO_DIR} folder: it holds no outpost backup"))?
             .filter_map(Result::ok)
-            .filter(|e| e.path().join("config").exists())
+            .filter(|e| repository_state(&e.path()) == Repository::Valid)
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         let from = match (host, boxes.as_slice()) {
@@ -354,6 +384,20 @@ mod tests {
         assert_eq!(k.len(), 71);
         assert!(k.split('-').all(|g| g.len() == 8 && g.chars().all(|c| c.is_ascii_hexdigit())));
         assert_ne!(k, new_key().unwrap());
+    }
+
+    #[test]
+    fn a_repository_cut_at_its_creation_is_made_again_and_one_with_snapshots_never() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("clinic");
+        assert_eq!(repository_state(&repo), Repository::Empty);
+        fs_err::create_dir_all(repo.join("snapshots")).unwrap();
+        fs_err::write(repo.join("config"), b"").unwrap();
+        assert_eq!(repository_state(&repo), Repository::Empty);
+        fs_err::write(repo.join("snapshots/0123"), b"x").unwrap();
+        assert_eq!(repository_state(&repo), Repository::Damaged);
+        fs_err::write(repo.join("config"), b"encrypted config").unwrap();
+        assert_eq!(repository_state(&repo), Repository::Valid);
     }
 
     #[test]

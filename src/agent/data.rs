@@ -256,7 +256,9 @@ fn open_inner(root: &Path) -> Result<()> {
     fs_err::create_dir_all(WORK)?;
     // For `outpost status`: how the partition is protected and was opened at this boot.
     let opened = serde_json::json!({ "encrypted": unlock != Unlock::None, "unlock": unlock_name(unlock) });
-    fs_err::write(super::status::DATA_RUN_PATH, format!("{opened}\n"))?;
+    if let Err(e) = fs_err::write(super::status::DATA_RUN_PATH, format!("{opened}\n")) {
+        console(&format!("the data partition's state was not written for the status: {e}"));
+    }
     crate::files::remove_if_exists(Path::new(VOLUME_LINK))?;
     std::os::unix::fs::symlink(&volume, VOLUME_LINK).with_context(|| format!("linking {VOLUME_LINK}"))?;
     Ok(())
