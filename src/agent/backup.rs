@@ -196,9 +196,6 @@ fn to_repository(repo: &Path) -> Result<Summary> {
                 fs_err::remove_dir_all(repo)?;
             }
             restic(repo, &key).describe("creating the backup repository on the stick").arg("init").run()?;
-            // On the stick before anything relies on it: a cut later in this backup must find a
-            // whole repository (FAT keeps what it was given in memory until told).
-            Tool::new("sync").describe("writing the new repository onto the stick").arg("-f").arg(parent).run()?;
         }
         Repository::Damaged => bail!(
             "the repository {} on the stick is damaged (its config file is empty or missing, but it holds snapshots): copy what is on the stick somewhere safe and use another stick for this box",
@@ -206,7 +203,9 @@ fn to_repository(repo: &Path) -> Result<Summary> {
         ),
     }
     fs_err::write(&marker, b"")?;
-    fs_err::File::open(parent)?.sync_all()?;
+    // The marker and a new repository on the stick before anything relies on them: a cut later
+    // in this backup must find both whole (FAT keeps what it was given in memory until told).
+    Tool::new("sync").describe("writing the repository's state onto the stick").arg("-f").arg(parent).run()?;
     let excluded = make_dumps(Path::new("/"))?;
     // Locks a cut backup left: only this box writes to its repository, and one backup at a time.
     restic(repo, &key).describe("removing the locks of an interrupted backup").args(["unlock", "--remove-all"]).run()?;
