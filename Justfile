@@ -13,6 +13,10 @@ test:
 boot-test:
     cargo test --release -- --ignored
 
+# The scenarios too long for CI's budget (src/e2e/scenarios.rs, LONG): update-rollback
+long-scenarios:
+    OUTPOST_E2E_LONG=1 cargo test --release --test e2e -- --include-ignored scenario::update-rollback
+
 # One end-to-end test alone, e.g. `just e2e scenario::encryption` (`just e2e images::` for all
 # reproducibility tests)
 e2e name:

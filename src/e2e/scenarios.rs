@@ -13,9 +13,17 @@ pub struct Scenario {
     /// `images/NAME.toml`'s NAME.
     pub image: String,
     pub installs: bool,
-    /// Needs an archive CI cannot count on (the Ubuntu archive).
-    pub needs: Option<String>,
+    /// Runs only where this variable is set, and why: an archive CI cannot count on (the Ubuntu
+    /// archive), or a series too long for CI's budget (a `just` recipe runs it).
+    pub needs: Option<(&'static str, String)>,
 }
+
+/// Scenarios too long for CI's 2-core TCG budget, and what they cost there: run by
+/// `just long-scenarios`. What they check that no CI scenario does is said here.
+const LONG: &[(&str, &str)] = &[(
+    "update-rollback",
+    "19 minutes of boots under TCG (a release that never becomes healthy is tried three times, then rolled back; secure-boot checks the update path and `just update-cuts` cuts during its write)",
+)];
 
 /// Every scenario file, in name order.
 pub fn all() -> Vec<Scenario> {
@@ -34,12 +42,15 @@ pub fn all() -> Vec<Scenario> {
             let image_rel = v["image"].as_str().unwrap_or_else(|| panic!("{}: no `image`", path.display()));
             let image = Path::new(image_rel).file_stem().expect("an image file name").to_string_lossy().into_owned();
             let image_text = fs_err::read_to_string(dir.join(image_rel)).unwrap_or_else(|e| panic!("reading {image_rel}: {e}"));
-            let needs = image_text
-                .lines()
-                .any(|l| l.replace(' ', "") == "distro=\"ubuntu\"")
-                .then(|| "the Ubuntu archive (set OUTPOST_E2E_UBUNTU=1 where it answers)".to_string());
+            let stem = path.file_stem().expect("a file name").to_string_lossy().into_owned();
+            let ubuntu = image_text.lines().any(|l| l.replace(' ', "") == "distro=\"ubuntu\"");
+            let needs = if ubuntu {
+                Some(("OUTPOST_E2E_UBUNTU", "the Ubuntu archive (set OUTPOST_E2E_UBUNTU=1 where it answers)".to_string()))
+            } else {
+                LONG.iter().find(|(s, _)| *s == stem).map(|(_, why)| ("OUTPOST_E2E_LONG", format!("{why} (OUTPOST_E2E_LONG=1; `just long-scenarios`)")))
+            };
             Scenario {
-                stem: path.file_stem().expect("a file name").to_string_lossy().into_owned(),
+                stem,
                 installs: v.get("install").is_some(),
                 path,
                 image,
