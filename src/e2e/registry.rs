@@ -79,7 +79,8 @@ pub fn pacs_pulled_by_digest() {
     fs_err::write(&layer_toml, original.replace(nginx_tail, &format!("[containers.pacs-nginx]\nref = \"{upstream}\"\n"))).expect("writing the layer");
     let out = t.join("out-pulled");
     let pulled = build_env(&support::shared_cache(), &image, &out, &[("OUTPOST_REGISTRIES_CONF", conf.as_os_str())]);
-    assert_eq!(names(&pulled["built_layers"]), ["orthanc-pacs"]);
+    // The layer with the container, and the one above it (backup).
+    assert_eq!(names(&pulled["built_layers"]), ["orthanc-pacs", "backup"]);
     let manifest = support::read_json(&out.join("manifest.json"));
     let nginx = manifest["containers"].as_array().expect("containers").iter().find(|c| c["name"] == "pacs-nginx").expect("pacs-nginx").clone();
     assert_eq!(nginx["digest"], nginx_digest.as_str());
