@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::say;
-use crate::format::stack::{Dump, STACKS, StackSpec, container_name, service_unit, volume_name};
+use crate::format::stack::{Dump, STACKS, StackSpec, container_name, service_unit, target_unit, volume_name};
 use crate::tool::Tool;
 
 /// The backup key (restic's repository password), on the encrypted data partition.
@@ -88,29 +88,18 @@ pub fn stick(dev: &Path) -> Result<()> {
     say(&format!("backup: started to the USB stick {}; leave it plugged in until this says done", dev.display()));
     let started = Instant::now();
     let r = mounted(dev, true, |mnt| to_repository(&mnt.join(REPO_DIR).join(hostname())));
-    let report = match &r {
-        Ok(s) => Report {
-            ok: true,
-            target: "usb".into(),
-            finished: crate::files::unix_now(),
-            seconds: started.elapsed().as_secs_f64(),
-            snapshot: Some(s.snapshot_id.clone()),
-            files: s.total_files_processed,
-            bytes: s.total_bytes_processed,
-            bytes_added: s.data_added,
-            error: None,
-        },
-        Err(e) => Report {
-            ok: false,
-            target: "usb".into(),
-            finished: crate::files::unix_now(),
-            seconds: started.elapsed().as_secs_f64(),
-            snapshot: None,
-            files: 0,
-            bytes: 0,
-            bytes_added: 0,
-            error: Some(format!("{e:#}")),
-        },
+    let none = Summary::default();
+    let s = r.as_ref().unwrap_or(&none);
+    let report = Report {
+        ok: r.is_ok(),
+        target: "usb".into(),
+        finished: crate::files::unix_now(),
+        seconds: started.elapsed().as_secs_f64(),
+        snapshot: r.as_ref().ok().map(|s| s.snapshot_id.clone()),
+        files: s.total_files_processed,
+        bytes: s.total_bytes_processed,
+        bytes_added: s.data_added,
+        error: r.as_ref().err().map(|e| format!("{e:#}")),
     };
     let text = serde_json::to_vec_pretty(&report)?;
     crate::files::atomic_write(Path::new(super::status::LAST_BACKUP_PATH), |f| Ok(std::io::Write::write_all(f, &text)?))?;
@@ -325,18 +314,10 @@ pub fn restore(key_file: &Path, host: Option<&str>) -> Result<()> {
         let snap = latest.last().with_context(|| format!("the backup of `{from}` has no snapshot"))?;
         let id = snap["short_id"].as_str().unwrap_or_default().to_string();
         say(&format!("restore: snapshot {id} of {from} taken {}; stopping the applications", snap["time"].as_str().unwrap_or("?")));
-        let targets: Vec<String> = super::files_ending(&Path::new("/").join(STACKS), 2, "stack.json")?
-            .iter()
-            .filter_map(|f| f.parent().and_then(Path::file_name).map(|n| format!("outpost-stack-{}.target", n.to_string_lossy())))
-            .collect();
-        let units: Vec<String> = super::files_ending(&Path::new("/").join(STACKS), 2, ".run.json")?
-            .iter()
-            .filter_map(|f| {
-                let stack = f.parent().and_then(Path::file_name)?.to_string_lossy().into_owned();
-                let service = f.file_name()?.to_string_lossy().trim_end_matches(".run.json").to_string();
-                Some(service_unit(&stack, &service))
-            })
-            .collect();
+        let services = super::stack::services(Path::new("/"))?;
+        let mut targets: Vec<String> = services.iter().map(|(stack, _, _)| target_unit(stack)).collect();
+        targets.dedup();
+        let units: Vec<String> = services.iter().map(|(stack, service, _)| service_unit(stack, service)).collect();
         Tool::new("systemctl").describe("stopping the applications").arg("stop").args(&targets).args(&units).run()?;
         let restored = put_back(&repo, key_file, &from);
         // The applications come back whatever happened: with the backup's data, or with their

@@ -53,16 +53,26 @@ fn ensure_tls() -> Result<bool> {
     Ok(c.made)
 }
 
+/// Every service of every stack in the image under `root`: `(stack, service, its run
+/// specification)`, in name order.
+pub fn services(root: &Path) -> Result<Vec<(String, String, PathBuf)>> {
+    let mut found = Vec::new();
+    for path in super::files_ending(&root.join(crate::format::stack::STACKS), 2, ".run.json")? {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (Some(service), Some(stack)) = (name.strip_suffix(".run.json"), path.parent().and_then(Path::file_name)) else { continue };
+        found.push((stack.to_string_lossy().into_owned(), service.to_string(), path.clone()));
+    }
+    Ok(found)
+}
+
 /// The units of the services that serve the box's certificate, from the run specifications
 /// under `root`.
 pub fn tls_units(root: &Path) -> Result<Vec<String>> {
     let mut units = Vec::new();
-    for path in super::files_ending(&root.join(crate::format::stack::STACKS), 2, ".run.json")? {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let (Some(service), Some(stack)) = (name.strip_suffix(".run.json"), path.parent().and_then(Path::file_name)) else { continue };
+    for (stack, service, path) in services(root)? {
         let run: RunSpec = serde_json::from_slice(&fs_err::read(&path)?).with_context(|| format!("parsing {}", path.display()))?;
         if run.tls {
-            units.push(crate::format::stack::service_unit(&stack.to_string_lossy(), service));
+            units.push(crate::format::stack::service_unit(&stack, &service));
         }
     }
     Ok(units)

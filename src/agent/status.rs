@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::files::{atomic_write, unix_now};
-use crate::format::stack::{STACKS, service_unit};
+use crate::format::stack::service_unit;
 use crate::format::update::{RELEASE_PATH, STATUS_RUN_PATH};
 
 /// Kept on the data partition: the running boot's record, and the cuts counted so far.
@@ -149,15 +149,15 @@ pub fn collect(root: &Path) -> Status {
     let json = |p: &str| fs_err::read(at(p)).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).unwrap_or(Value::Null);
     let uptime = text("/proc/uptime").split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let secure_boot = fs_err::read(at("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")).ok().and_then(|b| b.get(4).map(|v| *v == 1));
-    let stacks = stack_services(&at(STACKS));
-    let states = unit_states(&stacks.iter().map(|(_, _, u)| u.clone()).collect::<Vec<_>>());
+    let units: Vec<(String, String, String)> = super::stack::services(root).unwrap_or_default().into_iter().map(|(stack, service, _)| (service_unit(&stack, &service), stack, service)).collect();
+    let states = unit_states(&units.iter().map(|(unit, _, _)| unit.clone()).collect::<Vec<_>>());
     Status {
         hostname: text("/proc/sys/kernel/hostname"),
         release: json(RELEASE_PATH),
         uptime_seconds: uptime,
         system: super::system_state(),
         failed_units: super::units_in_state("failed"),
-        stacks: stacks.into_iter().zip(states).map(|((stack, service, unit), state)| Service { stack, service, unit, state }).collect(),
+        stacks: units.into_iter().zip(states).map(|((unit, stack, service), state)| Service { stack, service, unit, state }).collect(),
         filesystems: ["/", "/var"].iter().filter_map(|m| filesystem(&at(m), m)).collect(),
         data: json(DATA_RUN_PATH),
         tpm: at("/sys/class/tpm/tpm0").exists(),
@@ -204,19 +204,6 @@ pub fn metrics(s: &Status) -> String {
         metric("last_backup_timestamp_seconds", "When the last backup finished.", "gauge", &[(String::new(), t as f64)]);
     }
     m
-}
-
-/// `(stack, service, unit)` for every service of every stack in the image.
-fn stack_services(stacks: &Path) -> Vec<(String, String, String)> {
-    let mut found = Vec::new();
-    for f in super::files_ending(stacks, 2, ".run.json").unwrap_or_default() {
-        let stack = f.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let service = name.trim_end_matches(".run.json").to_string();
-        let unit = service_unit(&stack, &service);
-        found.push((stack, service, unit));
-    }
-    found
 }
 
 /// `ActiveState` of each unit, in order ("unknown" where systemctl does not answer).

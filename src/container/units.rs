@@ -36,9 +36,7 @@ pub fn service_address(stack: &Stack, service: &str) -> String {
     format!("10.89.{}.{}", stack_subnet(&stack.name), 10 + i)
 }
 
-pub fn target_unit(stack: &str) -> String {
-    format!("outpost-stack-{stack}.target")
-}
+pub use crate::format::stack::target_unit;
 
 /// The container a compose `image:` names: by container name or by its reference.
 pub fn find_image<'a>(plan: &'a BuildPlan, image: &str) -> Option<&'a Container> {

@@ -35,6 +35,11 @@ pub fn service_unit(stack: &str, service: &str) -> String {
     format!("outpost-{stack}-{service}.service")
 }
 
+/// The systemd target that starts and stops a whole stack.
+pub fn target_unit(stack: &str) -> String {
+    format!("outpost-stack-{stack}.target")
+}
+
 /// The podman container of a stack's service.
 pub fn container_name(stack: &str, service: &str) -> String {
     format!("{stack}-{service}")
