@@ -178,17 +178,26 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
-    /// Restore the newest backup on a USB stick labelled OUTPOSTBACKUP onto this appliance:
+    /// Restore the newest backup on a USB stick labelled OUTPOSTBACKUP (or the site's backup
+    /// server) onto this appliance:
     /// its stacks run with that data, under this box's own keys (runs inside the appliance)
     #[command(hide = true)]
     Restore {
         /// A file holding the backup key shown at the first boot of the box that made it
         #[arg(long)]
         key_file: PathBuf,
-        /// Which box's backup, when the stick holds several
+        /// Which box's backup, when the stick holds several (on the server: this box's name)
         #[arg(long)]
         host: Option<String>,
+        /// From the backup server in the site settings, not a USB stick
+        #[arg(long)]
+        server: bool,
     },
+    /// The stand-in HTTP servers of `outpost test` (the instance metadata service, the status
+    /// receiver): one request on standard input, its answer on standard output; QEMU starts it
+    /// for each connection
+    #[command(hide = true)]
+    TestHttpServer { dir: PathBuf },
     /// The appliance's state as JSON or Prometheus metrics (runs inside the appliance)
     #[command(hide = true)]
     Status {
@@ -233,6 +242,9 @@ pub enum SeedCommand {
         #[arg(long)]
         device: Option<PathBuf>,
     },
+    /// On a cloud instance given no site: the settings of the instance metadata service, once
+    /// the network is up
+    Cloud,
     /// Check the site's static network settings; fall back to DHCP when they give no connectivity
     CheckNetwork {
         /// Seconds to wait for the addresses to come up
@@ -297,10 +309,12 @@ pub enum BackupCommand {
         /// The stick's block device
         device: PathBuf,
     },
-    /// Check this box's backup repository on a USB stick (restic check)
+    /// Back up to the site's backup server (started daily by the site's timer)
+    Server,
+    /// Check this box's backup repository on a USB stick, or on the site's server (restic check)
     Check {
-        /// The stick's block device
-        device: PathBuf,
+        /// The stick's block device; without it, the site's server
+        device: Option<PathBuf>,
     },
 }
 
@@ -316,6 +330,8 @@ pub enum StatusCommand {
     /// Write status.json and metrics into a directory (the status page's) and note that this
     /// boot is alive
     Write { dir: PathBuf },
+    /// Send the status to the URL of the site settings (`[status] push`)
+    Push,
     /// At boot: count a power cut if the previous boot ended without a shutdown
     Boot,
     /// At a clean shutdown: note that this boot ended cleanly

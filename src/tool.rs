@@ -55,6 +55,7 @@ pub const HOST_TOOLS: &[HostTool] = &[
     HostTool { program: "curl", package: "curl", why: "HTTPS checks of `outpost test` (`tls-name`), trusting only the deployment CA" },
     HostTool { program: "qemu-io", package: "qemu-utils", why: "changing a byte of a test guest's disk in `outpost test`" },
     HostTool { program: "ssh", package: "openssh-client", why: "logging in to test guests in `outpost test`" },
+    HostTool { program: "/usr/sbin/sshd", package: "openssh-server", why: "the SFTP backup server of `outpost test` scenarios with `backup-server`" },
     HostTool { program: "sgdisk", package: "gdisk", why: "checking partition tables in the test suite" },
     HostTool { program: "qemu-system-x86_64", package: "qemu-system-x86", why: "booting images in `outpost test`" },
     HostTool { program: "swtpm", package: "swtpm", why: "a software TPM 2.0 for test guests in `outpost test`" },

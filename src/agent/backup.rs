@@ -28,6 +28,10 @@ pub const STICK_LABELS: [&str; 2] = ["OUTPOSTBACKUP", "OUTPOSTBKUP"];
 /// On a stick: `outpost-backup/HOST` is one box's repository.
 const REPO_DIR: &str = "outpost-backup";
 const MOUNT: &str = "/run/outpost/backup-stick";
+/// This box's SSH key for the site's backup server, and the server's host key once seen.
+pub const SSH_DIR: &str = "/var/lib/outpost/backup/ssh";
+/// One backup or restore at a time.
+const LOCK: &str = "/run/outpost/backup.lock";
 const VOLUMES: &str = "/var/lib/containers/storage/volumes";
 /// A device node podman makes beside the volumes on every box: not data, and not restorable
 /// over the one the new box has.
@@ -84,15 +88,31 @@ pub fn write_key(path: &Path, key: &str) -> Result<()> {
 
 /// `outpost backup stick DEV` (udev, when a stick labelled OUTPOSTBACKUP is plugged in).
 pub fn stick(dev: &Path) -> Result<()> {
-    let _one = super::lock(Path::new("/run/outpost/backup.lock"))?;
+    let _one = super::lock(Path::new(LOCK))?;
     say(&format!("backup: started to the USB stick {}; leave it plugged in until this says done", dev.display()));
+    reported("usb", "; the stick can be unplugged", || mounted(dev, true, |mnt| to_stick(&mnt.join(REPO_DIR).join(hostname()))))
+}
+
+/// `outpost backup server` (the site's daily timer): to the site's backup server.
+pub fn server() -> Result<()> {
+    let _one = super::lock(Path::new(LOCK))?;
+    let place = site_server(&hostname())?;
+    reported("server", "", || {
+        let key = ensure_key()?;
+        place.ensure_repository(&key)?;
+        snapshot(&place, &key)
+    })
+}
+
+/// Runs a backup, keeps its report for the status and says how it went.
+fn reported(target: &str, after: &str, backup: impl FnOnce() -> Result<Summary>) -> Result<()> {
     let started = Instant::now();
-    let r = mounted(dev, true, |mnt| to_repository(&mnt.join(REPO_DIR).join(hostname())));
+    let r = backup();
     let none = Summary::default();
     let s = r.as_ref().unwrap_or(&none);
     let report = Report {
         ok: r.is_ok(),
-        target: "usb".into(),
+        target: target.into(),
         finished: crate::files::unix_now(),
         seconds: started.elapsed().as_secs_f64(),
         snapshot: r.as_ref().ok().map(|s| s.snapshot_id.clone()),
@@ -106,7 +126,7 @@ pub fn stick(dev: &Path) -> Result<()> {
     match r {
         Ok(s) => {
             say(&format!(
-                "backup: done in {:.0} s: snapshot {} ({} files, {} MB, {} MB new); the stick can be unplugged",
+                "backup: done in {:.0} s: snapshot {} ({} files, {} MB, {} MB new){after}",
                 report.seconds,
                 &s.snapshot_id[..s.snapshot_id.len().min(8)],
                 s.total_files_processed,
@@ -116,19 +136,26 @@ pub fn stick(dev: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            say(&format!("backup: FAILED: {e:#}; the stick can be unplugged"));
+            say(&format!("backup: FAILED: {e:#}{after}"));
             Err(e)
         }
     }
 }
 
-/// `outpost backup check DEV`: restic's check of this box's repository on a stick.
-pub fn check(dev: &Path) -> Result<()> {
+/// `outpost backup check [DEV]`: restic's check of this box's repository on a stick, or on the
+/// site's server.
+pub fn check(dev: Option<&Path>) -> Result<()> {
     let key = ensure_key()?;
+    let Some(dev) = dev else {
+        let place = site_server(&hostname())?;
+        place.restic(&key).describe("checking the backup repository on the server").arg("check").run()?;
+        say(&format!("backup: the repository {} is valid", place.name()));
+        return Ok(());
+    };
     mounted(dev, false, |mnt| {
         let repo = mnt.join(REPO_DIR).join(hostname());
         // Read-only: the stick is mounted so, and restic takes no lock.
-        restic(&repo, &key).describe("checking the backup repository").args(["--no-lock", "check"]).run()?;
+        Place::Stick(repo.clone()).restic(&key).describe("checking the backup repository").args(["--no-lock", "check"]).run()?;
         say(&format!("backup: the repository {} on the stick is valid", repo.strip_prefix(mnt).unwrap_or(&repo).display()));
         Ok(())
     })
@@ -151,9 +178,81 @@ fn hostname() -> String {
     fs_err::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "outpost".into())
 }
 
-/// restic on `repo` with the box's key; no cache (the next backup on another stick needs none).
-fn restic(repo: &Path, key: &Path) -> Tool {
-    Tool::new("restic").arg("--repo").arg(repo).arg("--password-file").arg(key).args(["--no-cache", "--quiet"])
+/// Where a box's backups are: a repository on a mounted stick, or on the site's server.
+enum Place {
+    Stick(PathBuf),
+    /// restic's `sftp:USER@HOST:PATH` and the ssh command that reaches it.
+    Server { repo: String, ssh: String, url: String },
+}
+
+impl Place {
+    /// restic on this repository with `key`; no cache (the next backup on another stick needs
+    /// none, and a server's index is small).
+    fn restic(&self, key: &Path) -> Tool {
+        let t = Tool::new("restic").arg("--password-file").arg(key).args(["--no-cache", "--quiet", "--repo"]);
+        match self {
+            Place::Stick(repo) => t.arg(repo),
+            Place::Server { repo, ssh, .. } => t.arg(repo).arg("-o").arg(format!("sftp.command={ssh}")),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Place::Stick(repo) => repo.display().to_string(),
+            Place::Server { url, .. } => url.clone(),
+        }
+    }
+
+    /// A server's repository, made the first time: restic reads its config, or creates it when
+    /// there is none (and says both when neither works: a wrong key, a refused login).
+    fn ensure_repository(&self, key: &Path) -> Result<()> {
+        let Err(read) = self.restic(key).describe("opening the backup repository on the server").args(["cat", "config"]).output() else {
+            return Ok(());
+        };
+        say(&format!("backup: no repository at {} yet; creating it", self.name()));
+        self.restic(key).describe("creating the backup repository on the server").arg("init").run().map_err(|e| anyhow::anyhow!("{e}\n(before that, {read})"))?;
+        Ok(())
+    }
+}
+
+/// The site's backup server for the box `host`, and this box's SSH key for it (made the first
+/// time, shown on the console each time so that the server's administrator can allow it).
+fn site_server(host: &str) -> Result<Place> {
+    let text = fs_err::read_to_string(Path::new("/").join(super::site::APPLIED)).context("this box has no site settings, so no backup server")?;
+    let site = crate::spec::Site::parse(Path::new(super::site::APPLIED), &text)?;
+    let b = site.backup.context("the site settings name no backup server (`[backup] server = \"sftp://...\"`)")?;
+    let srv = crate::spec::BackupServer::parse(&b.server).map_err(anyhow::Error::msg)?;
+    let dir = Path::new(SSH_DIR);
+    let id = dir.join("id_ed25519");
+    if !id.exists() {
+        let partial = crate::files::partial(dir);
+        crate::files::remove_if_exists(&partial)?;
+        fs_err::create_dir_all(&partial)?;
+        Tool::new("ssh-keygen").describe("making this box's SSH key for the backup server").args(["-q", "-t", "ed25519", "-N", "", "-C"]).arg(format!("outpost-backup@{}", hostname())).arg("-f").arg(partial.join("id_ed25519")).run()?;
+        crate::files::remove_if_exists(dir)?;
+        fs_err::rename(&partial, dir)?;
+    }
+    let public = fs_err::read_to_string(dir.join("id_ed25519.pub"))?.trim().to_string();
+    let known = dir.join("known_hosts");
+    let checking = match &b.host_key {
+        Some(k) => {
+            let name = if srv.port == 22 { srv.host.clone() } else { format!("[{}]:{}", srv.host, srv.port) };
+            fs_err::write(dir.join("site_known_hosts"), format!("{name} {k}\n"))?;
+            format!("-o UserKnownHostsFile={}/site_known_hosts -o StrictHostKeyChecking=yes", dir.display())
+        }
+        // The key the server shows the first time is kept, and required from then on.
+        None => format!("-o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new", known.display()),
+    };
+    let ssh = format!(
+        "ssh -i {} {checking} -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -p {} {}@{} -s sftp",
+        id.display(),
+        srv.port,
+        srv.user,
+        srv.host
+    );
+    let url = format!("{}/{host}", b.server.trim_end_matches('/'));
+    say(&format!("backup: the server is {url}; this box logs in to it as {public}"));
+    Ok(Place::Server { repo: format!("sftp:{}@{}:{}/{host}", srv.user, srv.host, srv.path), ssh, url })
 }
 
 /// restic's `backup --json` summary line.
@@ -168,7 +267,8 @@ struct Summary {
     data_added: u64,
 }
 
-fn to_repository(repo: &Path) -> Result<Summary> {
+/// A backup to the repository `repo` on a mounted stick.
+fn to_stick(repo: &Path) -> Result<Summary> {
     let key = ensure_key()?;
     let parent = repo.parent().context("a repository has a parent")?;
     fs_err::create_dir_all(parent)?;
@@ -177,6 +277,7 @@ fn to_repository(repo: &Path) -> Result<Summary> {
     if marker.exists() {
         say("backup: the last backup to this stick was interrupted (a power cut, or the stick pulled out); this one completes it");
     }
+    let place = Place::Stick(repo.to_path_buf());
     match repository_state(repo) {
         Repository::Valid => {}
         Repository::Empty => {
@@ -184,7 +285,7 @@ fn to_repository(repo: &Path) -> Result<Summary> {
             if repo.exists() {
                 fs_err::remove_dir_all(repo)?;
             }
-            restic(repo, &key).describe("creating the backup repository on the stick").arg("init").run()?;
+            place.restic(&key).describe("creating the backup repository on the stick").arg("init").run()?;
         }
         Repository::Damaged => bail!(
             "the repository {} on the stick is damaged (its config file is empty or missing, but it holds snapshots): copy what is on the stick somewhere safe and use another stick for this box",
@@ -195,30 +296,34 @@ fn to_repository(repo: &Path) -> Result<Summary> {
     // The marker and a new repository on the stick before anything relies on them: a cut later
     // in this backup must find both whole (FAT keeps what it was given in memory until told).
     Tool::new("sync").describe("writing the repository's state onto the stick").arg("-f").arg(parent).run()?;
+    let summary = snapshot(&place, &key)?;
+    fs_err::remove_file(&marker)?;
+    fs_err::File::open(parent)?.sync_all()?;
+    Ok(summary)
+}
+
+/// The databases dumped, then one snapshot of the application state into `place`'s repository.
+fn snapshot(place: &Place, key: &Path) -> Result<Summary> {
     let excluded = make_dumps(Path::new("/"))?;
     // Locks a cut backup left: only this box writes to its repository, and one backup at a time.
-    restic(repo, &key).describe("removing the locks of an interrupted backup").args(["unlock", "--remove-all"]).run()?;
+    place.restic(key).describe("removing the locks of an interrupted backup").args(["unlock", "--remove-all"]).run()?;
     let sources: Vec<&str> = [VOLUMES, crate::format::stack::STACK_DATA, DUMPS].into_iter().filter(|p| Path::new(p).exists()).collect();
     if sources.is_empty() {
         bail!("this appliance has no application state to back up ({VOLUMES}, {}, {DUMPS})", crate::format::stack::STACK_DATA);
     }
     say("backup: writing the snapshot");
-    let mut t = restic(repo, &key).describe("writing the backup").args(["backup", "--json", "--tag", "outpost", "--host"]).arg(hostname());
+    let mut t = place.restic(key).describe("writing the backup").args(["backup", "--json", "--tag", "outpost", "--host"]).arg(hostname());
     // Podman's device node beside the volumes: made by podman on every box, not data.
     t = t.arg("--exclude").arg(Path::new(VOLUMES).join(PODMAN_DEVICE));
     for e in &excluded {
         t = t.arg("--exclude").arg(e);
     }
     let out = t.args(&sources).output()?;
-    let summary = out
-        .lines()
+    out.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["message_type"] == "summary")
         .and_then(|v| serde_json::from_value::<Summary>(v).ok())
-        .context("restic backup printed no summary")?;
-    fs_err::remove_file(&marker)?;
-    fs_err::File::open(parent)?.sync_all()?;
-    Ok(summary)
+        .context("restic backup printed no summary")
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -278,21 +383,26 @@ fn make_dumps(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(excluded)
 }
 
-/// `outpost restore`: the newest backup on a stick labelled OUTPOSTBACKUP (of `host`, or of the
-/// only box on it), read with `key_file`, in place of this box's application state: the stacks
-/// are stopped, the files put back, each declared database loaded from its dump into this box's
+/// `outpost restore`: the newest backup of `host` (or of the only box on the stick; of this
+/// box's name on the server) from a stick labelled OUTPOSTBACKUP or from the site's backup
+/// server, read with `key_file`, in place of this box's application state: the stacks are
+/// stopped, the files put back, each declared database loaded from its dump into this box's
 /// own database (its own secrets stay), and the stacks started again.
-pub fn restore(key_file: &Path, host: Option<&str>) -> Result<()> {
-    let _one = super::lock(Path::new("/run/outpost/backup.lock"))?;
+pub fn restore(key_file: &Path, host: Option<&str>, from_server: bool) -> Result<()> {
+    let _one = super::lock(Path::new(LOCK))?;
     let key = fs_err::read_to_string(key_file).with_context(|| format!("reading the backup key from {}", key_file.display()))?;
     if key.trim().is_empty() {
         bail!("{} is empty: give the backup key shown at the first boot of the box whose backup this is", key_file.display());
+    }
+    let started = Instant::now();
+    if from_server {
+        let from = host.map(str::to_string).unwrap_or_else(hostname);
+        return restore_from(&site_server(&from)?, key_file, &from, started);
     }
     let dev = STICK_LABELS
         .iter()
         .find_map(|l| super::wait_for(&Path::new("/dev/disk/by-label").join(l), Duration::from_secs(10)))
         .with_context(|| format!("no USB stick labelled {} (or {} on FAT) is plugged in", STICK_LABELS[0], STICK_LABELS[1]))?;
-    let started_at = Instant::now();
     mounted(&dev, false, |mnt| {
         let repos = mnt.join(REPO_DIR);
         let boxes: Vec<String> = fs_err::read_dir(&repos)
@@ -308,32 +418,36 @@ pub fn restore(key_file: &Path, host: Option<&str>) -> Result<()> {
             (None, []) => bail!("the stick holds no backup"),
             (None, many) => bail!("the stick holds backups of several boxes ({}): name one with --host", many.join(", ")),
         };
-        let repo = repos.join(&from);
-        let snaps = restic(&repo, key_file).describe("reading the backup's snapshots (is the key the one of that box?)").args(["--no-lock", "snapshots", "--json", "--latest", "1"]).output()?;
-        let latest: Vec<serde_json::Value> = serde_json::from_str(&snaps).context("parsing restic's list of snapshots")?;
-        let snap = latest.last().with_context(|| format!("the backup of `{from}` has no snapshot"))?;
-        let id = snap["short_id"].as_str().unwrap_or_default().to_string();
-        say(&format!("restore: snapshot {id} of {from} taken {}; stopping the applications", snap["time"].as_str().unwrap_or("?")));
-        let services = super::stack::services(Path::new("/"))?;
-        let mut targets: Vec<String> = services.iter().map(|(stack, _, _)| target_unit(stack)).collect();
-        targets.dedup();
-        let units: Vec<String> = services.iter().map(|(stack, service, _)| service_unit(stack, service)).collect();
-        Tool::new("systemctl").describe("stopping the applications").arg("stop").args(&targets).args(&units).run()?;
-        let restored = put_back(&repo, key_file, &from);
-        // The applications come back whatever happened: with the backup's data, or with their
-        // own when the restore failed (and says why).
-        let started = Tool::new("systemctl").describe("starting the applications").arg("start").args(&targets).run();
-        restored?;
-        started?;
-        say(&format!("restore: done in {:.0} s: snapshot {id} of {from}; the applications run with its data", started_at.elapsed().as_secs_f64()));
-        Ok(())
+        restore_from(&Place::Stick(repos.join(&from)), key_file, &from, started)
     })
+}
+
+/// The restore of `from`'s newest snapshot in `place`, with the applications stopped.
+fn restore_from(place: &Place, key_file: &Path, from: &str, started_at: Instant) -> Result<()> {
+    let snaps = place.restic(key_file).describe("reading the backup's snapshots (is the key the one of that box?)").args(["--no-lock", "snapshots", "--json", "--latest", "1"]).output()?;
+    let latest: Vec<serde_json::Value> = serde_json::from_str(&snaps).context("parsing restic's list of snapshots")?;
+    let snap = latest.last().with_context(|| format!("the backup of `{from}` has no snapshot"))?;
+    let id = snap["short_id"].as_str().unwrap_or_default().to_string();
+    say(&format!("restore: snapshot {id} of {from} taken {}; stopping the applications", snap["time"].as_str().unwrap_or("?")));
+    let services = super::stack::services(Path::new("/"))?;
+    let mut targets: Vec<String> = services.iter().map(|(stack, _, _)| target_unit(stack)).collect();
+    targets.dedup();
+    let units: Vec<String> = services.iter().map(|(stack, service, _)| service_unit(stack, service)).collect();
+    Tool::new("systemctl").describe("stopping the applications").arg("stop").args(&targets).args(&units).run()?;
+    let restored = put_back(place, key_file, from);
+    // The applications come back whatever happened: with the backup's data, or with their
+    // own when the restore failed (and says why).
+    let started = Tool::new("systemctl").describe("starting the applications").arg("start").args(&targets).run();
+    restored?;
+    started?;
+    say(&format!("restore: done in {:.0} s: snapshot {id} of {from}; the applications run with its data", started_at.elapsed().as_secs_f64()));
+    Ok(())
 }
 
 /// The snapshot's files, then each declared database loaded from its dump (its service started
 /// alone: its unit waits until it is healthy).
-fn put_back(repo: &Path, key_file: &Path, from: &str) -> Result<()> {
-    restic(repo, key_file).describe("restoring the backup's files").args(["--no-lock", "restore", "latest", "--target", "/", "--exclude"]).arg(Path::new(VOLUMES).join(PODMAN_DEVICE)).arg("--host").arg(from).run()?;
+fn put_back(place: &Place, key_file: &Path, from: &str) -> Result<()> {
+    place.restic(key_file).describe("restoring the backup's files").args(["--no-lock", "restore", "latest", "--target", "/", "--exclude"]).arg(Path::new(VOLUMES).join(PODMAN_DEVICE)).arg("--host").arg(from).run()?;
     for (stack, d) in dumps(Path::new("/"))? {
         let file = dump_file(&stack, &d.service);
         if !file.exists() {

@@ -4,6 +4,7 @@
 //! console through `say` alone.
 
 pub mod backup;
+pub mod cloud;
 mod console;
 pub mod data;
 pub mod installer;

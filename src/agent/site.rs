@@ -17,8 +17,15 @@ use crate::spec::{Cidr, Site};
 use crate::tool::{Tool, shell_quote};
 
 /// Where the applied site is kept in the guest, for the network check and the next boot.
-const APPLIED: &str = "var/lib/outpost/site.toml";
+pub const APPLIED: &str = "var/lib/outpost/site.toml";
+/// Where this boot's site came from (`seed:/site.toml`, a NoCloud disk, the metadata service),
+/// empty when none.
+pub const SOURCE: &str = "/run/outpost/site-source";
 const NETWORK_PREFIX: &str = "10-outpost-site-";
+/// The daily server backup's timer (its service is the backup layer's).
+const BACKUP_TIMER: &str = "outpost-backup-server.timer";
+/// The status push's timer (its service is the appliance layer's).
+const PUSH_TIMER: &str = "outpost-status-push.timer";
 const HEADER: &str = "# Written by outpost from the site seed; edits here are replaced at the next boot.\n";
 
 /// A file the site wants, relative to the root.
@@ -102,6 +109,26 @@ pub fn render(site: &Site) -> BTreeMap<PathBuf, Entry> {
         PathBuf::from(crate::format::stack::SITE_APP_JSON.trim_start_matches('/')),
         Entry::File { mode: 0o600, text: serde_json::to_string_pretty(&app).expect("strings") + "\n" },
     );
+    if let Some(b) = &site.backup {
+        // Written here, not in the image, and started by `apply`: systemd reads a unit it has
+        // not loaded yet from the disk, so no reload is needed.
+        out.insert(
+            PathBuf::from(format!("etc/systemd/system/{BACKUP_TIMER}")),
+            file(format!(
+                "{HEADER}[Unit]\nDescription=Daily backup to the site's server at {0}\n\n[Timer]\nOnCalendar=*-*-* {0}:00\n# A box that was off at that time backs up when it is back on.\nPersistent=true\n",
+                b.at
+            )),
+        );
+    }
+    if let Some(st) = &site.status {
+        out.insert(
+            PathBuf::from(format!("etc/systemd/system/{PUSH_TIMER}")),
+            file(format!(
+                "{HEADER}[Unit]\nDescription=Send the status to the site's URL every {0} minutes\n\n[Timer]\nOnActiveSec=2min\nOnUnitActiveSec={0}min\nRandomizedDelaySec=30s\n",
+                st.every_minutes
+            )),
+        );
+    }
     for a in &site.admins {
         out.insert(PathBuf::from(format!("home/{}/.ssh/authorized_keys", a.name)), Entry::File { mode: 0o600, text: a.ssh_keys.join("\n") + "\n" });
     }
@@ -181,23 +208,37 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
         Some(d) => seed::read_site(d)?.map(|t| (t, "seed:/site.toml".to_string())),
         None => None,
     };
-    // A cloud instance has no personalized seed: its settings come as the cloud's metadata.
+    // A cloud instance has no personalized seed: its settings come as the cloud's metadata, from
+    // a NoCloud disk now, or from the metadata service once the network is up (kept for the
+    // next boot, and applied again by `outpost seed cloud` when it changed).
     let found = match from_seed {
         Some(f) => Some(f),
-        None if root == Path::new("/") => nocloud_site(Path::new("/dev/disk/by-label")),
+        None if root == Path::new("/") => nocloud_site(Path::new("/dev/disk/by-label")).or_else(super::cloud::kept_site),
         None => None,
     };
+    if root == Path::new("/") {
+        let from = found.as_ref().map(|(_, s)| s.as_str()).unwrap_or("");
+        fs_err::create_dir_all(Path::new(SOURCE).parent().expect("has a parent"))?;
+        fs_err::write(SOURCE, from)?;
+    }
     let Some((text, source)) = found else {
         let why = if dev.is_some() { "the seed has no site.toml" } else { "no seed partition" };
         console(&format!("{why} and no cloud metadata; keeping the image's settings (DHCP on every wired interface)"));
         return Ok(());
     };
-    let site = match Site::parse(Path::new(&source), &text) {
+    apply_site(root, &text, &source)?;
+    Ok(())
+}
+
+/// Applies one site's settings under `root`; returns the files it changed (none when the text
+/// is invalid: the previous settings stay, and the console says why).
+pub fn apply_site(root: &Path, text: &str, source: &str) -> Result<Vec<PathBuf>> {
+    let site = match Site::parse(Path::new(source), text) {
         Ok(s) => s,
         Err(e) => {
             // A typo made on a laptop must not stop the clinic's box from booting.
-            console(&format!("the seed's site.toml is invalid; keeping the previous settings. {e}"));
-            return Ok(());
+            console(&format!("the site settings from {source} are invalid; keeping the previous settings. {e}"));
+            return Ok(Vec::new());
         }
     };
     let mut changed = write_entries(root, &render(&site))?;
@@ -208,14 +249,28 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
     }
     let applied = root.join(APPLIED);
     fs_err::create_dir_all(applied.parent().expect("has a parent"))?;
-    if fs_err::read_to_string(&applied).ok().as_deref() != Some(&text) {
-        fs_err::write(&applied, &text)?;
+    if fs_err::read_to_string(&applied).ok().as_deref() != Some(text) {
+        fs_err::write(&applied, text)?;
     }
     if root == Path::new("/") {
         set_hostname(&site.hostname)?;
         for ifc in wireless_interfaces() {
             if site.wifi.is_some() {
                 enable_wifi(&ifc)?;
+            }
+        }
+        for (wanted, timer, missing) in [
+            (site.backup.is_some(), BACKUP_TIMER, "the site names a backup server, but this image has no backup layer: no backups are made"),
+            (site.status.is_some(), PUSH_TIMER, "the site names a status URL, but this image cannot send its status"),
+        ] {
+            if !wanted {
+                continue;
+            }
+            if Path::new("/etc/systemd/system").join(timer.replace(".timer", ".service")).exists() {
+                // Queued, not waited for: the timer comes after sysinit.target, which waits for us.
+                Tool::new("systemctl").describe(format!("starting {timer}")).args(["start", "--no-block", timer]).run()?;
+            } else {
+                console(missing);
             }
         }
     }
@@ -225,7 +280,7 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
         let list: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
         console(&format!("site {} applied: {}", site.hostname, list.join(", ")));
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// The site from a NoCloud seed disk (a FAT volume labelled CIDATA, as cloud-init reads it):
@@ -248,13 +303,13 @@ fn nocloud_site(by_label: &Path) -> Option<(String, String)> {
     }
     let meta = read("meta-data")?;
     let full = meta.lines().find_map(|l| l.trim().strip_prefix("local-hostname:")).map(|h| h.trim().trim_matches(|c| c == '"' || c == '\'').to_string())?;
-    // Clouds give a full name (ip-10-0-0-5.ec2.internal): the host is its first label.
-    let host = full.split('.').next().unwrap_or_default().to_string();
-    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        console(&format!("the NoCloud seed's local-hostname `{full}` is not a host name: ignored"));
-        return None;
+    match super::cloud::hostname_site(&full, &[]) {
+        Some(site) => Some((site, format!("{}:/meta-data", dev.display()))),
+        None => {
+            console(&format!("the NoCloud seed's local-hostname `{full}` is not a host name: ignored"));
+            None
+        }
     }
-    Some((format!("version = 1\nhostname = \"{host}\"\n"), format!("{}:/meta-data", dev.display())))
 }
 
 /// Where SSH host keys outlive the boot: /etc is rebuilt in memory at every boot.

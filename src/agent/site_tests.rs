@@ -47,6 +47,24 @@ fn render_gives_networkd_hostname_users_and_login_screen() {
         }
         e => panic!("{e:?}"),
     }
+    assert!(!files.contains_key(Path::new("etc/systemd/system/outpost-backup-server.timer")));
+}
+
+#[test]
+fn a_backup_server_gets_a_daily_timer_at_the_sites_time() {
+    let site = Site::parse(Path::new("x.toml"), &format!("{SITE}\n[backup]\nserver = \"sftp://backup@10.0.0.9/clinics\"\nat = \"21:15\"\n")).unwrap();
+    let files = render(&site);
+    let timer = text(&files[Path::new("etc/systemd/system/outpost-backup-server.timer")]);
+    assert!(timer.contains("\nOnCalendar=*-*-* 21:15:00\n") && timer.contains("\nPersistent=true\n"), "{timer}");
+    assert!(!files.contains_key(Path::new("etc/systemd/system/outpost-status-push.timer")));
+}
+
+#[test]
+fn a_status_url_gets_a_push_timer() {
+    let site = Site::parse(Path::new("x.toml"), &format!("{SITE}\n[status]\npush = \"https://monitor.example.org/in\"\nevery-minutes = 5\n")).unwrap();
+    let files = render(&site);
+    let timer = text(&files[Path::new("etc/systemd/system/outpost-status-push.timer")]);
+    assert!(timer.contains("\nOnUnitActiveSec=5min\n"), "{timer}");
 }
 
 #[test]

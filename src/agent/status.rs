@@ -26,6 +26,10 @@ const POWER_DIR: &str = "/var/lib/outpost/power";
 pub const DATA_RUN_PATH: &str = "/run/outpost/data.json";
 /// The last backup's report (written by the backup).
 pub const LAST_BACKUP_PATH: &str = "/var/lib/outpost/backup/last.json";
+/// Where Debian's and Ubuntu's node exporter read `*.prom` files (its text file collector).
+const NODE_EXPORTER_TEXTFILES: &str = "/var/lib/prometheus/node-exporter";
+/// The last push of the status to the site's URL (`outpost status push`).
+const PUSH_RUN_PATH: &str = "/run/outpost/status-push.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Alive {
@@ -96,11 +100,42 @@ pub fn write(dir: &Path) -> Result<()> {
     let s = collect(Path::new("/"));
     let text = serde_json::to_string_pretty(&s)? + "\n";
     replace(&dir.join("status.json"), text.as_bytes())?;
-    replace(&dir.join("metrics.txt"), metrics(&s).as_bytes())?;
+    let m = metrics(&s);
+    replace(&dir.join("metrics.txt"), m.as_bytes())?;
+    // The node exporter's text file collector (the node-exporter layer) serves them too.
+    if Path::new(NODE_EXPORTER_TEXTFILES).is_dir() {
+        replace(&Path::new(NODE_EXPORTER_TEXTFILES).join("outpost.prom"), m.as_bytes())?;
+    }
     let alive = Path::new(POWER_DIR).join("alive");
     if let Some(mut a) = read_json::<Alive>(&alive) {
         a.last_seen = unix_now();
         write_json(&alive, &a)?;
+    }
+    Ok(())
+}
+
+/// `outpost status push` (the site's timer): this status, POSTed as JSON to the site's URL,
+/// retried a few times; the result is kept for the next status, and a failure (no link, the
+/// server down) never fails the unit: it would mark the box degraded for want of a link.
+pub fn push() -> Result<()> {
+    let Ok(text) = fs_err::read_to_string(Path::new("/").join(super::site::APPLIED)) else { return Ok(()) };
+    let Some(url) = crate::spec::Site::parse(Path::new(super::site::APPLIED), &text).ok().and_then(|s| s.status).map(|s| s.push) else {
+        return Ok(());
+    };
+    let body = Path::new("/run/outpost/status-push-body.json");
+    write_json(body, &collect(Path::new("/")))?;
+    let size = fs_err::metadata(body)?.len();
+    let r = crate::tool::Tool::new("curl")
+        .describe(format!("sending the status to {url}"))
+        .args(["-sS", "-f", "-o", "/dev/null", "--max-time", "30", "--retry", "3", "--retry-delay", "10", "--retry-all-errors", "-H", "Content-Type: application/json", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(&url)
+        .run();
+    let report = serde_json::json!({"ok": r.is_ok(), "at": unix_now(), "url": url, "error": r.as_ref().err().map(|e| e.to_string())});
+    write_json(Path::new(PUSH_RUN_PATH), &report)?;
+    match r {
+        Ok(()) => super::say(&format!("status: sent to {url} ({size} bytes)")),
+        Err(e) => super::say(&format!("status: not sent to {url}: {e}; tried again at the next push")),
     }
     Ok(())
 }
@@ -122,6 +157,11 @@ pub struct Status {
     pub secure_boot: Option<bool>,
     pub power_cuts: PowerCuts,
     pub last_backup: Value,
+    /// The key this box logs in to the site's backup server with, once it has one: what the
+    /// server's administrator allows.
+    pub backup_server_key: Option<String>,
+    /// The last push of this status to the site's URL, at this boot (`ok`, `at`, `error`).
+    pub status_push: Value,
     /// The update state (`outpost update status`), if an update ran at this boot.
     pub update: Value,
 }
@@ -164,6 +204,8 @@ pub fn collect(root: &Path) -> Status {
         secure_boot,
         power_cuts: read_json(&at(POWER_DIR).join("cuts.json")).unwrap_or_default(),
         last_backup: json(LAST_BACKUP_PATH),
+        status_push: json(PUSH_RUN_PATH),
+        backup_server_key: Some(text(&format!("{}/id_ed25519.pub", super::backup::SSH_DIR))).filter(|k| !k.is_empty()),
         update: json(STATUS_RUN_PATH),
     }
 }

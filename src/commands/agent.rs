@@ -12,6 +12,7 @@ use crate::cli::{BackupCommand, DataCommand, InstallerCommand, PowerCommand, Roo
 pub fn seed(command: &SeedCommand) -> Result<i32> {
     match command {
         SeedCommand::Apply { device } => agent::site::apply(Path::new("/"), device.as_deref())?,
+        SeedCommand::Cloud => agent::cloud::run()?,
         SeedCommand::CheckNetwork { timeout } => agent::site::check_network(Path::new("/"), Duration::from_secs(*timeout))?,
     }
     Ok(0)
@@ -68,13 +69,14 @@ pub fn update(command: &UpdateCommand) -> Result<i32> {
 pub fn backup(command: &BackupCommand) -> Result<i32> {
     match command {
         BackupCommand::Stick { device } => agent::backup::stick(device)?,
-        BackupCommand::Check { device } => agent::backup::check(device)?,
+        BackupCommand::Server => agent::backup::server()?,
+        BackupCommand::Check { device } => agent::backup::check(device.as_deref())?,
     }
     Ok(0)
 }
 
-pub fn restore(key_file: &Path, host: Option<&str>) -> Result<i32> {
-    agent::backup::restore(key_file, host)?;
+pub fn restore(key_file: &Path, host: Option<&str>, server: bool) -> Result<i32> {
+    agent::backup::restore(key_file, host, server)?;
     Ok(0)
 }
 
@@ -82,6 +84,7 @@ pub fn status(command: &StatusCommand) -> Result<i32> {
     match command {
         StatusCommand::Show { prometheus } => agent::status::show(*prometheus)?,
         StatusCommand::Write { dir } => agent::status::write(dir)?,
+        StatusCommand::Push => agent::status::push()?,
         StatusCommand::Boot => agent::status::boot()?,
         StatusCommand::Shutdown => agent::status::shutdown()?,
     }

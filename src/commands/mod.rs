@@ -42,8 +42,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Installer { command } => agent::installer(command),
         Command::Update { command } => agent::update(command),
         Command::Status { command } => agent::status(command),
+        Command::TestHttpServer { dir } => crate::vmtest::test_http_server(dir).map(|()| 0),
         Command::Backup { command } => agent::backup(command),
-        Command::Restore { key_file, host } => agent::restore(key_file, host.as_deref()),
+        Command::Restore { key_file, host, server } => agent::restore(key_file, host.as_deref(), *server),
     }
 }
 

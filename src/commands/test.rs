@@ -122,6 +122,9 @@ fn preflight(scenarios: &[Scenario]) -> Result<()> {
         if s.uses_ssh() {
             need.push("ssh");
         }
+        if s.backup_server {
+            need.push(crate::vmtest::SSHD);
+        }
         if s.tpm {
             need.push("swtpm");
         }

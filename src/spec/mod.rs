@@ -16,7 +16,7 @@ pub mod container;
 pub use image::{DataPolicy, Image, InstallRules, NoTpm, OutputFormat, PowerPolicy, Size};
 pub use layer::{Keyring, Layer, list_tree};
 pub use scenario::{Boot, DiskCheck, Firmware, Http, Install, PowerCuts, Scenario, Ssh, Thief, TpmState};
-pub use site::{Cidr, RecoveryKey, Site, Unlock};
+pub use site::{BackupServer, Cidr, RecoveryKey, Site, Unlock};
 
 /// The only definition format version this outpost reads.
 pub const FORMAT_VERSION: u32 = 1;

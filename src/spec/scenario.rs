@@ -52,10 +52,28 @@ struct ScenarioToml {
     backup_disk: bool,
     #[serde(default)]
     backup_disk_from: Option<PathBuf>,
+    /// An SFTP server on the test host (OpenSSH's sshd, started for each connection), reached
+    /// by the guest at 10.0.2.100 port 22 as `root`, its files under the scenario's work
+    /// directory; it accepts the key the box shows on its console for its backup server.
+    #[serde(default)]
+    backup_server: bool,
+    /// The backup server's files start as a copy of this directory (another scenario's
+    /// `backup-server/files`: its boxes' backups, to restore from).
+    #[serde(default)]
+    backup_server_from: Option<PathBuf>,
+    /// An HTTP server on the test host at 10.0.2.101 port 80 that keeps what is POSTed to a
+    /// path and gives it back to a GET of that path: where a site's `[status] push` goes.
+    #[serde(default)]
+    status_receiver: bool,
     /// A NoCloud seed disk (FAT, labelled CIDATA) in the machine at every boot, as a cloud
     /// gives an instance its metadata.
     #[serde(default)]
     nocloud: Option<NoCloudToml>,
+    /// An EC2-style instance metadata service at 169.254.169.254 (IMDSv2: a session token is
+    /// required), started by the test for each request, and firmware that says "Amazon EC2".
+    /// The guest's network becomes 169.254.169.0/24.
+    #[serde(default)]
+    metadata_service: Option<MetadataToml>,
     /// Secure Boot enforced: OVMF's variables with Debian's test key ("snakeoil", from the
     /// ovmf package) enrolled as PK, KEK and db; the image must be signed with that key (the
     /// test suite's key directory uses it as its db key).
@@ -98,6 +116,23 @@ struct NoCloudToml {
     #[serde(default)]
     user_data: Option<PathBuf>,
 }
+
+/// `[metadata-service]`: what the stand-in metadata service answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct MetadataToml {
+    /// `meta-data/local-hostname`.
+    local_hostname: String,
+    /// `meta-data/public-keys/0/openssh-key`: the key pair the instance was launched with.
+    #[serde(default)]
+    ssh_key: Option<String>,
+    /// A file (relative to the scenario) given as `user-data`.
+    #[serde(default)]
+    user_data: Option<PathBuf>,
+}
+
+/// The network of a scenario with a metadata service: the service's link-local address in it.
+pub const METADATA_NET: &str = "169.254.169.0/24";
 
 /// The NoCloud seed's files, read when the scenario is loaded: `(name, bytes)`.
 pub type NoCloud = Vec<(String, Vec<u8>)>;
@@ -365,7 +400,12 @@ pub struct Scenario {
     pub key_disk: bool,
     /// Where the backup stick starts from (None: blank), when the scenario has one.
     pub backup_disk_from: Option<PathBuf>,
+    pub backup_server: bool,
+    pub backup_server_from: Option<PathBuf>,
+    pub status_receiver: bool,
     pub nocloud: Option<NoCloud>,
+    /// The metadata service's files, `(path under latest/, bytes)`.
+    pub metadata_service: Option<NoCloud>,
     pub secure_boot: bool,
     pub update_image: Option<PathBuf>,
     /// The first boot, then each reboot.
@@ -542,7 +582,18 @@ impl Scenario {
         {
             p.push(file, "net", format!("`{n}` is not an IPv4 network of /24 or larger, such as 192.168.76.0/24"));
         }
+        for (on, key, at) in [(t.backup_server || t.backup_server_from.is_some(), "backup-server", "10.0.2.100"), (t.status_receiver, "status-receiver", "10.0.2.101")] {
+            if on && (t.net.is_some() || t.metadata_service.is_some()) {
+                p.push(file, key, format!("the test's server is at {at}, in QEMU's default network: leave `net` and `metadata-service` out"));
+            }
+        }
         let backup_disk_from = t.backup_disk_from.map(|f| base.join(f));
+        let backup_server_from = t.backup_server_from.as_ref().map(|f| base.join(f));
+        if let Some(f) = &backup_server_from
+            && !f.is_dir()
+        {
+            p.push(file, "backup-server-from", format!("{} is not a directory", f.display()));
+        }
         if let Some(f) = &backup_disk_from
             && !f.is_file()
         {
@@ -561,14 +612,35 @@ impl Scenario {
             }
             files
         });
+        let metadata_service = t.metadata_service.map(|m| {
+            let mut files = vec![("meta-data/local-hostname".to_string(), m.local_hostname.into_bytes())];
+            if let Some(k) = m.ssh_key {
+                files.push(("meta-data/public-keys/0/openssh-key".to_string(), k.into_bytes()));
+            }
+            if let Some(u) = &m.user_data {
+                match fs_err::read(base.join(u)) {
+                    Ok(b) => files.push(("user-data".to_string(), b)),
+                    Err(e) => p.push(file, "metadata-service.user-data", format!("{}: {e}", base.join(u).display())),
+                }
+            }
+            files
+        });
+        if metadata_service.is_some() && t.net.is_some() {
+            p.push(file, "metadata-service", format!("the metadata service's network is {METADATA_NET}: leave `net` out"));
+        }
+        let net = if metadata_service.is_some() { Some(METADATA_NET.to_string()) } else { t.net };
         p.into_result()?;
         Ok(Scenario {
+            metadata_service,
             backup_disk_from,
+            backup_server: t.backup_server || t.backup_server_from.is_some(),
+            backup_server_from,
+            status_receiver: t.status_receiver,
             nocloud,
             site,
             deployment_ca: t.deployment_ca,
             ca_cert: None,
-            net: t.net,
+            net,
             guest_address: t.guest_address,
             tpm: t.tpm,
             key_disk: t.key_disk,

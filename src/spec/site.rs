@@ -39,6 +39,75 @@ pub struct Site {
     /// The site's own TLS certificate, instead of one the box makes or the deployment CA signs.
     #[serde(default)]
     pub tls: Option<SiteTls>,
+    /// Backups to a server over the site's link, besides the USB stick (docs/backup.md).
+    #[serde(default)]
+    pub backup: Option<SiteBackup>,
+    /// Where the box sends its status, when it has a link.
+    #[serde(default)]
+    pub status: Option<SiteStatus>,
+}
+
+/// `[status]`: a URL the box POSTs its status (`status.json`) to, every `every-minutes`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SiteStatus {
+    pub push: String,
+    #[serde(default = "default_push_minutes")]
+    pub every_minutes: u32,
+}
+
+fn default_push_minutes() -> u32 {
+    15
+}
+
+/// `[backup]`: the site's backup server and when to back up to it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SiteBackup {
+    /// `sftp://USER@HOST[:PORT]/PATH` (PATH relative to the user's home; `//PATH` for an
+    /// absolute one, as restic writes it): each box backs up into `PATH/HOSTNAME` there.
+    pub server: String,
+    /// Local time of the daily backup, `HH:MM`; a box that was off then backs up when it
+    /// comes back.
+    #[serde(default = "default_backup_at")]
+    pub at: String,
+    /// The server's SSH host key (`ssh-ed25519 AAAA...`); without it the key the server shows
+    /// at the first backup is kept and required from then on.
+    #[serde(default)]
+    pub host_key: Option<String>,
+}
+
+fn default_backup_at() -> String {
+    "02:00".into()
+}
+
+/// A parsed `backup.server`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupServer {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    /// Relative to the user's home, or absolute when it starts with `/`.
+    pub path: String,
+}
+
+impl BackupServer {
+    pub fn parse(s: &str) -> Result<BackupServer, String> {
+        let bad = || format!("`{s}` is not a backup server such as `sftp://backup@192.168.1.5/outpost` or `sftp://backup@backup.example.org:2222/srv/outpost`");
+        let rest = s.strip_prefix("sftp://").ok_or_else(|| format!("{}: only SFTP servers are supported (`sftp://`)", bad()))?;
+        let (auth, path) = rest.split_once('/').ok_or_else(bad)?;
+        let (user, hostport) = auth.split_once('@').ok_or_else(|| format!("{}: the user name is missing", bad()))?;
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h.trim_matches(['[', ']']), p.parse::<u16>().map_err(|_| bad())?),
+            _ => (hostport, 22),
+        };
+        let host_ok = host.parse::<IpAddr>().is_ok() || host.split('.').all(valid_hostname);
+        let path_ok = !path.is_empty() && !path.split('/').any(|c| c == "..") && path.chars().all(|c| c.is_ascii_alphanumeric() || "/_-.".contains(c));
+        if !valid_user(user) || !host_ok || !path_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(BackupServer { user: user.into(), host: host.into(), port, path: path.trim_end_matches('/').into() })
+    }
 }
 
 /// `[tls]`: a certificate and its key, paths relative to the site file. `outpost personalize`
@@ -182,6 +251,15 @@ const RESERVED_USERS: &[&str] = &["root", "daemon", "bin", "sys", "sync", "games
 
 const KEY_TYPES: &[&str] = &["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"];
 
+/// An OpenSSH public key line: `TYPE BASE64 [comment]`.
+fn valid_public_key(key: &str) -> bool {
+    let mut parts = key.split_whitespace();
+    let ty = parts.next().unwrap_or("");
+    let body = parts.next().unwrap_or("");
+    let b64 = !body.is_empty() && body.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
+    KEY_TYPES.contains(&ty) && b64 && !key.contains('\n')
+}
+
 impl Site {
     pub fn load(file: &Path) -> Result<Site, SpecError> {
         let text = fs_err::read_to_string(file).map_err(|e| {
@@ -275,13 +353,34 @@ impl Site {
                 p.push(file, &format!("admin[{i}].ssh-keys"), "an administrator needs at least one SSH public key: password login is disabled");
             }
             for (j, key) in a.ssh_keys.iter().enumerate() {
-                let mut parts = key.split_whitespace();
-                let ty = parts.next().unwrap_or("");
-                let body = parts.next().unwrap_or("");
-                let b64 = !body.is_empty() && body.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c));
-                if !KEY_TYPES.contains(&ty) || !b64 || key.contains('\n') {
+                if !valid_public_key(key) {
                     p.push(file, &format!("admin[{i}].ssh-keys[{j}]"), "not an OpenSSH public key line (`ssh-ed25519 AAAA... comment`)");
                 }
+            }
+        }
+        if let Some(b) = &self.backup {
+            if let Err(e) = BackupServer::parse(&b.server) {
+                p.push(file, "backup.server", e);
+            }
+            let hm = b.at.split_once(':').and_then(|(h, m)| Some((h.parse::<u8>().ok()?, m.parse::<u8>().ok()?)).filter(|_| h.len() == 2 && m.len() == 2));
+            if !hm.is_some_and(|(h, m)| h < 24 && m < 60) {
+                p.push(file, "backup.at", format!("`{}` is not a time of day such as `02:30` (local time, 24 hours)", b.at));
+            }
+            if let Some(k) = &b.host_key
+                && !valid_public_key(k)
+            {
+                p.push(file, "backup.host-key", "not an OpenSSH public key (`ssh-ed25519 AAAA...`, as in the server's /etc/ssh/ssh_host_ed25519_key.pub)");
+            }
+        }
+        if let Some(st) = &self.status {
+            let ok = (st.push.starts_with("https://") || st.push.starts_with("http://"))
+                && st.push.len() > 8
+                && st.push.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '\'');
+            if !ok {
+                p.push(file, "status.push", format!("`{}` is not an http:// or https:// URL", st.push));
+            }
+            if !(1..=1440).contains(&st.every_minutes) {
+                p.push(file, "status.every-minutes", format!("{} is not between 1 and 1440 minutes", st.every_minutes));
             }
         }
         for k in self.app.keys() {
@@ -360,5 +459,29 @@ mod tests {
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
         assert!(Cidr::parse("192.168.1.255/24").unwrap().is_reserved_host());
         assert!(!Cidr::parse("192.168.1.1/31").unwrap().is_reserved_host());
+    }
+
+    #[test]
+    fn backup_servers() {
+        let s = BackupServer::parse("sftp://backup@192.168.1.5/outpost").unwrap();
+        assert_eq!((s.user.as_str(), s.host.as_str(), s.port, s.path.as_str()), ("backup", "192.168.1.5", 22, "outpost"));
+        let s = BackupServer::parse("sftp://backup@backup.example.org:2222//srv/outpost/").unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.path.as_str()), ("backup.example.org", 2222, "/srv/outpost"));
+        for bad in ["s3://bucket/x", "sftp://192.168.1.5/outpost", "sftp://backup@host", "sftp://backup@host:0/x", "sftp://backup@host/../etc", "sftp://backup@ho st/x", "sftp://backup@host/x;rm"] {
+            assert!(BackupServer::parse(bad).is_err(), "{bad}");
+        }
+        let ok = site("[backup]\nserver = \"sftp://backup@10.1.1.1/clinics\"\n").unwrap();
+        assert_eq!(ok.backup.unwrap().at, "02:00");
+        for (extra, want) in [
+            ("[backup]\nserver = \"ftp://x@y/z\"\n", "backup.server"),
+            ("[backup]\nserver = \"sftp://x@y/z\"\nat = \"2:30\"\n", "backup.at"),
+            ("[backup]\nserver = \"sftp://x@y/z\"\nat = \"24:00\"\n", "backup.at"),
+            ("[backup]\nserver = \"sftp://x@y/z\"\nhost-key = \"AAAA\"\n", "backup.host-key"),
+            ("[status]\npush = \"ftp://x/y\"\n", "status.push"),
+            ("[status]\npush = \"https://x/y\"\nevery-minutes = 0\n", "status.every-minutes"),
+        ] {
+            let err = site(extra).unwrap_err().to_string();
+            assert!(err.contains(want), "for {extra:?}: wanted {want:?} in {err}");
+        }
     }
 }

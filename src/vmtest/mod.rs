@@ -6,6 +6,10 @@ mod agent;
 mod disk;
 mod install;
 mod power_cut;
+mod metadata;
+mod sftp;
+pub use metadata::serve as test_http_server;
+pub use sftp::SSHD;
 mod thief;
 
 use std::path::{Path, PathBuf};
@@ -156,6 +160,15 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
             let guest = scenario.guest_address.map(|a| a.to_string()).unwrap_or_default();
             forwards.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-{guest}:{port}"));
         }
+    }
+    if scenario.backup_server {
+        forwards.push_str(&sftp::prepare(dir, scenario.backup_server_from.as_deref())?);
+    }
+    if let Some(files) = &scenario.metadata_service {
+        forwards.push_str(&metadata::prepare(dir, files)?);
+    }
+    if scenario.status_receiver {
+        forwards.push_str(&metadata::prepare_receiver(dir)?);
     }
     let update_stick = match update {
         Some(bundle) if scenario.boots.iter().any(|b| b.update) => Some(tokio::task::block_in_place(|| disk::update_stick(dir, bundle))?),
@@ -309,6 +322,10 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
         // The Intel 6300ESB watchdog: what systemd's RuntimeWatchdogSec drives when the
         // guest's kernel has its driver (the appliance falls back to softdog otherwise).
         .args(["-device", "i6300esb"]);
+    if m.scenario.metadata_service.is_some() {
+        // What EC2's firmware says, and the appliance checks before it asks the service.
+        cmd = cmd.args(["-smbios", "type=1,manufacturer=Amazon EC2,product=t3.small"]);
+    }
     if m.scenario.nocloud.is_some() {
         cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", m.nocloud_disk().display()));
     }
