@@ -318,6 +318,10 @@ pub struct Command {
     /// Seconds this command may take beyond the boot's shared 120 s for commands (a restore).
     #[serde(default)]
     pub timeout: Option<u64>,
+    /// Before `run`: the scenario's backup stick is plugged into the running machine (a PCIe
+    /// hot plug through QEMU's monitor), as a clinic plugs one in.
+    #[serde(default)]
+    pub plug_backup_disk: bool,
 }
 
 /// An SSH login from the host through a forwarded port 22.
@@ -412,6 +416,13 @@ pub struct Scenario {
     pub boots: Vec<Boot>,
     pub power_cuts: Option<PowerCuts>,
     pub install: Option<Install>,
+}
+
+impl Boot {
+    /// Whether a command of this boot plugs the backup stick in while the machine runs.
+    pub fn hotplugs_backup_disk(&self) -> bool {
+        self.commands.iter().any(|c| c.plug_backup_disk)
+    }
 }
 
 /// One power-on of the scenario's disk and what must hold then.
@@ -511,6 +522,12 @@ impl Scenario {
             }
             if b.update && t.update_image.is_none() {
                 p.push(file, &at("update"), "the scenario has no `update-image` to update to");
+            }
+            if b.backup_disk && b.hotplugs_backup_disk() {
+                p.push(file, &at("command.plug-backup-disk"), "the backup stick is already in at power-on (`backup-disk = true`): plug it in once");
+            }
+            if b.commands.iter().filter(|c| c.plug_backup_disk).count() > 1 {
+                p.push(file, &at("command.plug-backup-disk"), "the backup stick is plugged in once per boot");
             }
             if b.key_disk && !t.key_disk {
                 p.push(file, &at("key-disk"), "the scenario has no key disk (`key-disk = true` at the top)");

@@ -118,6 +118,11 @@ impl Machine<'_> {
         self.dir.join("backup-disk.img")
     }
 
+    /// QEMU's QMP socket, for boots that plug a stick in while they run.
+    fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
     fn nocloud_disk(&self) -> PathBuf {
         self.dir.join("nocloud.img")
     }
@@ -192,7 +197,7 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         fs_err::File::create(&img)?.set_len(32 << 20)?;
         Tool::new("mkfs.fat").describe("formatting the test key disk").args(["-n", "OUTPOSTKEY"]).arg(&img).run()?;
     }
-    if scenario.boots.iter().any(|b| b.backup_disk) {
+    if scenario.boots.iter().any(|b| b.backup_disk || b.hotplugs_backup_disk()) {
         let img = m.backup_disk();
         crate::files::remove_if_exists(&img)?;
         match &scenario.backup_disk_from {
@@ -331,6 +336,15 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
     }
     if boot.backup_disk {
         cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.backup_disk().display()));
+    }
+    if boot.hotplugs_backup_disk() {
+        // The stick's drive, with no device until a command plugs it into this free PCIe port.
+        cmd = cmd
+            .args(["-device", &format!("pcie-root-port,id={HOTPLUG_PORT},chassis=9")])
+            .arg("-drive")
+            .arg(format!("if=none,id={HOTPLUG_DRIVE},format=raw,file={}", m.backup_disk().display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", m.qmp().display()));
     }
     if boot.key_disk {
         cmd = cmd.arg("-drive").arg(format!("if=virtio,format=raw,file={}", m.key_disk().display()));
@@ -539,6 +553,16 @@ async fn guest_checks(
     let cmd_deadline = Instant::now() + Duration::from_secs(120);
     for c in &boot.commands {
         let deadline = c.timeout.map_or(cmd_deadline, |t| cmd_deadline.max(Instant::now() + Duration::from_secs(t)));
+        if c.plug_backup_disk {
+            let add = serde_json::json!({"execute": "device_add", "arguments": {"driver": "virtio-blk-pci", "bus": HOTPLUG_PORT, "drive": HOTPLUG_DRIVE, "id": "backup-stick"}});
+            match qmp(&m.qmp(), add).await {
+                Ok(()) => passed.push("the backup stick plugged in while the machine runs".into()),
+                Err(e) => {
+                    failed.push(format!("plugging the backup stick in: {e:#}"));
+                    continue;
+                }
+            }
+        }
         match agent::exec(&m.qga, &c.run, deadline).await {
             Ok((status, out)) => {
                 let out_ok = c.expect.as_ref().is_none_or(|e| out.contains(e.as_str()));
@@ -576,6 +600,37 @@ async fn guest_checks(
             Err(e) => failed.push(format!("http guest port {} {}: {e:#}", h.port, h.path)),
         }
     }
+}
+
+/// The PCIe port and the drive of a stick plugged in while the machine runs.
+const HOTPLUG_PORT: &str = "hotplug0";
+const HOTPLUG_DRIVE: &str = "backup-stick-drive";
+
+/// One command to QEMU's machine protocol (QMP): an error when QEMU answers with one.
+async fn qmp(sock: &Path, command: serde_json::Value) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let talk = async {
+        let s = tokio::net::UnixStream::connect(sock).await.with_context(|| format!("connecting to QEMU's QMP socket {}", sock.display()))?;
+        let (r, mut w) = s.into_split();
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        // The greeting, then each command's answer (events may come between: skipped).
+        lines.next_line().await?.context("QMP closed before its greeting")?;
+        for c in [serde_json::json!({"execute": "qmp_capabilities"}), command] {
+            w.write_all(format!("{c}\n").as_bytes()).await?;
+            loop {
+                let line = lines.next_line().await?.context("QMP closed")?;
+                let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("QMP said `{line}`"))?;
+                if let Some(e) = v.get("error") {
+                    bail!("QEMU refused `{c}`: {}", e["desc"].as_str().unwrap_or(&line));
+                }
+                if v.get("return").is_some() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), talk).await.context("QEMU's QMP socket did not answer in 30 s")?
 }
 
 /// A clean power-off through the guest agent, as a person pressing the power button would.
