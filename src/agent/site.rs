@@ -109,25 +109,21 @@ pub fn render(site: &Site) -> BTreeMap<PathBuf, Entry> {
         PathBuf::from(crate::format::stack::SITE_APP_JSON.trim_start_matches('/')),
         Entry::File { mode: 0o600, text: serde_json::to_string_pretty(&app).expect("strings") + "\n" },
     );
+    // Timers the site asks for: written here, not in the image, and started by `apply` (systemd
+    // reads a unit it has not loaded yet from the disk, so no reload is needed).
+    let mut timer = |name: &str, description: String, timer: String| {
+        out.insert(PathBuf::from(format!("etc/systemd/system/{name}")), file(format!("{HEADER}[Unit]\nDescription={description}\n\n[Timer]\n{timer}")));
+    };
     if let Some(b) = &site.backup {
-        // Written here, not in the image, and started by `apply`: systemd reads a unit it has
-        // not loaded yet from the disk, so no reload is needed.
-        out.insert(
-            PathBuf::from(format!("etc/systemd/system/{BACKUP_TIMER}")),
-            file(format!(
-                "{HEADER}[Unit]\nDescription=Daily backup to the site's server at {0}\n\n[Timer]\nOnCalendar=*-*-* {0}:00\n# A box that was off at that time backs up when it is back on.\nPersistent=true\n",
-                b.at
-            )),
+        timer(
+            BACKUP_TIMER,
+            format!("Daily backup to the site's server at {}", b.at),
+            format!("OnCalendar=*-*-* {}:00\n# A box that was off at that time backs up when it is back on.\nPersistent=true\n", b.at),
         );
     }
     if let Some(st) = &site.status {
-        out.insert(
-            PathBuf::from(format!("etc/systemd/system/{PUSH_TIMER}")),
-            file(format!(
-                "{HEADER}[Unit]\nDescription=Send the status to the site's URL every {0} minutes\n\n[Timer]\nOnActiveSec=2min\nOnUnitActiveSec={0}min\nRandomizedDelaySec=30s\n",
-                st.every_minutes
-            )),
-        );
+        let every = st.every_minutes;
+        timer(PUSH_TIMER, format!("Send the status to the site's URL every {every} minutes"), format!("OnActiveSec=2min\nOnUnitActiveSec={every}min\nRandomizedDelaySec=30s\n"));
     }
     for a in &site.admins {
         out.insert(PathBuf::from(format!("home/{}/.ssh/authorized_keys", a.name)), Entry::File { mode: 0o600, text: a.ssh_keys.join("\n") + "\n" });
