@@ -98,26 +98,18 @@ pub fn pacs_pulled_by_digest() {
             let vm = support::run_dir().join("vm-pacs-clinic/vm");
             let console = String::from_utf8_lossy(&fs_err::read(vm.join("console.log")).expect("the PACS clinic's first console")).into_owned();
             let key = backup_key_on(&console).expect("the PACS clinic's console shows no backup key");
-            // From the stick, then from the site's backup server (the box's own key allowed
-            // there as the first box's was): each time the study comes back byte for byte.
-            let study = format!(
-                "[[command]]\nrun = \"rm -f /run/study.dcm; for i in $(seq 1 120); do curl -sf -o /run/study.dcm http://127.0.0.1/instances/{}/file && break; sleep 1; done; sha256sum < /run/study.dcm\"\nexpect = \"{}\"\n",
+            format!(
+                "backup-disk = true\nbackup-disk-from = \"{}\"\n\
+                 [[command]]\nrun = \"printf '%s\\\\n' '{key}' > /run/backup-key && /usr/lib/outpost/outpost restore --key-file /run/backup-key --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 900\n\
+                 [[command]]\nrun = \"for i in $(seq 1 120); do curl -sf -o /run/study.dcm http://127.0.0.1/instances/{}/file && break; sleep 1; done; sha256sum < /run/study.dcm\"\nexpect = \"{}\"\n",
+                vm.join("backup-disk.img").display(),
                 crate::dicom_fixture::INSTANCE_ID,
                 support::sha(&support::project().join("qemu-tests/files/outpost-test.dcm")),
-            );
-            format!(
-                "backup-disk = true\nbackup-disk-from = \"{}\"\nbackup-server-from = \"{}\"\n\
-                 [[command]]\nrun = \"printf '%s\\\\n' '{key}' > /run/backup-key && /usr/lib/outpost/outpost restore --key-file /run/backup-key --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 900\n\
-                 {study}\
-                 [[command]]\nrun = \"/usr/lib/outpost/outpost restore --key-file /run/backup-key --server --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 600\n\
-                 {study}",
-                vm.join("backup-disk.img").display(),
-                vm.join("backup-server/files").display(),
             )
         }
         _ => String::new(),
     };
-    fs_err::write(proj.join("sites/pacs-annex.toml"), "version = 1\nhostname = \"pacs-annex\"\n[backup]\nserver = \"sftp://root@10.0.2.100/clinics\"\n").expect("writing the site");
+    fs_err::write(proj.join("sites/pacs-annex.toml"), "version = 1\nhostname = \"pacs-annex\"\n").expect("writing the site");
     let scenario = proj.join("qemu-tests/pacs-pulled.toml");
     fs_err::write(
         &scenario,

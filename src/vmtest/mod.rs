@@ -340,7 +340,9 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
     if boot.hotplugs_backup_disk() {
         // The stick's drive, with no device until a command plugs it into this free PCIe port.
         cmd = cmd
-            .args(["-device", &format!("pcie-root-port,id={HOTPLUG_PORT},chassis=9")])
+            // At a fixed high slot: a device added in the middle would move the disk to another
+            // PCI address, and the firmware's boot entry with it.
+            .args(["-device", &format!("pcie-root-port,id={HOTPLUG_PORT},chassis=9,bus=pcie.0,addr=0x1c")])
             .arg("-drive")
             .arg(format!("if=none,id={HOTPLUG_DRIVE},format=raw,file={}", m.backup_disk().display()))
             .arg("-qmp")
