@@ -4,7 +4,7 @@
 //! are ignored by a plain `cargo test` and run by the README's `cargo test --release --
 //! --include-ignored`; one alone with `cargo test --release --test e2e -- --include-ignored
 //! scenario::encryption`. At the end a table gives each test's time, and how much of it was
-//! spent waiting for a shared build or for the one guest slot.
+//! spent waiting for a shared build or for a guest slot.
 
 mod dicom_fixture;
 mod images;
@@ -60,8 +60,8 @@ fn dicom_fixture_is_the_generated_file() -> Result<(), Failed> {
 
 fn main() {
     let mut args = Arguments::from_args();
-    // One build and one guest at a time (locks in support.rs); two threads keep one of each
-    // busy, in the order below: a guest always has the next scenario's image ready.
+    // One build at a time, two guests at most (support.rs); two threads keep a build beside a
+    // guest, or two guests, busy, in the order below: a guest always has its image ready.
     args.test_threads.get_or_insert(2);
     let scenarios = scenarios::all();
     let mut not_run = Vec::new();
