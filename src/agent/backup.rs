@@ -8,7 +8,8 @@
 //! What is backed up: the stacks' named volumes and data directories, and for each database a
 //! stack declares (`[[backup.dump]]` in its layer) a dump made by its own tool in its container,
 //! in place of its volume, which is never copied mid-write. The backup key is made at the first
-//! boot and shown with the recovery key; without it a backup is unreadable.
+//! boot and shown with the recovery key, or given by the site (`[backup] key-file`, through the
+//! seed); without it a backup is unreadable.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,11 +18,15 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::say;
-use crate::format::stack::{Dump, STACKS, StackSpec, container_name, service_unit, target_unit, volume_name};
+use crate::format::seed;
+use crate::format::stack::{Dump, SEED_BACKUP_KEY, STACKS, StackSpec, container_name, service_unit, target_unit, volume_name};
 use crate::tool::Tool;
 
 /// The backup key (restic's repository password), on the encrypted data partition.
 pub const KEY_FILE: &str = "/var/lib/outpost/backup/key";
+/// The key this box had before the site gave it one: a repository made with it gets the site's
+/// key added at the next backup.
+const PREVIOUS_KEY_FILE: &str = "/var/lib/outpost/backup/key.previous";
 /// Dumps of the stacks' databases, made before each backup and backed up with it.
 const DUMPS: &str = "/var/lib/outpost/backup/dumps";
 pub const STICK_LABELS: [&str; 2] = ["OUTPOSTBACKUP", "OUTPOSTBKUP"];
@@ -74,6 +79,61 @@ fn ensure_key() -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// Whether the seed `dev` holds a site's backup key not taken yet: the first boot then makes
+/// and shows no key of its own.
+pub fn site_key_in_seed(dev: &Path) -> bool {
+    matches!(seed::read_tls(dev, SEED_BACKUP_KEY), Ok(Some(k)) if k.iter().any(|b| *b != 0))
+}
+
+/// At every boot (`seed apply`): a site's backup key in the seed is taken onto the encrypted
+/// data partition (the box's own, if it had one, kept as the previous key), then overwritten
+/// with zeros in the seed: a thief who takes the box with its backup stick finds no key on the
+/// seed's plain FAT. A cut before the zeroing takes it again at the next boot; with the data
+/// partition closed it stays in the seed. Returns whether it took one.
+pub fn take_key_from_seed(dev: &Path, data_closed: bool) -> Result<bool> {
+    take_key(dev, Path::new(KEY_FILE), Path::new(PREVIOUS_KEY_FILE), data_closed)
+}
+
+fn take_key(dev: &Path, path: &Path, previous: &Path, data_closed: bool) -> Result<bool> {
+    if !site_key_in_seed(dev) {
+        return Ok(false);
+    }
+    if data_closed {
+        say("backup: the seed holds the site's backup key; it stays there until the data partition opens");
+        return Ok(false);
+    }
+    let bytes = seed::read_tls(dev, SEED_BACKUP_KEY)?.unwrap_or_default();
+    let text = String::from_utf8(bytes).context("the site's backup key in the seed is not text")?;
+    let key = text.trim_end_matches('\n');
+    match fs_err::read_to_string(path) {
+        Ok(own) if own.trim_end() == key => {}
+        Ok(own) => {
+            write_key(previous, own.trim_end())?;
+            write_key(path, key)?;
+        }
+        Err(_) => write_key(path, key)?,
+    }
+    seed::zero_tls(dev, SEED_BACKUP_KEY)?;
+    say("backup: took the site's backup key from the seed onto the encrypted data partition and erased it from the seed");
+    Ok(true)
+}
+
+/// A repository made with the box's previous key (before the site gave it one) gets the current
+/// key added, so that both read it; nothing when the current key opens it.
+fn adopt_key(place: &Place, key: &Path) -> Result<()> {
+    let previous = Path::new(PREVIOUS_KEY_FILE);
+    if !previous.exists() || place.restic(key).args(["--no-lock", "cat", "config"]).output().is_ok() {
+        return Ok(());
+    }
+    if place.restic(previous).args(["--no-lock", "cat", "config"]).output().is_err() {
+        // Neither opens it (or it does not exist yet): the backup says what is wrong.
+        return Ok(());
+    }
+    place.restic(previous).describe("adding the site's backup key to a repository made with this box's earlier key").args(["key", "add", "--new-password-file"]).arg(key).run()?;
+    say(&format!("backup: the site's backup key now opens {} too", place.name()));
+    Ok(())
+}
+
 /// Writes a backup key (mode 0600 in a 0700 directory), durably.
 pub fn write_key(path: &Path, key: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -99,6 +159,7 @@ pub fn server() -> Result<()> {
     let place = site_server(&hostname())?;
     reported("server", "", || {
         let key = ensure_key()?;
+        adopt_key(&place, &key)?;
         place.ensure_repository(&key)?;
         snapshot(&place, &key)
     })
@@ -220,8 +281,8 @@ impl Place {
 fn site_server(host: &str) -> Result<Place> {
     let text = fs_err::read_to_string(Path::new("/").join(super::site::APPLIED)).context("this box has no site settings, so no backup server")?;
     let site = crate::spec::Site::parse(Path::new(super::site::APPLIED), &text)?;
-    let b = site.backup.context("the site settings name no backup server (`[backup] server = \"sftp://...\"`)")?;
-    let srv = crate::spec::BackupServer::parse(&b.server).map_err(anyhow::Error::msg)?;
+    let (b, server) = site.backup.and_then(|b| b.server.clone().map(|s| (b, s))).context("the site settings name no backup server (`[backup] server = \"sftp://...\"`)")?;
+    let srv = crate::spec::BackupServer::parse(&server).map_err(anyhow::Error::msg)?;
     let dir = Path::new(SSH_DIR);
     let id = dir.join("id_ed25519");
     if !id.exists() {
@@ -250,7 +311,7 @@ fn site_server(host: &str) -> Result<Place> {
         srv.user,
         srv.host
     );
-    let url = format!("{}/{host}", b.server.trim_end_matches('/'));
+    let url = format!("{}/{host}", server.trim_end_matches('/'));
     say(&format!("backup: the server is {url}; this box logs in to it as {public}"));
     Ok(Place::Server { repo: format!("sftp:{}@{}:{}/{host}", srv.user, srv.host, srv.path), ssh, url })
 }
@@ -279,7 +340,7 @@ fn to_stick(repo: &Path) -> Result<Summary> {
     }
     let place = Place::Stick(repo.to_path_buf());
     match repository_state(repo) {
-        Repository::Valid => {}
+        Repository::Valid => adopt_key(&place, &key)?,
         Repository::Empty => {
             // A repository whose creation was cut short holds nothing yet: made again.
             if repo.exists() {
@@ -471,6 +532,31 @@ fn put_back(place: &Place, key_file: &Path, from: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_site_key_is_taken_from_the_seed_erased_there_and_the_own_key_kept_as_the_previous() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dev = tmp.path().join("seed.img");
+        let site_key = b"0123456789abcdef0123456789abcdef\n";
+        let write_seed = || fs_err::write(&dev, seed::image_with(16 << 20, 1, 1_700_000_000, Some("version = 1\n"), &[(SEED_BACKUP_KEY.to_string(), site_key.to_vec())]).unwrap()).unwrap();
+        write_seed();
+        let (key, previous) = (tmp.path().join("backup/key"), tmp.path().join("backup/key.previous"));
+        assert!(site_key_in_seed(&dev));
+        // The data partition closed: it stays in the seed.
+        assert!(!take_key(&dev, &key, &previous, true).unwrap());
+        assert!(site_key_in_seed(&dev) && !key.exists());
+        write_key(&key, "own-key-of-the-box").unwrap();
+        assert!(take_key(&dev, &key, &previous, false).unwrap());
+        assert_eq!(fs_err::read(&key).unwrap(), site_key);
+        assert_eq!(fs_err::read_to_string(&previous).unwrap(), "own-key-of-the-box\n");
+        assert!(!site_key_in_seed(&dev), "the key is still in the seed");
+        assert!(!fs_err::read(&dev).unwrap().windows(site_key.len()).any(|w| w == site_key), "the key's bytes are still on the seed");
+        // Nothing more to take; the same key given again keeps the previous one.
+        assert!(!take_key(&dev, &key, &previous, false).unwrap());
+        write_seed();
+        assert!(take_key(&dev, &key, &previous, false).unwrap());
+        assert_eq!(fs_err::read_to_string(&previous).unwrap(), "own-key-of-the-box\n");
+    }
 
     #[test]
     fn keys_are_eight_groups_of_hex() {

@@ -395,8 +395,11 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
     Tool::new("cryptsetup").describe("opening the new data partition").args(["open", "--key-file"]).arg(&tmp).arg(dev).arg(MAPPING).run()?;
     let mapped = Path::new("/dev/mapper").join(MAPPING);
     Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).arg(fs_size(&mapped)?).run()?;
-    let backup_key = super::backup::new_key()?;
-    fill(&mapped, &newvar, (recovery == RecoveryKey::File).then_some(recovery_key.as_str()), Some(&backup_key))?;
+    // A site that gives its boxes a backup key (in the seed, taken at `seed apply`): no key of
+    // the box's own is made, or shown.
+    let seed = Path::new("/dev/disk/by-partlabel").join(crate::format::layout::SEED_LABEL);
+    let backup_key = if super::backup::site_key_in_seed(&seed) { None } else { Some(super::backup::new_key()?) };
+    fill(&mapped, &newvar, (recovery == RecoveryKey::File).then_some(recovery_key.as_str()), backup_key.as_deref())?;
     Tool::new("cryptsetup").describe("removing the first-boot key slot").args(["luksKillSlot", "--batch-mode"]).arg(dev).arg("0").run()?;
     fs_err::remove_file(&tmp)?;
     let where_ = match recovery {
@@ -411,8 +414,12 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
             Err(e) => format!("nowhere else ({e:#}): write it down now"),
         },
     };
+    let backup = match &backup_key {
+        Some(k) => format!("==== outpost: BACKUP KEY of this appliance (shown once) ====\n    {k}\nIt reads this box's backups (USB stick or server): without it they are unreadable. Keep it with the recovery key."),
+        None => "==== outpost: this appliance's backups are read with the SITE's backup key (given at personalization) ====".to_string(),
+    };
     console_only(&format!(
-        "\n==== outpost: RECOVERY KEY of this appliance's data partition (shown once) ====\n    {recovery_key}\nIt opens the patient data if the TPM or the USB key is lost; it is stored {where_}.\nA key shown by an earlier, interrupted first boot no longer works.\n\n==== outpost: BACKUP KEY of this appliance (shown once) ====\n    {backup_key}\nIt reads this box's backups (USB stick or server): without it they are unreadable. Keep it with the recovery key.\n\n"
+        "\n==== outpost: RECOVERY KEY of this appliance's data partition (shown once) ====\n    {recovery_key}\nIt opens the patient data if the TPM or the USB key is lost; it is stored {where_}.\nA key shown by an earlier, interrupted first boot no longer works.\n\n{backup}\n\n"
     ))?;
     // Then the commit point: from here on the partition is taken as ready, and only a readable
     // header of ours is ever formatted again.

@@ -114,7 +114,7 @@ pub fn render(site: &Site) -> BTreeMap<PathBuf, Entry> {
     let mut timer = |name: &str, description: String, timer: String| {
         out.insert(PathBuf::from(format!("etc/systemd/system/{name}")), file(format!("{HEADER}[Unit]\nDescription={description}\n\n[Timer]\n{timer}")));
     };
-    if let Some(b) = &site.backup {
+    if let Some(b) = site.backup.as_ref().filter(|b| b.server.is_some()) {
         timer(
             BACKUP_TIMER,
             format!("Daily backup to the site's server at {}", b.at),
@@ -199,6 +199,9 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
         if let Err(e) = super::tls::take_from_seed(dev, source, super::data::closed()) {
             console(&format!("tls: the seed's TLS files were not taken: {e:#}"));
         }
+        if let Err(e) = super::backup::take_key_from_seed(dev, super::data::closed()) {
+            console(&format!("backup: the site's backup key was not taken from the seed: {e:#}"));
+        }
     }
     let from_seed = match &dev {
         Some(d) => seed::read_site(d)?.map(|t| (t, "seed:/site.toml".to_string())),
@@ -256,7 +259,7 @@ pub fn apply_site(root: &Path, text: &str, source: &str) -> Result<Vec<PathBuf>>
             }
         }
         for (wanted, timer, missing) in [
-            (site.backup.is_some(), BACKUP_TIMER, "the site names a backup server, but this image has no backup layer: no backups are made"),
+            (site.backup.as_ref().is_some_and(|b| b.server.is_some()), BACKUP_TIMER, "the site names a backup server, but this image has no backup layer: no backups are made"),
             (site.status.is_some(), PUSH_TIMER, "the site names a status URL, but this image cannot send its status"),
         ] {
             if !wanted {

@@ -90,26 +90,42 @@ pub fn pacs_pulled_by_digest() {
     drop(registry);
     // A second appliance of the image, personalized for another clinic with the same
     // deployment CA: its own secret and certificate, trusted through the CA by its own name.
-    // A replacement box: it restores the PACS clinic's backup stick, with the backup key that
-    // box showed on its console at its first boot, and serves the same study, byte for byte.
+    // A replacement box of the same site: it restores the PACS clinic's backup, from its stick
+    // and then from the site's server, with the site's backup key (the PACS clinic showed none
+    // of its own), and serves the same study, byte for byte, each time.
     let theirs = support::identity_of("pacs-clinic");
     let restore = match &theirs {
         Some(Some(_)) => {
             let vm = support::run_dir().join("vm-pacs-clinic/vm");
             let console = String::from_utf8_lossy(&fs_err::read(vm.join("console.log")).expect("the PACS clinic's first console")).into_owned();
-            let key = backup_key_on(&console).expect("the PACS clinic's console shows no backup key");
-            format!(
-                "backup-disk = true\nbackup-disk-from = \"{}\"\n\
-                 [[command]]\nrun = \"printf '%s\\\\n' '{key}' > /run/backup-key && /usr/lib/outpost/outpost restore --key-file /run/backup-key --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 900\n\
-                 [[command]]\nrun = \"for i in $(seq 1 120); do curl -sf -o /run/study.dcm http://127.0.0.1/instances/{}/file && break; sleep 1; done; sha256sum < /run/study.dcm\"\nexpect = \"{}\"\n",
-                vm.join("backup-disk.img").display(),
+            assert!(
+                !console.contains("BACKUP KEY of this appliance") && console.contains("backups are read with the SITE's backup key"),
+                "the PACS clinic's first boot showed a backup key of its own, though its site gives one"
+            );
+            let key = fs_err::read_to_string(support::project().join("qemu-tests/keys/district.backup-key")).expect("the site's backup key");
+            let study = format!(
+                "[[command]]\nrun = \"rm -f /run/study.dcm; for i in $(seq 1 120); do curl -sf -o /run/study.dcm http://127.0.0.1/instances/{}/file && break; sleep 1; done; sha256sum < /run/study.dcm\"\nexpect = \"{}\"\n",
                 crate::dicom_fixture::INSTANCE_ID,
                 support::sha(&support::project().join("qemu-tests/files/outpost-test.dcm")),
+            );
+            format!(
+                "backup-disk = true\nbackup-disk-from = \"{}\"\nbackup-server-from = \"{}\"\n\
+                 [[command]]\nrun = \"printf '%s\\\\n' '{}' > /run/backup-key && /usr/lib/outpost/outpost restore --key-file /run/backup-key --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 900\n\
+                 {study}\
+                 [[command]]\nrun = \"/usr/lib/outpost/outpost restore --key-file /var/lib/outpost/backup/key --server --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 600\n\
+                 {study}",
+                vm.join("backup-disk.img").display(),
+                vm.join("backup-server/files").display(),
+                key.trim(),
             )
         }
         _ => String::new(),
     };
-    fs_err::write(proj.join("sites/pacs-annex.toml"), "version = 1\nhostname = \"pacs-annex\"\n").expect("writing the site");
+    fs_err::write(
+        proj.join("sites/pacs-annex.toml"),
+        "version = 1\nhostname = \"pacs-annex\"\n[backup]\nserver = \"sftp://root@10.0.2.100/clinics\"\nkey-file = \"../qemu-tests/keys/district.backup-key\"\n",
+    )
+    .expect("writing the site");
     let scenario = proj.join("qemu-tests/pacs-pulled.toml");
     fs_err::write(
         &scenario,
@@ -134,11 +150,4 @@ pub fn pacs_pulled_by_digest() {
             }
         }
     }
-}
-
-/// The backup key a box showed on its console at its first boot (the line after the heading).
-fn backup_key_on(console: &str) -> Option<String> {
-    let at = console.find("BACKUP KEY of this appliance")?;
-    let key = console[at..].lines().nth(1)?.trim().to_string();
-    (key.len() == 71 && key.split('-').all(|g| g.len() == 8 && g.chars().all(|c| c.is_ascii_hexdigit()))).then_some(key)
 }

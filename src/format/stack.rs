@@ -27,6 +27,9 @@ pub const SEED_CA: &str = "ca.crt";
 pub const SEED_NAMES: &str = "names";
 pub const SEED_SITE_CERT: &str = "site.crt";
 pub const SEED_SITE_KEY: &str = "site.key";
+/// The site's backup key (`[backup] key-file`), taken onto the data partition by
+/// `agent::backup` and zeroed in the seed, as the TLS keys are.
+pub const SEED_BACKUP_KEY: &str = "backup.key";
 /// The site's application variables as JSON, written at boot from the seed.
 pub const SITE_APP_JSON: &str = "/etc/outpost/site-app.json";
 

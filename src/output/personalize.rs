@@ -19,12 +19,15 @@ use crate::tool::Tool;
 pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64, ca: Option<&crate::output::ca::Ca>) -> Result<()> {
     let site = Site::load(site_file)?;
     let text = fs_err::read_to_string(site_file).with_context(|| format!("reading {}", site_file.display()))?;
-    let tls = match (&site.tls, ca) {
+    let mut tls = match (&site.tls, ca) {
         (Some(_), Some(_)) => anyhow::bail!("{}: the site brings its own certificate (`[tls]`) and --ca was given: choose one", site_file.display()),
         (Some(t), None) => crate::output::ca::site_own(site_file, &t.cert, &t.key)?,
         (None, Some(ca)) => crate::output::ca::issue(ca, &site)?,
         (None, None) => Vec::new(),
     };
+    if let Some(k) = site.backup.as_ref().and_then(|b| b.key_file.as_deref()) {
+        tls.push((crate::format::stack::SEED_BACKUP_KEY.to_string(), site_backup_key(site_file, k)?));
+    }
     let ext = |p: &Path| p.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
     if ext(image) == "iso" || ext(out) == "iso" {
         anyhow::ensure!(ext(image) == ext(out), "{} to {}: an installer ISO is personalized into another NAME.iso", image.display(), out.display());
@@ -66,6 +69,22 @@ pub fn personalize(image: &Path, site_file: &Path, out: &Path, epoch: i64, ca: O
     }
     drop(leftovers);
     Ok(())
+}
+
+/// The site's backup key from `[backup] key-file` (relative to the site file): one line of 20
+/// to 200 printable characters, as restic reads a password file.
+fn site_backup_key(site_file: &Path, key_file: &str) -> Result<Vec<u8>> {
+    let path = site_file.parent().unwrap_or(Path::new(".")).join(key_file);
+    let text = fs_err::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: `backup.key-file` names {}, which cannot be read ({e})", site_file.display(), path.display()))?;
+    let key = text.strip_suffix('\n').unwrap_or(&text);
+    anyhow::ensure!(
+        (20..=200).contains(&key.len()) && key.chars().all(|c| c.is_ascii_graphic() || c == ' ') && key.trim() == key,
+        "{}: `backup.key-file` {} does not hold a backup key: one line of 20 to 200 printable characters, no space at either end (make one with `openssl rand -hex 32 > {}`)",
+        site_file.display(),
+        path.display(),
+        key_file
+    );
+    Ok(format!("{key}\n").into_bytes())
 }
 
 /// The block map beside a raw image, when there is one that reads.
@@ -154,5 +173,23 @@ mod tests {
         let err = personalize(&raw, &bad, &tmp.path().join("x.raw"), 0, None).unwrap_err();
         assert!(format!("{err:#}").contains("bad.toml: key `hostname`"), "{err:#}");
         assert!(!tmp.path().join("x.raw").exists() && !tmp.path().join("x.raw.partial").exists());
+
+        // The site's backup key goes into the seed's tls folder, not into its text.
+        let key = "3f1c9a0b7d2e4f6a8b0c1d2e3f4a5b6c";
+        fs_err::write(tmp.path().join("district.key"), format!("{key}\n")).unwrap();
+        let keyed = tmp.path().join("keyed.toml");
+        fs_err::write(&keyed, "version = 1\nhostname = \"clinic-9\"\n[backup]\nkey-file = \"district.key\"\n").unwrap();
+        personalize(&raw, &keyed, &out, 1_700_000_000, None).unwrap();
+        fs_err::write(&part, &fs_err::read(&out).unwrap()[a..b]).unwrap();
+        assert_eq!(seed::read_tls(&part, crate::format::stack::SEED_BACKUP_KEY).unwrap(), Some(format!("{key}\n").into_bytes()));
+        for (text, want) in [("short\n", "does not hold a backup key"), (" 3f1c9a0b7d2e4f6a8b0c1d2e3f4a5b6c\n", "does not hold a backup key")] {
+            fs_err::write(tmp.path().join("district.key"), text).unwrap();
+            let err = personalize(&raw, &keyed, &tmp.path().join("y.raw"), 0, None).unwrap_err();
+            assert!(format!("{err:#}").contains(want) && format!("{err:#}").contains("keyed.toml"), "{err:#}");
+        }
+        fs_err::remove_file(tmp.path().join("district.key")).unwrap();
+        let err = personalize(&raw, &keyed, &tmp.path().join("y.raw"), 0, None).unwrap_err();
+        assert!(format!("{err:#}").contains("`backup.key-file` names"), "{err:#}");
+        assert!(!tmp.path().join("y.raw").exists());
     }
 }

@@ -60,13 +60,19 @@ fn default_push_minutes() -> u32 {
     15
 }
 
-/// `[backup]`: the site's backup server and when to back up to it.
+/// `[backup]`: the site's backup server and when to back up to it, and the site's backup key.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SiteBackup {
     /// `sftp://USER@HOST[:PORT]/PATH` (PATH relative to the user's home; `//PATH` for an
     /// absolute one, as restic writes it): each box backs up into `PATH/HOSTNAME` there.
-    pub server: String,
+    #[serde(default)]
+    pub server: Option<String>,
+    /// A file (relative to the site file) holding the backup key every box of this site uses
+    /// in place of one of its own: `outpost personalize` puts it in the seed, the box takes it
+    /// onto its encrypted data partition at its first boot and erases it from the seed.
+    #[serde(default)]
+    pub key_file: Option<String>,
     /// Local time of the daily backup, `HH:MM`; a box that was off then backs up when it
     /// comes back.
     #[serde(default = "default_backup_at")]
@@ -359,8 +365,17 @@ impl Site {
             }
         }
         if let Some(b) = &self.backup {
-            if let Err(e) = BackupServer::parse(&b.server) {
-                p.push(file, "backup.server", e);
+            match &b.server {
+                Some(s) => {
+                    if let Err(e) = BackupServer::parse(s) {
+                        p.push(file, "backup.server", e);
+                    }
+                }
+                None if b.key_file.is_none() => p.push(file, "backup", "name a `server` to back up to, a `key-file` with the site's backup key, or both"),
+                None => {}
+            }
+            if b.key_file.as_deref().is_some_and(|k| k.trim().is_empty()) {
+                p.push(file, "backup.key-file", "an empty path: name the file that holds the site's backup key");
             }
             let hm = b.at.split_once(':').and_then(|(h, m)| Some((h.parse::<u8>().ok()?, m.parse::<u8>().ok()?)).filter(|_| h.len() == 2 && m.len() == 2));
             if !hm.is_some_and(|(h, m)| h < 24 && m < 60) {
@@ -477,6 +492,8 @@ mod tests {
             ("[backup]\nserver = \"sftp://x@y/z\"\nat = \"2:30\"\n", "backup.at"),
             ("[backup]\nserver = \"sftp://x@y/z\"\nat = \"24:00\"\n", "backup.at"),
             ("[backup]\nserver = \"sftp://x@y/z\"\nhost-key = \"AAAA\"\n", "backup.host-key"),
+            ("[backup]\nat = \"02:30\"\n", "backup"),
+            ("[backup]\nkey-file = \"\"\n", "backup.key-file"),
             ("[status]\npush = \"ftp://x/y\"\n", "status.push"),
             ("[status]\npush = \"https://x/y\"\nevery-minutes = 0\n", "status.every-minutes"),
         ] {
