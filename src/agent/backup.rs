@@ -279,8 +279,7 @@ impl Place {
 /// The site's backup server for the box `host`, and this box's SSH key for it (made the first
 /// time, shown on the console each time so that the server's administrator can allow it).
 fn site_server(host: &str) -> Result<Place> {
-    let text = fs_err::read_to_string(Path::new("/").join(super::site::APPLIED)).context("this box has no site settings, so no backup server")?;
-    let site = crate::spec::Site::parse(Path::new(super::site::APPLIED), &text)?;
+    let site = super::site::applied(Path::new("/"))?.context("this box has no site settings, so no backup server")?;
     let (b, server) = site.backup.and_then(|b| b.server.clone().map(|s| (b, s))).context("the site settings name no backup server (`[backup] server = \"sftp://...\"`)")?;
     let srv = crate::spec::BackupServer::parse(&server).map_err(anyhow::Error::msg)?;
     let dir = Path::new(SSH_DIR);

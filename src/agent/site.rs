@@ -18,6 +18,14 @@ use crate::tool::{Tool, shell_quote};
 
 /// Where the applied site is kept in the guest, for the network check and the next boot.
 pub const APPLIED: &str = "var/lib/outpost/site.toml";
+
+/// The site settings applied on the box under `root`: `None` when no site was applied, an error
+/// when what is kept does not parse.
+pub fn applied(root: &Path) -> Result<Option<Site>> {
+    let path = root.join(APPLIED);
+    let Ok(text) = fs_err::read_to_string(&path) else { return Ok(None) };
+    Ok(Some(Site::parse(&path, &text)?))
+}
 /// Where this boot's site came from (`seed:/site.toml`, a NoCloud disk, the metadata service),
 /// empty when none.
 pub const SOURCE: &str = "/run/outpost/site-source";
@@ -416,8 +424,7 @@ fn enable_wifi(ifc: &str) -> Result<()> {
 /// applied site must come up and its gateway answer; otherwise the site's network files go and
 /// DHCP takes over, and the console says why.
 pub fn check_network(root: &Path, limit: Duration) -> Result<()> {
-    let Ok(text) = fs_err::read_to_string(root.join(APPLIED)) else { return Ok(()) };
-    let site = Site::parse(&root.join(APPLIED), &text)?;
+    let Some(site) = applied(root)? else { return Ok(()) };
     let mut wanted: Vec<(String, Cidr, Option<String>)> = Vec::new();
     for ifc in &site.interfaces {
         for a in &ifc.address {

@@ -118,8 +118,7 @@ pub fn write(dir: &Path) -> Result<()> {
 /// retried a few times; the result is kept for the next status, and a failure (no link, the
 /// server down) never fails the unit: it would mark the box degraded for want of a link.
 pub fn push() -> Result<()> {
-    let Ok(text) = fs_err::read_to_string(Path::new("/").join(super::site::APPLIED)) else { return Ok(()) };
-    let Some(url) = crate::spec::Site::parse(Path::new(super::site::APPLIED), &text).ok().and_then(|s| s.status).map(|s| s.push) else {
+    let Some(url) = super::site::applied(Path::new("/")).ok().flatten().and_then(|s| s.status).map(|s| s.push) else {
         return Ok(());
     };
     let body = Path::new("/run/outpost/status-push-body.json");

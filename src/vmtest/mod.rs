@@ -6,9 +6,9 @@ mod agent;
 mod disk;
 mod install;
 mod power_cut;
-mod metadata;
 mod sftp;
-pub use metadata::serve as test_http_server;
+mod test_http;
+pub use test_http::serve as test_http_server;
 pub use sftp::SSHD;
 mod thief;
 
@@ -170,10 +170,10 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         forwards.push_str(&sftp::prepare(dir, scenario.backup_server_from.as_deref())?);
     }
     if let Some(files) = &scenario.metadata_service {
-        forwards.push_str(&metadata::prepare(dir, files)?);
+        forwards.push_str(&test_http::prepare(dir, files)?);
     }
     if scenario.status_receiver {
-        forwards.push_str(&metadata::prepare_receiver(dir)?);
+        forwards.push_str(&test_http::prepare_receiver(dir)?);
     }
     let update_stick = match update {
         Some(bundle) if scenario.boots.iter().any(|b| b.update) => Some(tokio::task::block_in_place(|| disk::update_stick(dir, bundle))?),
