@@ -1,4 +1,6 @@
-//! Cloud instances without a seed site and without a NoCloud disk: their settings from the
+//! Cloud instances without a seed site: their settings from the disk the cloud attaches (a
+//! NoCloud disk labelled CIDATA, FAT or ISO 9660, or an OpenStack ConfigDrive labelled config-2),
+//! read at `seed apply`, or else from the
 //! EC2-style instance metadata service (docs/cloud.md), read once the network is up by
 //! `outpost seed cloud` (outpost-cloud.service). The host name and the instance's SSH key, or
 //! the whole site file given as user data. Kept on the data partition, so that the next boot
@@ -26,6 +28,57 @@ const ADMIN: &str = "admin";
 pub fn kept_site() -> Option<(String, String)> {
     let text = fs_err::read_to_string(KEPT).ok()?;
     Some((text, format!("{SERVICE} (kept in {KEPT})")))
+}
+
+/// The site from the disk a cloud attaches, as cloud-init reads it (docs/cloud.md):
+/// - NoCloud, labelled CIDATA (FAT or ISO 9660): `user-data` when it is a site file, else a
+///   site naming `meta-data`'s `local-hostname`;
+/// - OpenStack ConfigDrive, labelled config-2: `openstack/latest/user_data` when it is a site
+///   file, else `meta_data.json`'s `hostname` and `public_keys` (for the user `admin`).
+///
+/// Cloud-config in the user data is not outpost's and is said to be ignored.
+pub fn disk_site(by_label: &Path) -> Option<(String, String)> {
+    let (dev, config_drive) = [("CIDATA", false), ("cidata", false), ("config-2", true), ("CONFIG-2", true)].iter().map(|(l, c)| (by_label.join(l), *c)).find(|(p, _)| p.exists())?;
+    let read = |name: &str| match disk_file(&dev, name) {
+        Ok(b) => b.map(|b| String::from_utf8_lossy(&b).into_owned()),
+        Err(e) => {
+            console(&format!("the cloud's disk {} could not be read: {e:#}", dev.display()));
+            None
+        }
+    };
+    let user_file = if config_drive { "openstack/latest/user_data" } else { "user-data" };
+    match read(user_file).filter(|t| !t.trim().is_empty()) {
+        Some(t) if !t.trim_start().starts_with("#cloud-config") => return Some((t, format!("{}:/{user_file}", dev.display()))),
+        Some(_) => console(&format!("the cloud's {user_file} is cloud-config, not an outpost site file: ignored")),
+        None => {}
+    }
+    let (full, keys, from) = if config_drive {
+        let meta: serde_json::Value = serde_json::from_str(&read("openstack/latest/meta_data.json")?).ok()?;
+        let keys = meta["public_keys"].as_object().map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default();
+        (meta["hostname"].as_str()?.to_string(), keys, "openstack/latest/meta_data.json")
+    } else {
+        let meta = read("meta-data")?;
+        let full = meta.lines().find_map(|l| l.trim().strip_prefix("local-hostname:")).map(|h| h.trim().trim_matches(|c| c == '"' || c == '\'').to_string())?;
+        (full, Vec::new(), "meta-data")
+    };
+    match hostname_site(&full, &keys) {
+        Some(site) => Some((site, format!("{}:/{from}", dev.display()))),
+        None => {
+            console(&format!("the cloud's host name `{full}` ({from}) is not a host name: ignored"));
+            None
+        }
+    }
+}
+
+/// A file of a cloud's disk, ISO 9660 or FAT; `None` when it has no such file.
+fn disk_file(dev: &Path, path: &str) -> Result<Option<Vec<u8>>> {
+    match crate::format::iso9660::Iso::open(dev)? {
+        Some(mut iso) => match iso.find(path) {
+            Ok(_) => Ok(Some(iso.read(path)?)),
+            Err(_) => Ok(None),
+        },
+        None => crate::format::seed::read_file(dev, path),
+    }
 }
 
 /// A site from a cloud's host name (its first label: clouds give `ip-10-0-0-5.ec2.internal`)
@@ -139,5 +192,62 @@ mod tests {
         assert!(!is_ec2(t.path()));
         fs_err::write(t.path().join("sys_vendor"), "Amazon EC2\n").unwrap();
         assert!(is_ec2(t.path()));
+    }
+
+    #[test]
+    fn nocloud_seed_gives_the_site_or_the_host_name() {
+        const SITE: &str = "version = 1\nhostname = \"clinic-7\"\n";
+        let t = tempfile::tempdir().unwrap();
+        let seed = |files: &[(&str, &[u8])]| fs_err::write(t.path().join("CIDATA"), crate::format::seed::nocloud_image(files).unwrap()).unwrap();
+        // No disk: nothing.
+        assert!(disk_site(t.path()).is_none());
+        // A site file as user-data wins over meta-data.
+        seed(&[("meta-data", b"local-hostname: other\n"), ("user-data", SITE.as_bytes())]);
+        let (text, source) = disk_site(t.path()).unwrap();
+        assert_eq!(text, SITE);
+        assert!(source.ends_with("CIDATA:/user-data"), "{source}");
+        // Cloud-config user-data is not ours: the host name from meta-data, its first label.
+        seed(&[("meta-data", b"instance-id: i-1\nlocal-hostname: ip-10-0-0-5.ec2.internal\n"), ("user-data", b"#cloud-config\nusers: []\n")]);
+        let (text, _) = disk_site(t.path()).unwrap();
+        assert_eq!(crate::spec::Site::parse(Path::new("x"), &text).unwrap().hostname, "ip-10-0-0-5");
+        // A name that is not one is refused, not written into a site file.
+        seed(&[("meta-data", b"local-hostname: \"a\\\" b\"\n")]);
+        assert!(disk_site(t.path()).is_none());
+    }
+
+    /// The ISO 9660 forms (as cloud-localds, Proxmox and OpenStack write them), read without
+    /// mounting: NoCloud's `user-data` under its Rock Ridge name, and a ConfigDrive's host name
+    /// and keys, or its user data.
+    #[test]
+    fn iso_nocloud_and_config_drive_disks() {
+        crate::tool::preflight(&["xorriso"]).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let iso = |label: &str, files: &[(&str, &str)]| {
+            let stage = t.path().join("stage");
+            let _ = fs_err::remove_dir_all(&stage);
+            for (name, text) in files {
+                let p = stage.join(name);
+                fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+                fs_err::write(p, text).unwrap();
+            }
+            let _ = fs_err::remove_file(t.path().join("CIDATA"));
+            let out = t.path().join(label);
+            let _ = fs_err::remove_file(&out);
+            crate::tool::Tool::new("xorriso").args(["-as", "mkisofs", "-quiet", "-joliet", "-rock", "-volid", label, "-o"]).arg(&out).arg(&stage).run().unwrap();
+        };
+        iso("cidata", &[("meta-data", "local-hostname: clinic-iso.local\n"), ("user-data", "#cloud-config\n")]);
+        let (text, source) = disk_site(t.path()).unwrap();
+        assert!(text.contains("hostname = \"clinic-iso\""), "{text}");
+        assert!(source.ends_with("cidata:/meta-data"), "{source}");
+        fs_err::remove_file(t.path().join("cidata")).unwrap();
+        let meta = r#"{"uuid": "x", "hostname": "ward-3.novalocal", "public_keys": {"mine": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMk3 me"}}"#;
+        iso("config-2", &[("openstack/latest/meta_data.json", meta), ("openstack/latest/user_data", "#cloud-config\n")]);
+        let (text, source) = disk_site(t.path()).unwrap();
+        let site = crate::spec::Site::parse(Path::new("x"), &text).unwrap();
+        assert_eq!(site.hostname, "ward-3");
+        assert_eq!(site.admins[0].ssh_keys, ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMk3 me"]);
+        assert!(source.ends_with("config-2:/openstack/latest/meta_data.json"), "{source}");
+        iso("config-2", &[("openstack/latest/meta_data.json", meta), ("openstack/latest/user_data", "version = 1\nhostname = \"given\"\n")]);
+        assert_eq!(disk_site(t.path()).unwrap().0, "version = 1\nhostname = \"given\"\n");
     }
 }

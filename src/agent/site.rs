@@ -220,7 +220,7 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
     // next boot, and applied again by `outpost seed cloud` when it changed).
     let found = match from_seed {
         Some(f) => Some(f),
-        None if root == Path::new("/") => nocloud_site(Path::new("/dev/disk/by-label")).or_else(super::cloud::kept_site),
+        None if root == Path::new("/") => super::cloud::disk_site(Path::new("/dev/disk/by-label")).or_else(super::cloud::kept_site),
         None => None,
     };
     if root == Path::new("/") {
@@ -288,35 +288,6 @@ pub fn apply_site(root: &Path, text: &str, source: &str) -> Result<Vec<PathBuf>>
         console(&format!("site {} applied: {}", site.hostname, list.join(", ")));
     }
     Ok(changed)
-}
-
-/// The site from a NoCloud seed disk (a FAT volume labelled CIDATA, as cloud-init reads it):
-/// `user-data` when it is a site file, else a site naming the `local-hostname` of `meta-data`.
-/// Cloud-config YAML in `user-data` is not outpost's and is said to be ignored.
-fn nocloud_site(by_label: &Path) -> Option<(String, String)> {
-    let dev = ["CIDATA", "cidata"].iter().map(|l| by_label.join(l)).find(|p| p.exists())?;
-    let read = |name: &str| match seed::read_root_file(&dev, name) {
-        Ok(b) => b.map(|b| String::from_utf8_lossy(&b).into_owned()),
-        Err(e) => {
-            console(&format!("the NoCloud seed {} could not be read: {e:#}", dev.display()));
-            None
-        }
-    };
-    let user_data = read("user-data").filter(|t| !t.trim().is_empty());
-    match user_data {
-        Some(t) if !t.trim_start().starts_with("#cloud-config") => return Some((t, format!("{}:/user-data", dev.display()))),
-        Some(_) => console("the NoCloud seed's user-data is cloud-config, not an outpost site file: ignored"),
-        None => {}
-    }
-    let meta = read("meta-data")?;
-    let full = meta.lines().find_map(|l| l.trim().strip_prefix("local-hostname:")).map(|h| h.trim().trim_matches(|c| c == '"' || c == '\'').to_string())?;
-    match super::cloud::hostname_site(&full, &[]) {
-        Some(site) => Some((site, format!("{}:/meta-data", dev.display()))),
-        None => {
-            console(&format!("the NoCloud seed's local-hostname `{full}` is not a host name: ignored"));
-            None
-        }
-    }
 }
 
 /// Where SSH host keys outlive the boot: /etc is rebuilt in memory at every boot.

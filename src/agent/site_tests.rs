@@ -99,23 +99,3 @@ fn an_invalid_seed_keeps_the_previous_settings() {
     apply(&root, Some(&dev)).unwrap();
     assert!(!root.join("etc/hostname").exists());
 }
-
-#[test]
-fn nocloud_seed_gives_the_site_or_the_host_name() {
-    let t = tempfile::tempdir().unwrap();
-    let seed = |files: &[(&str, &[u8])]| fs_err::write(t.path().join("CIDATA"), seed::nocloud_image(files).unwrap()).unwrap();
-    // No disk: nothing.
-    assert!(nocloud_site(t.path()).is_none());
-    // A site file as user-data wins over meta-data.
-    seed(&[("meta-data", b"local-hostname: other\n"), ("user-data", SITE.as_bytes())]);
-    let (text, source) = nocloud_site(t.path()).unwrap();
-    assert_eq!(text, SITE);
-    assert!(source.ends_with("CIDATA:/user-data"), "{source}");
-    // Cloud-config user-data is not ours: the host name from meta-data, its first label.
-    seed(&[("meta-data", b"instance-id: i-1\nlocal-hostname: ip-10-0-0-5.ec2.internal\n"), ("user-data", b"#cloud-config\nusers: []\n")]);
-    let (text, _) = nocloud_site(t.path()).unwrap();
-    assert_eq!(Site::parse(Path::new("x"), &text).unwrap().hostname, "ip-10-0-0-5");
-    // A name that is not one is refused, not written into a site file.
-    seed(&[("meta-data", b"local-hostname: \"a\\\" b\"\n")]);
-    assert!(nocloud_site(t.path()).is_none());
-}

@@ -1,7 +1,9 @@
 //! Finds a file in an ISO 9660 file system on a device, without mounting it (the installer's
 //! kernel may lack isofs, and reading the medium is all it needs): the primary volume
 //! descriptor at sector 16, then directory records down the path. Files larger than 4 GiB are
-//! several extents (multi-extent records, as xorriso writes them at `-iso-level 3`).
+//! several extents (multi-extent records, as xorriso writes them at `-iso-level 3`). A name is
+//! matched as ISO 9660 spells it (`INSTALL.JSON;1`) or by its Rock Ridge name (`NM`), which
+//! carries the real one where ISO 9660 cannot (`user-data` on a cloud's NoCloud disk).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -102,12 +104,34 @@ fn entries(dir: &[u8], name: &str) -> Vec<(u64, u64)> {
         }
         let r = &dir[at..at + len];
         let name_len = r[32] as usize;
-        if 33 + name_len <= r.len() && names_match(&r[33..33 + name_len], name) {
+        if 33 + name_len <= r.len() && (names_match(&r[33..33 + name_len], name) || rock_ridge_name(r).is_some_and(|n| n == name.as_bytes())) {
             found.push(record_extent(r));
         }
         at += len;
     }
     found
+}
+
+/// A directory record's Rock Ridge name: the `NM` entries of its system use area (after the
+/// name, padded to an even offset), concatenated; `None` without one.
+fn rock_ridge_name(r: &[u8]) -> Option<Vec<u8>> {
+    let name_len = r[32] as usize;
+    let mut at = 33 + name_len + usize::from(name_len % 2 == 0);
+    let mut name: Option<Vec<u8>> = None;
+    while at + 4 <= r.len() {
+        let len = r[at + 2] as usize;
+        if len < 4 || at + len > r.len() {
+            break;
+        }
+        if &r[at..at + 2] == b"NM" && len >= 5 {
+            // Flags 2 and 4 mean "." and "..", never a file's name.
+            if r[at + 4] & 0b110 == 0 {
+                name.get_or_insert_with(Vec::new).extend_from_slice(&r[at + 5..at + len]);
+            }
+        }
+        at += len;
+    }
+    name
 }
 
 /// `INSTALL.JSON;1` matches `install.json`; a directory's `OUTPOST` matches `outpost`.
@@ -188,6 +212,28 @@ mod tests {
     }
 
     const VOLUME_ID_TEST: &str = "OUTPOST";
+
+    /// A NoCloud disk as cloud-localds and Proxmox make it (genisoimage's options: Joliet and
+    /// Rock Ridge, ISO 9660 level 1): `user-data` is `USER_DAT.;1` to ISO 9660, found by its
+    /// Rock Ridge name; a ConfigDrive's nested path too.
+    #[test]
+    fn reads_rock_ridge_names() {
+        crate::tool::preflight(&["xorriso"]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let stage = tmp.path().join("stage");
+        fs_err::create_dir_all(stage.join("openstack/latest")).unwrap();
+        fs_err::write(stage.join("user-data"), b"version = 1\n").unwrap();
+        fs_err::write(stage.join("meta-data"), b"local-hostname: a\n").unwrap();
+        fs_err::write(stage.join("openstack/latest/meta_data.json"), b"{}").unwrap();
+        let iso = tmp.path().join("cidata.iso");
+        crate::tool::Tool::new("xorriso").args(["-as", "mkisofs", "-quiet", "-joliet", "-rock", "-volid", "cidata", "-o"]).arg(&iso).arg(&stage).run().unwrap();
+        let mut r = Iso::open(&iso).unwrap().unwrap();
+        assert_eq!(r.volume_id, "cidata");
+        assert_eq!(r.read("user-data").unwrap(), b"version = 1\n");
+        assert_eq!(r.read("meta-data").unwrap(), b"local-hostname: a\n");
+        assert_eq!(r.read("openstack/latest/meta_data.json").unwrap(), b"{}");
+        assert!(r.read("vendor-data").is_err());
+    }
 
     #[test]
     fn multi_extent_records_concatenate() {

@@ -114,11 +114,30 @@ pub fn read_site(dev: &Path) -> Result<Option<String>> {
     }
 }
 
-/// The volume label of a NoCloud seed (cloud-init's data source): a FAT disk holding
+/// The volume label of a NoCloud seed (cloud-init's data source) in its FAT form: a disk holding
 /// `meta-data` (`local-hostname: NAME`) and `user-data` (for outpost: a site file).
+#[cfg(test)]
 pub const NOCLOUD_LABEL: &[u8; 11] = b"CIDATA     ";
 
 /// A file of the FAT volume's root directory on `dev` (any case), if it is there.
+/// A file of a FAT volume by its path (`openstack/latest/meta_data.json`), any case; `None` when
+/// there is none.
+pub fn read_file(dev: &Path, path: &str) -> Result<Option<Vec<u8>>> {
+    let Some((dir, name)) = path.rsplit_once('/') else { return read_root_file(dev, path) };
+    let f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
+    let fs = fatfs::FileSystem::new(ReadOnly(f), fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system on {}", dev.display()))?;
+    let Ok(d) = fs.root_dir().open_dir(dir) else { return Ok(None) };
+    for e in d.iter() {
+        let e = e?;
+        if e.file_name().eq_ignore_ascii_case(name) && e.is_file() {
+            let mut bytes = Vec::new();
+            e.to_file().read_to_end(&mut bytes).with_context(|| format!("reading {path} from {}", dev.display()))?;
+            return Ok(Some(bytes));
+        }
+    }
+    Ok(None)
+}
+
 pub fn read_root_file(dev: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
     let fs = fatfs::FileSystem::new(ReadOnly(f), fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system on {}", dev.display()))?;
@@ -133,8 +152,9 @@ pub fn read_root_file(dev: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
-/// A NoCloud seed disk (FAT, labelled CIDATA) holding `files` in its root, as a cloud or a
-/// test gives an instance.
+/// A NoCloud seed disk (FAT, labelled CIDATA) holding `files` in its root, as a cloud may give
+/// an instance (the boot tests give the ISO 9660 form).
+#[cfg(test)]
 pub fn nocloud_image(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let mut disk = Cursor::new(vec![0u8; 2 << 20]);
     fatfs::format_volume(&mut disk, fatfs::FormatVolumeOptions::new().volume_label(*NOCLOUD_LABEL)).context("formatting the NoCloud seed")?;

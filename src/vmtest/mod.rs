@@ -211,8 +211,16 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         }
     }
     if let Some(files) = &scenario.nocloud {
-        let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
-        fs_err::write(m.nocloud_disk(), crate::format::seed::nocloud_image(&named)?)?;
+        // ISO 9660 with Joliet and Rock Ridge, labelled cidata, as cloud-localds and Proxmox
+        // make it (the FAT form is read by the same code: unit tests).
+        let stage = dir.join("nocloud");
+        crate::files::remove_if_exists(&stage)?;
+        fs_err::create_dir_all(&stage)?;
+        for (name, bytes) in files {
+            fs_err::write(stage.join(name), bytes)?;
+        }
+        crate::files::remove_if_exists(&m.nocloud_disk())?;
+        Tool::new("xorriso").describe("making the NoCloud seed disk").args(["-as", "mkisofs", "-quiet", "-joliet", "-rock", "-volid", "cidata", "-o"]).arg(m.nocloud_disk()).arg(&stage).run()?;
     }
     if let Some(inst) = &scenario.install {
         let console = dir.join("install.log");
