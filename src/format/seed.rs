@@ -108,7 +108,7 @@ impl Write for ReadOnly {
 
 /// `site.toml` from the seed file system on `dev`, if there is one.
 pub fn read_site(dev: &Path) -> Result<Option<String>> {
-    match read_root_file(dev, SITE_FILE)? {
+    match read_file(dev, SITE_FILE)? {
         Some(b) => Ok(Some(String::from_utf8(b).with_context(|| format!("{SITE_FILE} on {} is not UTF-8 text", dev.display()))?)),
         None => Ok(None),
     }
@@ -119,33 +119,23 @@ pub fn read_site(dev: &Path) -> Result<Option<String>> {
 #[cfg(test)]
 pub const NOCLOUD_LABEL: &[u8; 11] = b"CIDATA     ";
 
-/// A file of the FAT volume's root directory on `dev` (any case), if it is there.
-/// A file of a FAT volume by its path (`openstack/latest/meta_data.json`), any case; `None` when
-/// there is none.
+/// A file of the FAT volume on `dev` by its path (`site.toml`, `openstack/latest/meta_data.json`),
+/// any case; `None` when there is none.
 pub fn read_file(dev: &Path, path: &str) -> Result<Option<Vec<u8>>> {
-    let Some((dir, name)) = path.rsplit_once('/') else { return read_root_file(dev, path) };
     let f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
     let fs = fatfs::FileSystem::new(ReadOnly(f), fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system on {}", dev.display()))?;
-    let Ok(d) = fs.root_dir().open_dir(dir) else { return Ok(None) };
-    for e in d.iter() {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, name)) => match fs.root_dir().open_dir(dir) {
+            Ok(d) => (d, name),
+            Err(_) => return Ok(None),
+        },
+        None => (fs.root_dir(), path),
+    };
+    for e in dir.iter() {
         let e = e?;
         if e.file_name().eq_ignore_ascii_case(name) && e.is_file() {
             let mut bytes = Vec::new();
             e.to_file().read_to_end(&mut bytes).with_context(|| format!("reading {path} from {}", dev.display()))?;
-            return Ok(Some(bytes));
-        }
-    }
-    Ok(None)
-}
-
-pub fn read_root_file(dev: &Path, name: &str) -> Result<Option<Vec<u8>>> {
-    let f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
-    let fs = fatfs::FileSystem::new(ReadOnly(f), fatfs::FsOptions::new()).with_context(|| format!("reading the FAT file system on {}", dev.display()))?;
-    for e in fs.root_dir().iter() {
-        let e = e?;
-        if e.file_name().eq_ignore_ascii_case(name) && e.is_file() {
-            let mut bytes = Vec::new();
-            e.to_file().read_to_end(&mut bytes).with_context(|| format!("reading {name} from {}", dev.display()))?;
             return Ok(Some(bytes));
         }
     }
@@ -222,6 +212,9 @@ mod tests {
         let with = image_with(16 << 20, 0x1234, 1_700_000_000, Some("version = 1\n"), &[("issuer.key".into(), b"PRIVATE".to_vec())]).unwrap();
         fs_err::write(&p, &with).unwrap();
         assert_eq!(read_tls(&p, "issuer.key").unwrap().as_deref(), Some(&b"PRIVATE"[..]));
+        // By its path, any case, as a FAT ConfigDrive's `openstack/latest/...` is read.
+        assert_eq!(read_file(&p, "TLS/Issuer.key").unwrap().as_deref(), Some(&b"PRIVATE"[..]));
+        assert_eq!(read_file(&p, "nothing/issuer.key").unwrap(), None);
         assert_eq!(read_tls(&p, "site.key").unwrap(), None);
         zero_tls(&p, "issuer.key").unwrap();
         assert_eq!(read_tls(&p, "issuer.key").unwrap().as_deref(), Some(&[0u8; 7][..]));
