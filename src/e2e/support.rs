@@ -166,7 +166,7 @@ pub fn build_slot() -> MutexGuard<'static, ()> {
 /// Guests at once. A TCG guest with two CPUs leaves a third of this 2-core machine idle while
 /// it waits on its disk, its timers and the checks' sleeps (vmstat: 29% idle over a debian-base
 /// scenario); two at once took 187 s where one after the other took 254 s (2 x 127 s). With the
-/// two test threads a build and a guest, or two guests, run together.
+/// three test threads a build runs beside two guests.
 const GUESTS: usize = 2;
 
 /// A place among the `GUESTS` guests that may run at once, held until dropped.
