@@ -85,12 +85,12 @@ pub fn shutdown() -> Result<()> {
 /// Prints the status as JSON, or as Prometheus metrics.
 pub fn show(prometheus: bool) -> Result<()> {
     let s = collect(Path::new("/"));
-    if prometheus {
-        print!("{}", metrics(&s));
-    } else {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+    let text = if prometheus { metrics(&s) } else { serde_json::to_string_pretty(&s)? + "\n" };
+    // A reader that stops early (`| grep -q`, `| head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Writes `DIR/status.json` and `DIR/metrics.txt` (the status page serves both; `.txt` gives
