@@ -92,7 +92,9 @@ pub fn pacs_pulled_by_digest() {
     // deployment CA: its own secret and certificate, trusted through the CA by its own name.
     // A replacement box of the same site: it restores the PACS clinic's backup, from its stick
     // and then from the site's server, with the site's backup key (the PACS clinic showed none
-    // of its own), and serves the same study, byte for byte, each time.
+    // of its own), and serves the same study, byte for byte, each time. Before the server
+    // restore the box's SSH key goes to the console, as an engineer reads it off the screen to
+    // allow it on the server (the stand-in server allows what the console shows).
     let theirs = support::identity_of("pacs-clinic");
     let restore = match &theirs {
         Some(Some(_)) => {
@@ -112,6 +114,7 @@ pub fn pacs_pulled_by_digest() {
                 "backup-disk = true\nbackup-disk-from = \"{}\"\nbackup-server-from = \"{}\"\n\
                  [[command]]\nrun = \"printf '%s\\\\n' '{}' > /run/backup-key && /usr/lib/outpost/outpost restore --key-file /run/backup-key --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 900\n\
                  {study}\
+                 [[command]]\nrun = \"/usr/lib/outpost/outpost backup check > /dev/null 2>&1; printf 'outpost: backup: this box logs in to it as %s\\\\n' \\\"$(cut -d' ' -f1,2 /var/lib/outpost/backup/ssh/id_ed25519.pub)\\\" > /dev/console; echo shown\"\nexpect = \"shown\"\n\
                  [[command]]\nrun = \"/usr/lib/outpost/outpost restore --key-file /var/lib/outpost/backup/key --server --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 600\n\
                  {study}",
                 vm.join("backup-disk.img").display(),
