@@ -315,7 +315,7 @@ pub struct Command {
     /// Keep the trimmed output under this name, for a later disk check.
     #[serde(default)]
     pub save_as: Option<String>,
-    /// Seconds this command may take beyond the boot's shared 120 s for commands (a restore).
+    /// Seconds this command may take from when it starts (default 120; a restore takes more).
     #[serde(default)]
     pub timeout: Option<u64>,
     /// Before `run`: the scenario's backup stick is plugged into the running machine (a PCIe

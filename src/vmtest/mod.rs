@@ -562,7 +562,9 @@ async fn guest_checks(
     }
     let cmd_deadline = Instant::now() + Duration::from_secs(120);
     for c in &boot.commands {
-        let deadline = c.timeout.map_or(cmd_deadline, |t| cmd_deadline.max(Instant::now() + Duration::from_secs(t)));
+        // Each command has its own time (`timeout`, else 120 s) from when it starts: one that
+        // follows a long one is not cut off by the time that one used.
+        let deadline = cmd_deadline.max(Instant::now() + Duration::from_secs(c.timeout.unwrap_or(120)));
         if c.plug_backup_disk {
             let add = serde_json::json!({"execute": "device_add", "arguments": {"driver": "virtio-blk-pci", "bus": HOTPLUG_PORT, "drive": HOTPLUG_DRIVE, "id": "backup-stick"}});
             match qmp(&m.qmp(), add).await {
