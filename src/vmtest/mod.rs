@@ -548,7 +548,13 @@ async fn guest_checks(
     let console_deadline = Instant::now() + Duration::from_secs(300);
     for c in &boot.console {
         loop {
-            let text = fs_err::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            // This boot's console, with what attempts that stalled and were power-cycled showed
+            // (a first boot's one-time lines are not shown again).
+            let mut text = String::new();
+            for n in 1..=2 {
+                text += &fs_err::read(console.with_extension(format!("stalled-{n}.log"))).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            }
+            text += &fs_err::read(console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
             if text.contains(&c.contains) {
                 passed.push(format!("console shows `{}`", c.contains));
                 break;
