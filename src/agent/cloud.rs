@@ -230,7 +230,6 @@ mod tests {
                 fs_err::create_dir_all(p.parent().unwrap()).unwrap();
                 fs_err::write(p, text).unwrap();
             }
-            let _ = fs_err::remove_file(t.path().join("CIDATA"));
             let out = t.path().join(label);
             let _ = fs_err::remove_file(&out);
             crate::tool::Tool::new("xorriso").args(["-as", "mkisofs", "-quiet", "-joliet", "-rock", "-volid", label, "-o"]).arg(&out).arg(&stage).run().unwrap();

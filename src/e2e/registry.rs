@@ -118,7 +118,7 @@ pub fn pacs_pulled_by_digest() {
                 "backup-disk = true\nbackup-disk-from = \"{}\"\nbackup-server-from = \"{}\"\n\
                  [[command]]\nrun = \"printf '%s\\\\n' '{}' > /run/backup-key && /usr/lib/outpost/outpost restore --key-file /run/backup-key --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 900\n\
                  {study}\
-                 [[command]]\nrun = \"/usr/lib/outpost/outpost backup check > /dev/null 2>&1; printf 'outpost: backup: this box logs in to it as %s\\\\n' \\\"$(cut -d' ' -f1,2 /var/lib/outpost/backup/ssh/id_ed25519.pub)\\\" > /dev/console; echo shown\"\nexpect = \"shown\"\ntimeout = 120\n\
+                 [[command]]\nrun = \"/usr/lib/outpost/outpost backup check > /dev/null 2>&1; printf 'outpost: backup: this box logs in to it as %s\\\\n' \\\"$(cut -d' ' -f1,2 /var/lib/outpost/backup/ssh/id_ed25519.pub)\\\" > /dev/console; echo shown\"\nexpect = \"shown\"\n\
                  [[command]]\nrun = \"/usr/lib/outpost/outpost restore --key-file /var/lib/outpost/backup/key --server --host pacs-clinic\"\nexpect = \"restore: done\"\ntimeout = 600\n\
                  {study}",
                 vm.join("backup-disk.img").display(),
@@ -138,8 +138,8 @@ pub fn pacs_pulled_by_digest() {
         &scenario,
         format!(
             "version = 1\nimage = \"../images/pacs-clinic.toml\"\nsite = \"../sites/pacs-annex.toml\"\ndeployment-ca = true\ntimeout = 900\nmemory = 1536\nverdict = \"OUTPOST-VERDICT: running\"\n{restore}\
-             [[command]]\nrun = \"podman inspect --format '{{{{.ImageDigest}}}}' orthanc-pacs-nginx\"\nexpect = \"{nginx_digest}\"\ntimeout = 120\n\
-             [[command]]\nrun = \"echo identity secret=$(sha256sum < /var/lib/outpost/secrets/orthanc-pacs/ORTHANC_DB_PASSWORD | cut -c1-16) cert=$(openssl x509 -noout -fingerprint -sha256 -in /var/lib/outpost/tls/cert.pem | cut -d= -f2)\"\nexpect = \"identity secret=\"\ntimeout = 120\n\
+             [[command]]\nrun = \"podman inspect --format '{{{{.ImageDigest}}}}' orthanc-pacs-nginx\"\nexpect = \"{nginx_digest}\"\n\
+             [[command]]\nrun = \"echo identity secret=$(sha256sum < /var/lib/outpost/secrets/orthanc-pacs/ORTHANC_DB_PASSWORD | cut -c1-16) cert=$(openssl x509 -noout -fingerprint -sha256 -in /var/lib/outpost/tls/cert.pem | cut -d= -f2)\"\nexpect = \"identity secret=\"\n\
              [[http]]\nport = 80\npath = \"/system\"\ncontains = \"outpost PACS\"\n\
              [[http]]\nport = 443\npath = \"/system\"\ntls-name = \"pacs-annex\"\ncontains = \"outpost PACS\"\n"
         ),
