@@ -293,7 +293,10 @@ pub fn apply_site(root: &Path, text: &str, source: &str) -> Result<Vec<PathBuf>>
 /// Where SSH host keys outlive the boot: /etc is rebuilt in memory at every boot.
 const HOST_KEYS: &str = "/var/lib/outpost/ssh";
 
-/// SSH host keys: those kept on the data partition go back into /etc/ssh, `ssh-keygen -A` makes
+/// The host keys a machine makes for itself: key type and file in /etc/ssh.
+const HOST_KEY_KINDS: [(&str, &str); 2] = [("ed25519", "ssh_host_ed25519_key"), ("ecdsa", "ssh_host_ecdsa_key")];
+
+/// SSH host keys: those kept on the data partition go back into /etc/ssh, `ssh-keygen` makes
 /// any missing (the first boot: all), and new ones are kept. With the data partition closed the
 /// keys last for this boot only, and the console says so.
 fn host_keys(etc_ssh: &Path, store: &Path) -> Result<()> {
@@ -303,7 +306,15 @@ fn host_keys(etc_ssh: &Path, store: &Path) -> Result<()> {
             fs_err::copy(e.path(), etc_ssh.join(e.file_name())).with_context(|| format!("restoring {}", e.path().display()))?;
         }
     }
-    Tool::new("ssh-keygen").describe("creating this machine's SSH host keys").arg("-A").run()?;
+    // Ed25519 and ECDSA, as every SSH client since 2017 accepts; not RSA, whose key generation
+    // is most of a first boot's site step under emulation (and seconds on a slow clinic PC).
+    // sshd skips the default key files that do not exist; kept RSA keys are still restored.
+    for (kind, file) in HOST_KEY_KINDS {
+        let key = etc_ssh.join(file);
+        if !key.exists() {
+            Tool::new("ssh-keygen").describe(format!("creating this machine's {kind} SSH host key")).args(["-q", "-t", kind, "-N", "", "-C", "", "-f"]).arg(&key).run()?;
+        }
+    }
     let kept = fs_err::create_dir_all(store).and_then(|()| {
         fs_err::set_permissions(store, fs::Permissions::from_mode(0o700))?;
         for e in fs_err::read_dir(etc_ssh)?.filter_map(Result::ok).filter(is_key) {
