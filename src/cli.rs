@@ -97,6 +97,12 @@ pub enum Command {
         /// The deployment CA for scenarios with `deployment-ca = true` (as `personalize --ca`)
         #[arg(long, value_name = "DIR", env = "OUTPOST_CA")]
         ca: Option<PathBuf>,
+        /// CPUs of each test machine. Under emulation (TCG) give each guest no more CPUs than
+        /// the host has cores to spare for it: a guest CPU that waits for a lock held by its
+        /// other CPU, which the host has descheduled, spins (two guests of 2 CPUs on 2 cores took
+        /// 395 s where two of 1 CPU took 311 s)
+        #[arg(long, value_name = "N", env = "OUTPOST_TEST_CPUS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=64))]
+        cpus: u8,
     },
     /// Write a site's settings into the seed partition of a copy of an image (the root is untouched)
     Personalize {

@@ -163,11 +163,20 @@ pub fn build_slot() -> MutexGuard<'static, ()> {
     lock(&L)
 }
 
-/// Guests at once. A TCG guest with two CPUs leaves a third of this 2-core machine idle while
-/// it waits on its disk, its timers and the checks' sleeps (vmstat: 29% idle over a debian-base
-/// scenario); two at once took 187 s where one after the other took 254 s (2 x 127 s). With the
-/// three test threads a build runs beside two guests.
+/// Guests at once. A TCG guest leaves part of this 2-core machine idle while it waits on its
+/// disk, its timers and the checks' sleeps (vmstat: 29% idle over a debian-base scenario); with
+/// the three test threads a build runs beside two guests.
 const GUESTS: usize = 2;
+
+/// CPUs of each guest: the host's cores shared among the guests at once, at least one. Two
+/// guests of two CPUs each on two cores spin on each other's locks (a guest CPU waits for one
+/// the host has descheduled; TCG has no paravirtual spinlocks): the same two debian-base boots
+/// at once took 395 s with two CPUs each (the first boots 169-183 s) and 311 s with one
+/// (123-133 s), where one after the other with two CPUs took 400 s.
+pub fn guest_cpus() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / GUESTS).max(1).to_string()
+}
 
 /// A place among the `GUESTS` guests that may run at once, held until dropped.
 pub struct VmSlot;
@@ -296,6 +305,8 @@ pub fn boot(scenario: &Path, image: &Path, work: &Path) -> serde_json::Value {
         .arg("--cache")
         .arg(shared_cache())
         .arg("--json")
+        .arg("--cpus")
+        .arg(guest_cpus())
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .env("OUTPOST_KEYS", keys_dir())
         .env("OUTPOST_CA", ca_dir())

@@ -100,6 +100,7 @@ struct Machine<'a> {
     scenario: &'a Scenario,
     dir: &'a Path,
     accel: Accel,
+    cpus: u8,
     overlay: PathBuf,
     vars: PathBuf,
     qga: PathBuf,
@@ -128,7 +129,7 @@ impl Machine<'_> {
     }
 }
 
-pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: &Path) -> Result<Report> {
+pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: &Path, cpus: u8) -> Result<Report> {
     fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let accel = detect_accel(dir);
     if accel == Accel::Tcg {
@@ -179,7 +180,7 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         Some(bundle) if scenario.boots.iter().any(|b| b.update) => Some(tokio::task::block_in_place(|| disk::update_stick(dir, bundle))?),
         _ => None,
     };
-    let m = Machine { scenario, dir, accel, overlay, vars: dir.join("OVMF_VARS.fd"), qga, forwards, port_map, update_stick };
+    let m = Machine { scenario, dir, accel, cpus, overlay, vars: dir.join("OVMF_VARS.fd"), qga, forwards, port_map, update_stick };
     let mut report = Report {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
@@ -310,7 +311,7 @@ fn machine_command(m: &Machine<'_>, console: &Path, uefi: bool) -> Tool {
         Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
     };
     cmd = cmd
-        .args(["-machine", "q35", "-smp", "2", "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
+        .args(["-machine", "q35", "-smp", &m.cpus.to_string(), "-m", &m.scenario.memory.to_string(), "-nodefaults", "-display", "none", "-no-user-config"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()));
     if uefi {
