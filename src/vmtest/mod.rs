@@ -365,7 +365,10 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
     }
     if let Some(sock) = tpm_sock {
         cmd = cmd.arg("-chardev").arg(format!("socket,id=chrtpm,path={}", sock.display()));
-        cmd = cmd.args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]);
+        // CRB, the command-buffer interface of the firmware TPMs in today's PCs (Intel PTT, AMD
+        // fTPM): the firmware reaches the kernel's EFI stub in 11.8-14.8 s under TCG where TIS's
+        // byte-at-a-time FIFO took 19.3-19.7 s.
+        cmd = cmd.args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0"]);
     }
     cmd
 }
