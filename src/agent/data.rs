@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::spec::{DataPolicy, NoTpm, RecoveryKey, Site, Unlock};
 use super::console::console_only;
-use super::{say as console, wait_for};
+use super::{root_disk_partition, say as console, wait_for};
 use crate::tool::Tool;
 
 /// Device-mapper name of the opened partition.
@@ -202,8 +202,8 @@ fn open_inner(root: &Path) -> Result<()> {
         Some(s) => (s.unlock.unwrap_or(policy.unlock), s.recovery_key),
         None => (policy.unlock, RecoveryKey::default()),
     };
-    let dev = data_partition(Duration::from_secs(30))?;
-    if unlock == Unlock::Tpm2 && wait_for(Path::new("/dev/tpmrm0"), Duration::from_secs(5)).is_none() {
+    let dev = root_disk_partition("data", Duration::from_secs(30))?;
+    if unlock == Unlock::Tpm2 && !tpm_present() {
         match policy.no_tpm {
             NoTpm::Refuse => {
                 console("this machine has no TPM 2.0, and the image's data policy is `tpm2` with `no-tpm = \"refuse\"`: the data partition stays closed and the applications do not start. Enable the TPM in the firmware setup, or personalize the site with `unlock = \"usb-key\"`.");
@@ -264,6 +264,34 @@ fn open_inner(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the machine has a TPM 2.0. Its driver is built into the Debian and Ubuntu kernels,
+/// so /dev/tpmrm0 is there from the kernel's start; a TPM whose driver is a module (an SPI or
+/// I2C TPM) appears once udev's coldplug has loaded it, which is waited for only then.
+fn tpm_present() -> bool {
+    let tpm = Path::new("/dev/tpmrm0");
+    if tpm.exists() {
+        return true;
+    }
+    udev_coldplugged();
+    wait_for(tpm, Duration::from_secs(5)).is_some()
+}
+
+/// Starts udev's coldplug if it has not run yet and waits until udev has handled every device
+/// it found (drivers loaded, /dev/disk links made). The unit does not wait for it in general:
+/// the data partition, the seed and a built-in TPM are found without udev, and under emulation
+/// udev's start and coldplug take 8-11 s that the unlock now spends beside them.
+fn udev_coldplugged() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        // udev itself too: `settle` waits for the events udev has taken from the kernel.
+        let trigger = Tool::new("systemctl").describe("starting udev and its coldplug").args(["start", "systemd-udevd.service", "systemd-udev-trigger.service"]).run();
+        let settle = Tool::new("udevadm").describe("waiting for udev").args(["settle", "--timeout=60"]).run();
+        if let Err(e) = trigger.and(settle) {
+            console(&format!("udev did not finish handling the devices ({e}); going on"));
+        }
+    });
+}
+
 fn unlock_name(u: Unlock) -> &'static str {
     match u {
         Unlock::Tpm2 => "tpm2",
@@ -275,41 +303,9 @@ fn unlock_name(u: Unlock) -> &'static str {
 
 /// The site in the seed partition, if any and valid (`outpost seed apply` reports problems).
 fn seed_site() -> Option<Site> {
-    let dev = wait_for(Path::new("/dev/disk/by-partlabel/seed"), Duration::from_secs(10))?;
+    let dev = root_disk_partition(crate::format::layout::SEED_LABEL, Duration::from_secs(10)).ok()?;
     let text = crate::format::seed::read_site(&dev).ok()??;
     Site::parse(Path::new("seed:/site.toml"), &text).ok()
-}
-
-/// The partition named `data` on the disk the root file system is on: never one on another
-/// disk, such as a USB stick or the disk of another appliance plugged in for rescue.
-fn data_partition(limit: Duration) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let root_dev = fs_err::metadata("/").context("reading /")?.dev();
-    let (major, minor) = (libc::major(root_dev), libc::minor(root_dev));
-    let mut sys = fs_err::canonicalize(format!("/sys/dev/block/{major}:{minor}")).context("finding the root file system's disk in /sys")?;
-    // The root is a dm-verity mapping: its disk is the one under the mapping's data partition.
-    if let Some(under) = fs_err::read_dir(sys.join("slaves")).ok().and_then(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).min()) {
-        sys = fs_err::canonicalize(Path::new("/sys/class/block").join(under)).context("finding the disk under the root's dm-verity mapping")?;
-    }
-    let disk = sys.parent().context("the root file system is not on a partition")?.to_path_buf();
-    let start = Instant::now();
-    loop {
-        for e in fs_err::read_dir(&disk).with_context(|| format!("reading {}", disk.display()))? {
-            let p = e?.path();
-            let Ok(uevent) = fs_err::read_to_string(p.join("uevent")) else { continue };
-            if uevent.lines().any(|l| l == "PARTNAME=data") {
-                let name = p.file_name().expect("has a name").to_string_lossy().into_owned();
-                let dev = Path::new("/dev").join(name);
-                if wait_for(&dev, Duration::from_secs(10)).is_some() {
-                    return Ok(dev);
-                }
-            }
-        }
-        if start.elapsed() > limit {
-            bail!("the disk {} has no partition named `data`", disk.display());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 fn random_hex(bytes: usize) -> Result<String> {
@@ -399,8 +395,8 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
     Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).arg(fs_size(&mapped)?).run()?;
     // A site that gives its boxes a backup key (in the seed, taken at `seed apply`): no key of
     // the box's own is made, or shown.
-    let seed = Path::new("/dev/disk/by-partlabel").join(crate::format::layout::SEED_LABEL);
-    let backup_key = if super::backup::site_key_in_seed(&seed) { None } else { Some(super::backup::new_key()?) };
+    let seed = root_disk_partition(crate::format::layout::SEED_LABEL, Duration::from_secs(10));
+    let backup_key = if seed.is_ok_and(|seed| super::backup::site_key_in_seed(&seed)) { None } else { Some(super::backup::new_key()?) };
     fill(&mapped, &newvar, (recovery == RecoveryKey::File).then_some(recovery_key.as_str()), backup_key.as_deref())?;
     Tool::new("cryptsetup").describe("removing the first-boot key slot").args(["luksKillSlot", "--batch-mode"]).arg(dev).arg("0").run()?;
     fs_err::remove_file(&tmp)?;
@@ -497,6 +493,9 @@ fn luks_uuid(dev: &Path) -> Result<String> {
 
 /// Mounts the USB stick labelled OUTPOSTKEY (waiting for it up to `limit`) and runs `f` on it.
 fn with_usb_stick<T>(limit: Duration, writable: bool, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    // The stick's label link and its USB drivers come from udev's coldplug, which this unit
+    // does not wait for otherwise.
+    udev_coldplugged();
     let dev = Path::new("/dev/disk/by-label").join(USB_LABEL);
     if wait_for(&dev, limit).is_none() {
         bail!("no USB stick labelled {USB_LABEL} is plugged in");

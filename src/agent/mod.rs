@@ -65,6 +65,40 @@ pub fn files_ending(dir: &Path, depth: usize, suffix: &str) -> Result<Vec<std::p
     Ok(found)
 }
 
+/// The partition with the GPT name `name` on the disk the root file system is on, never one on
+/// another disk (a USB stick, or the disk of another appliance plugged in for rescue). Found in
+/// /sys and /dev as the kernel makes them, without udev's links: the data partition is opened
+/// while udev is still starting.
+pub fn root_disk_partition(name: &str, limit: Duration) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let root_dev = fs_err::metadata("/").context("reading /")?.dev();
+    let (major, minor) = (libc::major(root_dev), libc::minor(root_dev));
+    let mut sys = fs_err::canonicalize(format!("/sys/dev/block/{major}:{minor}")).context("finding the root file system's disk in /sys")?;
+    // The root is a dm-verity mapping: its disk is the one under the mapping's data partition.
+    if let Some(under) = fs_err::read_dir(sys.join("slaves")).ok().and_then(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).min()) {
+        sys = fs_err::canonicalize(Path::new("/sys/class/block").join(under)).context("finding the disk under the root's dm-verity mapping")?;
+    }
+    let disk = sys.parent().context("the root file system is not on a partition")?.to_path_buf();
+    let wanted = format!("PARTNAME={name}");
+    let start = Instant::now();
+    loop {
+        for e in fs_err::read_dir(&disk).with_context(|| format!("reading {}", disk.display()))? {
+            let p = e?.path();
+            let Ok(uevent) = fs_err::read_to_string(p.join("uevent")) else { continue };
+            if uevent.lines().any(|l| l == wanted) {
+                let dev = Path::new("/dev").join(p.file_name().expect("has a name"));
+                if wait_for(&dev, Duration::from_secs(10)).is_some() {
+                    return Ok(dev);
+                }
+            }
+        }
+        if start.elapsed() > limit {
+            anyhow::bail!("the disk {} has no partition named `{name}`", disk.display());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Waits up to `limit` for a path to appear (udev creating a device link).
 pub fn wait_for(p: &Path, limit: Duration) -> Option<PathBuf> {
     let start = Instant::now();

@@ -132,6 +132,8 @@ pub fn da_state() -> Result<Da> {
 pub fn prepare() -> Result<Da> {
     let mut da = da_state()?;
     if !da.lockout_auth_set {
+        // Read again only when something was changed: every later boot finds it as it was left.
+        let changed = da.in_lockout || da.recovery_time != 0;
         if da.in_lockout {
             tpm2("tpm2_dictionarylockout").describe("lifting the TPM's dictionary-attack lockout").arg("--clear-lockout").run()?;
             console(&format!("the TPM was in dictionary-attack lockout ({} failures): lifted", da.counter));
@@ -143,7 +145,7 @@ pub fn prepare() -> Result<Da> {
                 .run()?;
             console("TPM dictionary-attack protection turned off: power cuts can no longer lock the TPM (the data key has no password to guess; docs/encryption.md)");
         }
-        return da_state();
+        return if changed { da_state() } else { Ok(da) };
     }
     while da.in_lockout {
         let wait = da.recovery_time.clamp(10, 600);
