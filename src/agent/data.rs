@@ -17,6 +17,12 @@ use crate::tool::Tool;
 
 /// Device-mapper name of the opened partition.
 const MAPPING: &str = "outpost-data";
+/// For cryptsetup and systemd-cryptsetup: libdevmapper makes the mapping's /dev/mapper node
+/// itself instead of waiting for udev to report it made it. At boot that report came behind
+/// udev's whole coldplug queue (4-5 s of the unlock under emulation). udev still handles the
+/// mapping's event, so its systemd device unit becomes ready as before; only the dm rules'
+/// mapper link is left out, the node being there already.
+const DM_WITHOUT_UDEV_WAIT: (&str, &str) = ("DM_DISABLE_UDEV", "1");
 /// What var.mount mounts: a link to the mapping, or to the partition itself with `unlock = none`.
 const VOLUME_LINK: &str = "/run/outpost/data-volume";
 /// LUKS2 labels: the state machine of the first boot.
@@ -268,7 +274,7 @@ fn open_inner(root: &Path) -> Result<()> {
 /// so /dev/tpmrm0 is there from the kernel's start; a TPM whose driver is a module (an SPI or
 /// I2C TPM) appears once udev's coldplug has loaded it, which is waited for only then.
 fn tpm_present() -> bool {
-    let tpm = Path::new("/dev/tpmrm0");
+    let tpm = Path::new(super::tpm::DEVICE);
     if tpm.exists() {
         return true;
     }
@@ -371,7 +377,7 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
             let mut enroll = Tool::new("systemd-cryptenroll")
                 .describe("sealing the data partition's key to the TPM")
                 .env("PASSWORD", &passphrase)
-                .arg("--tpm2-device=auto")
+                .arg(format!("--tpm2-device={}", super::tpm::DEVICE))
                 .arg(format!("--tpm2-pcrs={}", list.join("+")));
             if let Some((key, sig)) = &seal.signed {
                 enroll = enroll.arg(format!("--tpm2-public-key={}", key.display())).arg("--tpm2-public-key-pcrs=11").arg(format!("--tpm2-signature={}", sig.display()));
@@ -390,7 +396,14 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
         Unlock::None => unreachable!("handled above"),
     }
     console("copying the image's /var onto the encrypted partition");
-    Tool::new("cryptsetup").describe("opening the new data partition").args(["open", "--key-file"]).arg(&tmp).arg(dev).arg(MAPPING).run()?;
+    Tool::new("cryptsetup")
+        .describe("opening the new data partition")
+        .env(DM_WITHOUT_UDEV_WAIT.0, DM_WITHOUT_UDEV_WAIT.1)
+        .args(["open", "--key-file"])
+        .arg(&tmp)
+        .arg(dev)
+        .arg(MAPPING)
+        .run()?;
     let mapped = Path::new("/dev/mapper").join(MAPPING);
     Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).arg(fs_size(&mapped)?).run()?;
     // A site that gives its boxes a backup key (in the seed, taken at `seed apply`): no key of
@@ -574,11 +587,16 @@ fn attach(root: &Path, dev: &Path, unlock: Unlock) -> Result<(PathBuf, Option<su
     match unlock {
         Unlock::Tpm2 => {
             let da = super::tpm::prepare_or_say();
-            let mut options = "tpm2-device=auto,headless=true".to_string();
+            let mut options = format!("tpm2-device={},headless=true", super::tpm::DEVICE);
             if Path::new(crate::format::PCR_SIGNATURE_RUN_PATH).is_file() {
                 options.push_str(&format!(",tpm2-signature={}", crate::format::PCR_SIGNATURE_RUN_PATH));
             }
-            let attach = Tool::new(&systemd_cryptsetup()?.to_string_lossy()).describe("unlocking the data partition with the TPM").args(["attach", MAPPING]).arg(dev).args(["-", &options]);
+            let attach = Tool::new(&systemd_cryptsetup()?.to_string_lossy())
+                .describe("unlocking the data partition with the TPM")
+                .env(DM_WITHOUT_UDEV_WAIT.0, DM_WITHOUT_UDEV_WAIT.1)
+                .args(["attach", MAPPING])
+                .arg(dev)
+                .args(["-", &options]);
             // A PCR extended by anyone between the policy's PCR checks (the kernel measuring
             // a module it loads while udev is busy) fails the unseal with TPM_RC_PCR_CHANGED;
             // systemd 252 does not retry it (later versions do), so we do.

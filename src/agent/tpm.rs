@@ -118,9 +118,15 @@ pub fn parse_da(text: &str) -> Result<Da> {
     Ok(da)
 }
 
+/// The kernel's TPM resource manager. Named to systemd-cryptsetup and systemd-cryptenroll
+/// instead of `auto`: auto enumerates the TPMs udev has initialized, so at boot it waited (as
+/// long as 15 s under emulation) for udev's coldplug to reach the TPM, though the device node
+/// was there from the kernel's start.
+pub const DEVICE: &str = "/dev/tpmrm0";
+
 fn tpm2(program: &str) -> Tool {
     // The kernel's resource manager directly: no tpm2-abrmd on an appliance.
-    Tool::new(program).env("TPM2TOOLS_TCTI", "device:/dev/tpmrm0")
+    Tool::new(program).env("TPM2TOOLS_TCTI", format!("device:{DEVICE}"))
 }
 
 pub fn da_state() -> Result<Da> {
