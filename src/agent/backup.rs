@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::say;
 use crate::format::seed;
-use crate::format::stack::{Dump, SEED_BACKUP_KEY, STACKS, StackSpec, container_name, service_unit, target_unit, volume_name};
+use crate::format::stack::{Dump, SEED_BACKUP_KEY, STACKS, StackSpec, VOLUMES, container_name, service_unit, target_unit, volume_name};
 use crate::tool::Tool;
 
 /// The backup key (restic's repository password), on the encrypted data partition.
@@ -37,7 +37,6 @@ const MOUNT: &str = "/run/outpost/backup-stick";
 pub const SSH_DIR: &str = "/var/lib/outpost/backup/ssh";
 /// One backup or restore at a time.
 const LOCK: &str = "/run/outpost/backup.lock";
-const VOLUMES: &str = "/var/lib/containers/storage/volumes";
 /// A device node podman makes beside the volumes on every box: not data, and not restorable
 /// over the one the new box has.
 const PODMAN_DEVICE: &str = "backingFsBlockDev";

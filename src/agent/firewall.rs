@@ -106,6 +106,7 @@ mod tests {
             environment: Default::default(),
             tail: vec!["img".into()],
             data_dirs: vec![],
+            volumes: vec![],
             network: "outpost-pacs".into(),
             subnet: "10.89.1.0/24".into(),
             tls: false,

@@ -85,11 +85,12 @@ pub fn run_spec(stack: &Stack, s: &Service, image: &str) -> RunSpec {
     for h in &s.extra_hosts {
         args.push(format!("--add-host={h}"));
     }
-    let mut data_dirs = Vec::new();
+    let (mut data_dirs, mut volumes) = (Vec::new(), Vec::new());
     for m in &s.mounts {
         match m {
             Mount::Volume { name: v, target, read_only } => {
                 args.push(format!("--volume={}:{target}{}", volume_name(&stack.name, v), if *read_only { ":ro" } else { "" }));
+                volumes.push(volume_name(&stack.name, v));
             }
             Mount::File { source, target, read_only } => {
                 let src = Path::new("/").join(STACKS).join(&stack.name).join(source);
@@ -148,7 +149,7 @@ pub fn run_spec(stack: &Stack, s: &Service, image: &str) -> RunSpec {
     if let Some(c) = &s.command {
         tail.extend(c.iter().cloned());
     }
-    RunSpec { args, environment: s.environment.clone(), tail, data_dirs, network: network_name(&stack.name), subnet: format!("10.89.{}.0/24", stack_subnet(&stack.name)), tls: tls.is_some() }
+    RunSpec { args, environment: s.environment.clone(), tail, data_dirs, volumes, network: network_name(&stack.name), subnet: format!("10.89.{}.0/24", stack_subnet(&stack.name)), tls: tls.is_some() }
 }
 
 /// The unit file of one service.

@@ -14,6 +14,8 @@ pub const NETWORKS: &str = "etc/containers/networks";
 pub const SECRETS: &str = "/var/lib/outpost/secrets";
 /// Host data directories of stacks (`./srv:/data` in a compose file): `STACK_DATA/LAYER/DIR`.
 pub const STACK_DATA: &str = "/var/lib/outpost/stacks";
+/// Where podman keeps named volumes, each in `VOLUMES/NAME/_data` (on the data partition).
+pub const VOLUMES: &str = "/var/lib/containers/storage/volumes";
 /// The appliance's TLS certificate and key (`cert.pem`, `key.pem`), on the data partition.
 pub const TLS_DIR: &str = "/var/lib/outpost/tls";
 /// What the box keeps of the seed's `tls/` folder, outside TLS_DIR (which stacks mount):
@@ -88,6 +90,9 @@ pub struct RunSpec {
     pub tail: Vec<String>,
     /// Data directories (relative to `STACK_DATA/LAYER`) made before the start.
     pub data_dirs: Vec<String>,
+    /// The podman volumes the service mounts, whose directories are made before the start.
+    #[serde(default)]
+    pub volumes: Vec<String>,
     /// The stack's podman network, made before the first service starts, and its subnet.
     pub network: String,
     pub subnet: String,

@@ -21,6 +21,9 @@ struct ScenarioToml {
     verdict: Option<String>,
     #[serde(default)]
     power_cut_at: Option<String>,
+    /// As a reboot's `power-cut-delay`, for the first boot.
+    #[serde(default)]
+    power_cut_delay: f64,
     /// Before the first boot, flip one byte in the middle of the root partition.
     #[serde(default)]
     corrupt_root: bool,
@@ -479,7 +482,7 @@ impl Scenario {
             backup_disk: t.backup_disk,
             verdict: t.verdict.unwrap_or_default(),
             power_cut_at: t.power_cut_at,
-            power_cut_delay: 0.0,
+            power_cut_delay: t.power_cut_delay,
             corrupt_root: t.corrupt_root,
             thief: None,
             update: false,
@@ -511,8 +514,8 @@ impl Scenario {
             match &b.power_cut_at {
                 None if b.verdict.trim().is_empty() => p.push(file, &at("verdict"), "give the verdict line the guest must print (or `power-cut-at`)"),
                 Some(_) if !b.verdict.is_empty() => p.push(file, &at("power-cut-at"), "a boot cut off by a power cut has no verdict"),
-                Some(_) if !(b.commands.is_empty() && b.ssh.is_empty() && b.http.is_empty() && b.console.is_empty()) => {
-                    p.push(file, &at("power-cut-at"), "a boot cut off by a power cut has no checks; put them in the next boot")
+                Some(_) if !(b.commands.is_empty() && b.ssh.is_empty() && b.http.is_empty()) => {
+                    p.push(file, &at("power-cut-at"), "a boot cut off by a power cut has no checks but what its console showed (`console`); put them in the next boot")
                 }
                 Some(t) if t.trim().is_empty() => p.push(file, &at("power-cut-at"), "give the console text at which the power is cut"),
                 _ => {}

@@ -81,6 +81,13 @@ pub async fn exec(sock: &Path, cmd: &str, deadline: Instant) -> Result<(i64, Str
     }
 }
 
+/// Whether the guest agent answers a guest-sync within `within`: a guest whose console is
+/// silent but whose agent answers is busy, not stuck.
+pub async fn answers(sock: &Path, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    tokio::time::timeout(within + Duration::from_secs(5), Agent::connect(sock, deadline)).await.is_ok_and(|a| a.is_ok())
+}
+
 /// Asks the guest to power off cleanly; QEMU exits once it has. `systemctl poweroff` rather
 /// than the agent's guest-shutdown, which goes through logind: a guest whose data partition
 /// stays closed has no logind (it keeps state in /var) and must still power off.

@@ -26,7 +26,7 @@ pub(super) async fn run(m: &Machine<'_>, inst: &Install, iso: &Path, console: &P
     let mut vm = Vm(cmd.spawn(true)?);
     let deadline = started + Duration::from_secs(m.scenario.timeout);
     let firmware = format!("{:?}", inst.firmware).to_uppercase();
-    match wait_console(&mut vm, console, PREFIX, deadline).await {
+    match wait_console(&mut vm, console, PREFIX, deadline, None).await {
         Ok(Wait::Found(line)) if line.starts_with(inst.expect.trim()) => {
             passed.push(format!("{firmware} install from the USB stick: `{line}` after {:.0} s", started.elapsed().as_secs_f64()));
             if inst.installs() {

@@ -273,7 +273,7 @@ async fn kill(vm: &mut Vm) {
 async fn final_checks(m: &Machine<'_>, vm: &mut Vm, console: &Path, counted: (u32, u32), report: &mut Report) {
     let verdict = &m.scenario.boots[0].verdict;
     let deadline = Instant::now() + Duration::from_secs(m.scenario.timeout);
-    match wait_console(vm, console, super::VERDICT_PREFIX, deadline).await {
+    match wait_console(vm, console, super::VERDICT_PREFIX, deadline, Some(&m.qga)).await {
         Ok(Wait::Found(line)) if line.starts_with(verdict.trim()) => report.passed.push(format!("after the cuts: verdict `{line}`")),
         Ok(Wait::Found(line)) => report.failed.push(format!("after the cuts: the guest reported `{line}`, expected `{verdict}`")),
         Ok(Wait::Stalled(secs)) => report.failed.push(format!("after the cuts: console silent for {secs} s")),
