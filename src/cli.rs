@@ -299,6 +299,10 @@ pub enum StackCommand {
     /// Renew the box's TLS certificate if it expires within 30 days, restarting the services
     /// that serve it (a daily timer)
     RenewTls,
+    /// Give a stack's container its default route through the box, and let the box forward to
+    /// it and reach its published ports from 127.0.0.1 (podman's OCI hook, at createRuntime:
+    /// the container's state on standard input)
+    NetworkHook,
     /// Wait until a container's health check passes (a unit's ExecStartPost)
     WaitHealthy {
         container: String,

@@ -29,7 +29,7 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     let secrets = ensure_secrets(Path::new(SECRETS), stack, &spec.secrets, &site)?;
-    ensure_network(stack, &run.network, &run.subnet)?;
+    ensure_network(stack, &run)?;
     if run.tls {
         ensure_tls()?;
     }
@@ -124,9 +124,59 @@ fn ensure_volume_dir(volumes: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The part of an OCI container state (runtime spec, `state`) the network hook reads.
+#[derive(serde::Deserialize)]
+struct HookState {
+    pid: u32,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// What the hook does for one container: the bridge on which the box forwards 127.0.0.1, and
+/// the container's default route, from its annotations (checked: they go into a path and a
+/// command line).
+fn hook_plan(state: &HookState) -> Result<(String, std::net::Ipv4Addr)> {
+    use crate::format::stack::{BRIDGE_ANNOTATION, GATEWAY_ANNOTATION};
+    let get = |k: &str| state.annotations.get(k).with_context(|| format!("the container has no annotation `{k}`"));
+    let bridge = get(BRIDGE_ANNOTATION)?;
+    anyhow::ensure!(
+        bridge.starts_with("podman") && bridge.len() <= 15 && bridge.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "annotation `{BRIDGE_ANNOTATION}`: `{bridge}` is not a stack's bridge (podmanN)"
+    );
+    let gateway = get(GATEWAY_ANNOTATION)?;
+    let gateway = gateway.parse().with_context(|| format!("annotation `{GATEWAY_ANNOTATION}`: `{gateway}` is not an IPv4 address"))?;
+    Ok((bridge.clone(), gateway))
+}
+
+/// `outpost stack network-hook`: podman's OCI hook for a stack's container (HOOKS_DIR), run
+/// once netavark has set up its network namespace on the stack's internal network, before its
+/// process starts. Internal, netavark gave it no default route and wrote no firewall rules
+/// (`container::units::write_network`), and turned forwarding off on its bridge: the route is
+/// added here and forwarding turned on, and the box's firewall forwards the published ports. A
+/// DNAT from 127.0.0.1 to a container leaves the box by the bridge with that source, which the
+/// kernel drops unless the bridge has route_localnet.
+pub fn network_hook(input: &mut impl Read) -> Result<()> {
+    let mut text = String::new();
+    input.read_to_string(&mut text).context("reading the container's state from podman")?;
+    let state: HookState = serde_json::from_str(&text).context("parsing the container's state from podman")?;
+    let (bridge, gateway) = hook_plan(&state)?;
+    // netavark turns forwarding off on an internal network's bridge (at each container's
+    // setup): on, the box routes the published ports in and the containers' connections out.
+    for (setting, why) in [("forwarding", "letting the box forward to and from its stacks' containers"), ("route_localnet", "letting the box reach its published ports from 127.0.0.1")] {
+        let path = format!("/proc/sys/net/ipv4/conf/{bridge}/{setting}");
+        fs_err::write(&path, "1").with_context(|| format!("{why} ({path})"))?;
+    }
+    Tool::new("nsenter")
+        .describe(format!("adding the container's default route via {gateway}"))
+        .args(["--target", &state.pid.to_string(), "--net", "ip", "-4", "route", "replace", "default", "via", &gateway.to_string()])
+        .run()?;
+    Ok(())
+}
+
 /// Makes the stack's network if this boot has not yet (podman keeps networks in /etc, which is
 /// in memory). Its services start together: one makes it, under the stack's lock.
-fn ensure_network(stack: &str, network: &str, subnet: &str) -> Result<()> {
+fn ensure_network(stack: &str, run: &RunSpec) -> Result<()> {
+    let network = &run.network;
     let dir = Path::new("/run/outpost/stacks");
     fs_err::create_dir_all(dir)?;
     let _lock = super::lock(&dir.join(format!("{stack}.lock")))?;
@@ -136,7 +186,15 @@ fn ensure_network(stack: &str, network: &str, subnet: &str) -> Result<()> {
     }
     let exists = Tool::new("podman").args(["network", "exists", network]).run().is_ok();
     if !exists {
-        Tool::new("podman").describe(format!("making the network of stack `{stack}`")).args(["network", "create", "--subnet", subnet, network]).run()?;
+        // Internal, on the bridge the network hook is told of, as the image would define it.
+        let bridge = format!("--annotation={}=", crate::format::stack::BRIDGE_ANNOTATION);
+        let bridge = run.args.iter().find_map(|a| a.strip_prefix(&bridge)).map(|b| format!("--interface-name={b}"));
+        Tool::new("podman")
+            .describe(format!("making the network of stack `{stack}`"))
+            .args(["network", "create", "--internal", "--subnet", &run.subnet])
+            .args(bridge)
+            .arg(network)
+            .run()?;
     }
     Ok(())
 }
@@ -253,6 +311,20 @@ pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_hook_reads_the_bridge_and_gateway_from_the_container_and_refuses_anything_else() {
+        let state = |bridge: &str, gw: &str| -> HookState {
+            serde_json::from_str(&format!(r#"{{"ociVersion":"1.0","id":"c","pid":4470,"status":"created","annotations":{{"outpost.gateway":"{gw}","outpost.bridge":"{bridge}","io.podman.annotations.autoremove":"TRUE"}}}}"#)).unwrap()
+        };
+        let s = state("podman154", "10.89.154.1");
+        assert_eq!(s.pid, 4470);
+        assert_eq!(hook_plan(&s).unwrap(), ("podman154".to_string(), "10.89.154.1".parse().unwrap()));
+        assert!(format!("{:#}", hook_plan(&state("../all", "10.89.154.1")).unwrap_err()).contains("`../all` is not a stack's bridge"));
+        assert!(format!("{:#}", hook_plan(&state("podman1", "10.89.1.1; reboot")).unwrap_err()).contains("is not an IPv4 address"));
+        let bare: HookState = serde_json::from_str(r#"{"pid":1}"#).unwrap();
+        assert!(format!("{:#}", hook_plan(&bare).unwrap_err()).contains("no annotation `outpost.bridge`"));
+    }
 
     #[test]
     fn the_services_that_serve_the_certificate_are_found_by_their_run_specifications() {

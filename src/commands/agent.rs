@@ -46,6 +46,7 @@ pub fn stack(command: &StackCommand) -> Result<i32> {
     match command {
         StackCommand::Run { stack, service } => agent::stack::run(stack, service)?,
         StackCommand::RenewTls => agent::stack::renew_tls()?,
+        StackCommand::NetworkHook => agent::stack::network_hook(&mut std::io::stdin().lock())?,
         StackCommand::WaitHealthy { container, timeout } => agent::stack::wait_healthy(container, Duration::from_secs(*timeout))?,
     }
     Ok(0)

@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 pub const STACKS: &str = "usr/lib/outpost/stacks";
 /// Where podman (netavark) keeps network definitions; the stacks' networks come with the image.
 pub const NETWORKS: &str = "etc/containers/networks";
+/// Where podman looks for OCI hooks: outpost's (`outpost-stack.json`) runs `outpost stack
+/// network-hook` for each container that carries the gateway annotation below.
+pub const HOOKS_DIR: &str = "usr/share/containers/oci/hooks.d";
+/// A stack container's annotations the hook reads: its network's gateway and bridge.
+pub const GATEWAY_ANNOTATION: &str = "outpost.gateway";
+pub const BRIDGE_ANNOTATION: &str = "outpost.bridge";
 /// Per-device secrets, on the encrypted data partition: `SECRETS/LAYER/NAME`, mode 0600.
 pub const SECRETS: &str = "/var/lib/outpost/secrets";
 /// Host data directories of stacks (`./srv:/data` in a compose file): `STACK_DATA/LAYER/DIR`.
