@@ -11,6 +11,7 @@
 //! are internal to netavark, which so writes no rules of its own (`container::units`).
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -27,9 +28,17 @@ pub struct Openings {
     /// TCP ports open on the box: published by stacks, declared by layers.
     pub ports: BTreeSet<u16>,
     /// Published ports: the box's port, the container's address and port.
-    pub forwards: BTreeSet<(u16, String, u16)>,
+    pub forwards: BTreeSet<(u16, Ipv4Addr, u16)>,
     /// The stacks' networks, whose connections out are masqueraded.
     pub subnets: BTreeSet<String>,
+}
+
+impl Openings {
+    /// The image has stacks: the box forwards for their containers (published ports always
+    /// come with a stack's subnet).
+    fn has_stacks(&self) -> bool {
+        !self.subnets.is_empty()
+    }
 }
 
 /// The openings of the image under `root`.
@@ -38,16 +47,9 @@ pub fn openings(root: &Path) -> Result<Openings> {
     for path in super::files_ending(&root.join(STACKS), 2, ".run.json")? {
         let run: RunSpec = serde_json::from_slice(&fs_err::read(&path)?).with_context(|| format!("parsing {}", path.display()))?;
         o.subnets.insert(run.subnet.clone());
-        let ip = run.args.iter().find_map(|a| a.strip_prefix("--ip="));
-        for a in &run.args {
-            let Some(mapping) = a.strip_prefix("--publish=") else { continue };
-            let port = |p: Option<&str>| -> Result<u16> { p.and_then(|p| p.parse().ok()).with_context(|| format!("{}: `{a}` is not HOST:CONTAINER", path.display())) };
-            let mut parts = mapping.split(':');
-            let (host, container) = (port(parts.next())?, port(parts.next())?);
-            let ip = ip.with_context(|| format!("{}: `{a}` is published, but the service has no `--ip=`", path.display()))?;
-            anyhow::ensure!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{}: `--ip={ip}` is not an IPv4 address", path.display());
-            o.ports.insert(host);
-            o.forwards.insert((host, ip.to_string(), container));
+        for p in &run.publish {
+            o.ports.insert(p.host);
+            o.forwards.insert((p.host, run.address, p.container));
         }
     }
     for path in super::files_ending(&root.join(PORTS_DIR), 1, ".ports")? {
@@ -68,7 +70,7 @@ pub fn ruleset(o: &Openings) -> String {
     let dnat: String = o.forwards.iter().map(|(host, ip, port)| format!("        fib daddr type local tcp dport {host} dnat ip to {ip}:{port}\n")).collect();
     // No stacks, no NAT chains: their modules would cost an image without containers a second
     // of every boot.
-    let nat = if o.subnets.is_empty() && o.forwards.is_empty() {
+    let nat = if !o.has_stacks() {
         String::new()
     } else {
         let nets = list(o.subnets.iter().cloned().collect());
@@ -128,7 +130,7 @@ pub fn apply() -> Result<()> {
     let file = Path::new("/run/outpost/firewall.nft");
     fs_err::create_dir_all(file.parent().expect("a parent"))?;
     fs_err::write(file, &text)?;
-    if !o.subnets.is_empty() {
+    if o.has_stacks() {
         // The forwarding's modules in one modprobe, ahead of nft: loaded on demand, each one
         // aborted and replayed nft's transaction, and at boot the firewall (which the network
         // and so every stack waits for) took 7.3 s instead of 1.8 s. Any failure here is nft's
@@ -136,7 +138,7 @@ pub fn apply() -> Result<()> {
         let _ = Tool::new("modprobe").args(["-a", "-q", "nft_chain_nat", "nft_nat", "nft_masq", "nft_fib_inet"]).run();
     }
     Tool::new("nft").describe("loading the firewall").arg("-f").arg(file).run()?;
-    if !o.subnets.is_empty() {
+    if o.has_stacks() {
         // What netavark did for a network that is not internal.
         fs_err::write("/proc/sys/net/ipv4/ip_forward", "1").context("letting the box forward to its stacks' containers")?;
     }
@@ -159,40 +161,36 @@ mod tests {
         assert_eq!(openings(root).unwrap().ports.into_iter().collect::<Vec<_>>(), [22]);
         let stack = root.join(STACKS).join("pacs");
         fs_err::create_dir_all(&stack).unwrap();
-        fs_err::write(stack.join("nginx.run.json"), serde_json::to_vec(&run(&["--ip=10.89.1.12", "--publish=80:8080", "--publish=4242:4242", "--expose=5432"])).unwrap()).unwrap();
-        fs_err::write(stack.join("db.run.json"), serde_json::to_vec(&run(&["--ip=10.89.1.10"])).unwrap()).unwrap();
+        fs_err::write(stack.join("nginx.run.json"), serde_json::to_vec(&run([10, 89, 1, 12], &[(80, 8080), (4242, 4242)])).unwrap()).unwrap();
+        fs_err::write(stack.join("db.run.json"), serde_json::to_vec(&run([10, 89, 1, 10], &[])).unwrap()).unwrap();
         fs_err::write(stack.join("stack.json"), "{}").unwrap();
         fs_err::write(root.join(PORTS_DIR).join("ssh.ports"), "22 # sshd\n").unwrap();
         fs_err::write(root.join(PORTS_DIR).join("status-page.ports"), "8088\n\n").unwrap();
         let o = openings(root).unwrap();
         assert_eq!(o.ports.iter().copied().collect::<Vec<_>>(), [22, 80, 4242, 8088]);
-        assert_eq!(o.forwards.iter().cloned().collect::<Vec<_>>(), [(80, "10.89.1.12".to_string(), 8080), (4242, "10.89.1.12".to_string(), 4242)]);
+        assert_eq!(o.forwards.iter().cloned().collect::<Vec<_>>(), [(80, Ipv4Addr::new(10, 89, 1, 12), 8080), (4242, Ipv4Addr::new(10, 89, 1, 12), 4242)]);
         assert_eq!(o.subnets.iter().cloned().collect::<Vec<_>>(), ["10.89.1.0/24"]);
         let r = ruleset(&o);
         assert!(r.contains("policy drop;") && r.contains("tcp dport { 22, 80, 4242, 8088 } accept"), "{r}");
         // Each published port forwarded twice: from outside (prerouting) and from the box (output).
         assert_eq!(r.matches("fib daddr type local tcp dport 80 dnat ip to 10.89.1.12:8080\n").count(), 2, "{r}");
         assert!(r.contains("ip saddr { 10.89.1.0/24 } ip daddr != { 10.89.1.0/24 } masquerade"), "{r}");
-        assert!(!r.contains("5432"));
         // Nothing nft would look up in /etc/protocols (netbase is not in every image).
         assert!(r.contains("meta l4proto { 1, 58 } accept") && !r.contains("icmp,"), "{r}");
         fs_err::write(root.join(PORTS_DIR).join("bad.ports"), "http\n").unwrap();
         assert!(format!("{:#}", openings(root).unwrap_err()).contains("bad.ports line 1: `http` is not a port number"));
-        fs_err::remove_file(root.join(PORTS_DIR).join("bad.ports")).unwrap();
-        // A published port without the container's address cannot be forwarded: said, not skipped.
-        fs_err::write(stack.join("web.run.json"), serde_json::to_vec(&run(&["--publish=8080:80"])).unwrap()).unwrap();
-        assert!(format!("{:#}", openings(root).unwrap_err()).contains("web.run.json: `--publish=8080:80` is published, but the service has no `--ip=`"));
     }
 
-    fn run(args: &[&str]) -> RunSpec {
+    fn run(address: [u8; 4], publish: &[(u16, u16)]) -> RunSpec {
         RunSpec {
-            args: std::iter::once("run").chain(args.iter().copied()).map(String::from).collect(),
+            args: vec!["run".into()],
             environment: Default::default(),
             tail: vec!["img".into()],
             data_dirs: vec![],
             volumes: vec![],
-            network: "outpost-pacs".into(),
             subnet: "10.89.1.0/24".into(),
+            address: address.into(),
+            publish: publish.iter().map(|&(host, container)| crate::format::stack::Published { host, container }).collect(),
             tls: false,
         }
     }
@@ -207,7 +205,7 @@ mod tests {
         }
         let stacks = Openings {
             ports: [22, 80].into(),
-            forwards: [(80, "10.89.1.12".to_string(), 8080)].into(),
+            forwards: [(80, Ipv4Addr::new(10, 89, 1, 12), 8080)].into(),
             subnets: ["10.89.1.0/24".to_string(), "10.89.7.0/24".to_string()].into(),
         };
         assert!(!ruleset(&Openings { ports: [22].into(), ..Default::default() }).contains("type nat"), "an image without stacks loads no NAT chains");

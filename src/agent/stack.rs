@@ -29,7 +29,6 @@ pub fn run(stack: &str, service: &str) -> Result<()> {
         Err(e) => return Err(e.into()),
     };
     let secrets = ensure_secrets(Path::new(SECRETS), stack, &spec.secrets, &site)?;
-    ensure_network(stack, &run)?;
     if run.tls {
         ensure_tls()?;
     }
@@ -173,32 +172,6 @@ pub fn network_hook(input: &mut impl Read) -> Result<()> {
     Ok(())
 }
 
-/// Makes the stack's network if this boot has not yet (podman keeps networks in /etc, which is
-/// in memory). Its services start together: one makes it, under the stack's lock.
-fn ensure_network(stack: &str, run: &RunSpec) -> Result<()> {
-    let network = &run.network;
-    let dir = Path::new("/run/outpost/stacks");
-    fs_err::create_dir_all(dir)?;
-    let _lock = super::lock(&dir.join(format!("{stack}.lock")))?;
-    // The image defines it (container::units); an image that does not is given one here.
-    if Path::new("/").join(crate::format::stack::NETWORKS).join(format!("{network}.json")).is_file() {
-        return Ok(());
-    }
-    let exists = Tool::new("podman").args(["network", "exists", network]).run().is_ok();
-    if !exists {
-        // Internal, on the bridge the network hook is told of, as the image would define it.
-        let bridge = format!("--annotation={}=", crate::format::stack::BRIDGE_ANNOTATION);
-        let bridge = run.args.iter().find_map(|a| a.strip_prefix(&bridge)).map(|b| format!("--interface-name={b}"));
-        Tool::new("podman")
-            .describe(format!("making the network of stack `{stack}`"))
-            .args(["network", "create", "--internal", "--subnet", &run.subnet])
-            .args(bridge)
-            .arg(network)
-            .run()?;
-    }
-    Ok(())
-}
-
 /// The environment with every value interpolated: secrets first, then the site's variables,
 /// then the layer's defaults.
 pub fn resolve_environment(env: &BTreeMap<String, String>, secrets: &BTreeMap<String, String>, site: &BTreeMap<String, String>, defaults: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
@@ -332,7 +305,7 @@ mod tests {
         let dir = root.path().join(crate::format::stack::STACKS).join("orthanc-pacs");
         fs_err::create_dir_all(&dir).unwrap();
         for (service, tls) in [("nginx", true), ("orthanc", false)] {
-            let run = RunSpec { args: vec![], environment: BTreeMap::new(), tail: vec![], data_dirs: vec![], volumes: vec![], network: "outpost-orthanc-pacs".into(), subnet: "10.89.1.0/24".into(), tls };
+            let run = RunSpec { args: vec![], environment: BTreeMap::new(), tail: vec![], data_dirs: vec![], volumes: vec![], subnet: "10.89.1.0/24".into(), address: [10, 89, 1, 10].into(), publish: vec![], tls };
             fs_err::write(dir.join(format!("{service}.run.json")), serde_json::to_vec(&run).unwrap()).unwrap();
         }
         fs_err::write(dir.join("stack.json"), "{}").unwrap();
@@ -402,7 +375,7 @@ mod tests {
         assert_eq!(out["JSON"], "{\n  \"Password\": \"s3cret\",\n  \"Name\": \"clinic\"\n}");
         let err = resolve_environment(&env, &m(&[]), &m(&[]), &m(&[])).unwrap_err();
         assert!(format!("{err:#}").contains("environment `URL`: variable `PW` is required and not set: no password"), "{err:#}");
-        let run = RunSpec { args: vec!["run".into(), "--rm".into()], environment: env, tail: vec!["img".into(), "serve".into()], data_dirs: vec![], volumes: vec![], network: "outpost-x".into(), subnet: "10.89.1.0/24".into(), tls: false };
+        let run = RunSpec { args: vec!["run".into(), "--rm".into()], environment: env, tail: vec!["img".into(), "serve".into()], data_dirs: vec![], volumes: vec![], subnet: "10.89.1.0/24".into(), address: [10, 89, 1, 10].into(), publish: vec![], tls: false };
         let argv = podman_argv(&run, &out);
         assert_eq!(argv[2], "--env=JSON={\n  \"Password\": \"s3cret\",\n  \"Name\": \"clinic\"\n}");
         assert_eq!(&argv[argv.len() - 2..], ["img", "serve"]);

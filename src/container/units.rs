@@ -5,12 +5,13 @@
 //! build fixed here (as `podman generate systemd --new` would write them).
 
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::format::AGENT_PATH;
-use crate::format::stack::{BRIDGE_ANNOTATION, GATEWAY_ANNOTATION, HOOKS_DIR, RunSpec, STACK_DATA, StackSpec, TLS_DIR};
+use crate::format::stack::{BRIDGE_ANNOTATION, GATEWAY_ANNOTATION, HOOKS_DIR, Published, RunSpec, STACK_DATA, StackSpec, TLS_DIR};
 use crate::plan::BuildPlan;
 use crate::spec::compose::{Mount, Restart, Service, Stack};
 use crate::spec::container::Container;
@@ -39,11 +40,12 @@ pub fn gateway(stack: &str) -> String {
 
 /// A service's address on its stack's network: fixed, so that a restarted container comes back
 /// where the others (nginx, a JVM, anything that resolves a name once) still look for it.
-pub fn service_address(stack: &Stack, service: &str) -> String {
+pub fn service_address(stack: &Stack, service: &str) -> Ipv4Addr {
     let mut names: Vec<&str> = stack.services.iter().map(|s| s.name.as_str()).collect();
     names.sort();
     let i = names.iter().position(|n| *n == service).expect("a service of the stack");
-    format!("10.89.{}.{}", stack_subnet(&stack.name), 10 + i)
+    // The compose parser refuses a stack of more than MAX_SERVICES (240).
+    Ipv4Addr::new(10, 89, stack_subnet(&stack.name), u8::try_from(10 + i).expect("at most MAX_SERVICES services"))
 }
 
 pub use crate::format::stack::target_unit;
@@ -82,7 +84,8 @@ pub fn run_spec(stack: &Stack, s: &Service, image: &str) -> RunSpec {
     // The stack's own network: services find each other by their names (aardvark-dns), use
     // the ports their images expect, and only published ports reach the box's network.
     args.push(format!("--network={}", network_name(&stack.name)));
-    args.push(format!("--ip={}", service_address(stack, &s.name)));
+    let address = service_address(stack, &s.name);
+    args.push(format!("--ip={address}"));
     // The network is internal (see write_network): outpost's OCI hook gives the container its
     // default route through the box.
     args.push(format!("--annotation={GATEWAY_ANNOTATION}={}", gateway(&stack.name)));
@@ -93,6 +96,8 @@ pub fn run_spec(stack: &Stack, s: &Service, image: &str) -> RunSpec {
     if let Some(h) = &s.hostname {
         args.push(format!("--hostname={h}"));
     }
+    // Kept for `podman ps` and the reader of the unit: netavark ignores them on an internal
+    // network, and the box's firewall forwards them (`publish` below).
     for (host, container) in &s.ports {
         args.push(format!("--publish={host}:{container}"));
     }
@@ -163,7 +168,8 @@ pub fn run_spec(stack: &Stack, s: &Service, image: &str) -> RunSpec {
     if let Some(c) = &s.command {
         tail.extend(c.iter().cloned());
     }
-    RunSpec { args, environment: s.environment.clone(), tail, data_dirs, volumes, network: network_name(&stack.name), subnet: format!("10.89.{}.0/24", stack_subnet(&stack.name)), tls: tls.is_some() }
+    let publish = s.ports.iter().map(|&(host, container)| Published { host, container }).collect();
+    RunSpec { args, environment: s.environment.clone(), tail, data_dirs, volumes, subnet: format!("10.89.{}.0/24", stack_subnet(&stack.name)), address, publish, tls: tls.is_some() }
 }
 
 /// The unit file of one service.
@@ -366,7 +372,7 @@ mod tests {
     fn a_service_becomes_an_ordered_restarting_unit() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        fs_err::write(d.join("compose.yaml"), "services:\n  db:\n    image: db\n    environment: {PGPASSWORD: \"${DB_PW}\", JSON: \"{\\n  \\\"a\\\": 1\\n}\"}\n    volumes: [\"data:/var/lib/db\", \"./srv:/srv/data\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready -h 127.0.0.1\"]\n      interval: 5s\n    restart: always\n    stop_grace_period: 1m\n    deploy: {resources: {limits: {memory: 512m, cpus: \"0.5\"}}}\n  web:\n    image: web\n    hostname: www\n    depends_on: {db: {condition: service_healthy}}\n    volumes: [\"./web.conf:/etc/web.conf:ro\"]\n    command: serve --port \"8080\"\n    restart: on-failure\nvolumes:\n  data:\n").unwrap();
+        fs_err::write(d.join("compose.yaml"), "services:\n  db:\n    image: db\n    environment: {PGPASSWORD: \"${DB_PW}\", JSON: \"{\\n  \\\"a\\\": 1\\n}\"}\n    volumes: [\"data:/var/lib/db\", \"./srv:/srv/data\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready -h 127.0.0.1\"]\n      interval: 5s\n    restart: always\n    stop_grace_period: 1m\n    deploy: {resources: {limits: {memory: 512m, cpus: \"0.5\"}}}\n  web:\n    image: web\n    hostname: www\n    ports: [\"8443:8080\"]\n    depends_on: {db: {condition: service_healthy}}\n    volumes: [\"./web.conf:/etc/web.conf:ro\"]\n    command: serve --port \"8080\"\n    restart: on-failure\nvolumes:\n  data:\n").unwrap();
         fs_err::write(d.join("web.conf"), "").unwrap();
         let mut p = crate::spec::Problems::default();
         let secrets = [("DB_PW".to_string(), crate::spec::compose::Secret { kind: crate::spec::compose::SecretKind::Alnum, length: 32 })].into();
@@ -412,7 +418,9 @@ mod tests {
         assert!(web.contains("\nAfter=network.target outpost-site.service outpost-pacs-db.service\nWants=outpost-pacs-db.service\n"), "{web}");
         assert!(web.contains("\nRestart=on-failure\n") && !web.contains("wait-healthy"), "{web}");
         let run = run_spec(&stack, &stack.services[1], "localhost/outpost/web:latest");
-        for arg in ["--network-alias=web", "--network-alias=www", "--hostname=www"] {
+        // The firewall's forwards, as numbers; the arguments say the same to podman.
+        assert_eq!((run.address, run.publish.as_slice()), (Ipv4Addr::new(10, 89, stack_subnet("pacs"), 11), &[Published { host: 8443, container: 8080 }][..]));
+        for arg in ["--network-alias=web", "--network-alias=www", "--hostname=www", &format!("--ip=10.89.{}.11", stack_subnet("pacs")), "--publish=8443:8080"] {
             assert!(run.args.iter().any(|a| a == arg), "no {arg} in {:?}", run.args);
         }
         assert!(run.args.contains(&"--mount=type=bind,source=/usr/lib/outpost/stacks/pacs/web.conf,destination=/etc/web.conf,ro=true".to_string()), "{:?}", run.args);

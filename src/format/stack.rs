@@ -3,6 +3,7 @@
 //! secrets and the site's variables.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -99,12 +100,24 @@ pub struct RunSpec {
     /// The podman volumes the service mounts, whose directories are made before the start.
     #[serde(default)]
     pub volumes: Vec<String>,
-    /// The stack's podman network, made before the first service starts, and its subnet.
-    pub network: String,
+    /// The stack's subnet (its network is defined in the image, `container::units`).
     pub subnet: String,
+    /// The container's fixed address on it (`--ip=` in `args`).
+    pub address: Ipv4Addr,
+    /// The ports it publishes (`--publish=` in `args`): the box's firewall forwards them, the
+    /// network being internal to netavark.
+    #[serde(default)]
+    pub publish: Vec<Published>,
     /// The service mounts the appliance's certificate: it is made (or renewed) before.
     #[serde(default)]
     pub tls: bool,
+}
+
+/// A published port: the box's, and the container's it is forwarded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub host: u16,
+    pub container: u16,
 }
 
 pub fn stack_spec_path(layer: &str) -> String {
