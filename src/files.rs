@@ -223,9 +223,29 @@ pub fn civil_time(epoch: i64) -> (i64, i64, i64, i64, i64, i64) {
     (y, m, d, secs / 3600, secs / 60 % 60, secs % 60)
 }
 
+/// The Unix time of a UTC calendar date and time (the inverse of `civil_time`).
+pub fn unix_time(y: i64, m: i64, d: i64, h: i64, mi: i64, sec: i64) -> i64 {
+    // Days-from-civil (Howard Hinnant's algorithm).
+    let y = y - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146097 + doe - 719468) * 86400 + h * 3600 + mi * 60 + sec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_time_is_the_inverse_of_civil_time() {
+        for t in [0, 951_782_400, 1_709_164_800, 1_861_732_264, 4_107_542_399, -86_400] {
+            let (y, m, d, h, mi, s) = civil_time(t);
+            assert_eq!(unix_time(y, m, d, h, mi, s), t, "{t}");
+        }
+        assert_eq!(unix_time(2029, 3, 6, 19, 31, 4), 1_867_519_864);
+    }
 
     #[test]
     fn finds_a_needle_across_chunk_boundaries() {

@@ -10,13 +10,15 @@
 //! Kept on the encrypted data partition (`/var/lib/outpost/tls`, which stacks mount; the
 //! seed's material in `tls-source`, which they do not), checked at every start: made again
 //! when missing, not matching its key (a power cut between the two renames), not signed by the
-//! current issuer, or expiring within 30 days. Its SHA-256 fingerprint goes to the console, for
-//! a health worker's phone to compare with what it is shown.
+//! current issuer, or expiring within 30 days (a start that finds the files of the last
+//! passed check before its renewal date checks nothing: `Checked`). Its SHA-256 fingerprint
+//! goes to the console, for a health worker's phone to compare with what it is shown.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::format::seed;
 use crate::format::stack::{SEED_CA, SEED_ISSUER_CERT, SEED_ISSUER_KEY, SEED_NAMES, SEED_SITE_CERT, SEED_SITE_KEY};
@@ -171,41 +173,109 @@ fn make(dir: &Path, hostname: &str, names: &[String], issuer: Option<&Path>) -> 
     install(dir, &key, &cert)
 }
 
+/// A check the certificate passed, kept beside it: a later start that finds the same files
+/// before `good_until` runs no openssl (the four runs of a full check took 1.9-2.1 s with cold
+/// caches in the PACS box under emulation, on the critical chain of every boot). Another
+/// key, certificate or issuer, a record that does not parse, or the clock past `good_until`
+/// (30 days before the certificate ends) and the files are checked again.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checked {
+    kind: String,
+    /// SHA-256 over the key, the certificate and, when the box's issuer signs, the issuer's.
+    files: String,
+    good_until: i64,
+    fingerprint: String,
+    not_after: String,
+}
+
+/// Where the record of the last passed check is kept, in the certificate's directory.
+const CHECKED: &str = "checked.json";
+
+/// The digest a record covers (None when a file is missing).
+fn files_digest(dir: &Path, issuer: Option<&Path>) -> Option<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in [dir.join("key.pem"), dir.join("cert.pem")].iter().map(PathBuf::as_path).chain(issuer) {
+        let b = fs_err::read(p).ok()?;
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(&b);
+    }
+    Some(hex::encode(h.finalize()))
+}
+
+/// The record of an earlier passed check of these same files, before its renewal date.
+fn checked_before(dir: &Path, kind: &str, issuer: Option<&Path>) -> Option<Checked> {
+    let c: Checked = serde_json::from_slice(&fs_err::read(dir.join(CHECKED)).ok()?).ok()?;
+    let now = i64::try_from(crate::files::unix_now()).ok()?;
+    (c.kind == kind && Some(&c.files) == files_digest(dir, issuer).as_ref() && now < c.good_until).then_some(c)
+}
+
+/// The Unix time of a date as openssl prints one (`Mar  6 19:31:04 2029 GMT`).
+fn openssl_date(text: &str) -> Option<i64> {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let f: Vec<&str> = text.split_whitespace().collect();
+    let [month, day, time, year, "GMT"] = f.as_slice() else { return None };
+    let m = MONTHS.iter().position(|n| n == month)? as i64 + 1;
+    let t: Vec<i64> = time.split('.').next()?.split(':').map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    let [h, mi, sec] = t.as_slice() else { return None };
+    Some(crate::files::unix_time(year.parse().ok()?, m, day.parse().ok()?, *h, *mi, *sec))
+}
+
 /// Makes sure `dir` holds a usable certificate for `hostname`, from what `source` holds (see
 /// the module's head); returns what it is.
 pub fn ensure(dir: &Path, source: &Path, hostname: &str) -> Result<Certificate> {
     fs_err::create_dir_all(dir)?;
     fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let (site_cert, site_key) = (source.join(SEED_SITE_CERT), source.join(SEED_SITE_KEY));
-    let (kind, made) = if site_cert.is_file() && site_key.is_file() {
+    let site = site_cert.is_file() && site_key.is_file();
+    let signed = !site && source.join(SEED_ISSUER_KEY).is_file();
+    let kind = if site {
+        "the site's own"
+    } else if signed {
+        "signed by this box's issuer from the deployment CA"
+    } else {
+        "self-signed"
+    };
+    let issuer = signed.then(|| source.join(SEED_ISSUER_CERT));
+    let mut made = false;
+    if site {
         let (key, cert) = (fs_err::read(&site_key)?, fs_err::read(&site_cert)?);
-        let same = fs_err::read(dir.join("key.pem")).ok().as_ref() == Some(&key) && fs_err::read(dir.join("cert.pem")).ok().as_ref() == Some(&cert);
-        if !same {
+        if fs_err::read(dir.join("key.pem")).ok().as_ref() != Some(&key) || fs_err::read(dir.join("cert.pem")).ok().as_ref() != Some(&cert) {
             install(dir, &key, &cert)?;
+            made = true;
         }
-        if !usable(dir) {
+    }
+    if let Some(c) = checked_before(dir, kind, issuer.as_deref()) {
+        return Ok(Certificate { fingerprint: c.fingerprint, not_after: c.not_after, made, kind });
+    }
+    // Whether the pair in `dir` now passes: the site's own is said, not replaced, when not.
+    let passed = if site {
+        let ok = usable(dir);
+        if !ok {
             super::say("tls: the site's certificate expires within 30 days (or does not match its key): give the site a new one (`[tls]` in its site file, then personalize)");
         }
-        ("the site's own", !same)
-    } else if source.join(SEED_ISSUER_KEY).is_file() {
-        let names: Vec<String> = fs_err::read_to_string(source.join(SEED_NAMES))?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
-        let made = !(usable(dir) && issued_by(dir, source));
-        if made {
-            make(dir, hostname, &names, Some(source))?;
-        }
-        ("signed by this box's issuer from the deployment CA", made)
+        ok
     } else {
-        let made = !usable(dir);
-        if made {
-            make(dir, hostname, &[format!("DNS:{hostname}"), format!("DNS:{hostname}.local")], None)?;
+        if !(usable(dir) && (!signed || issued_by(dir, source))) {
+            let names = match signed {
+                true => fs_err::read_to_string(source.join(SEED_NAMES))?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect(),
+                false => vec![format!("DNS:{hostname}"), format!("DNS:{hostname}.local")],
+            };
+            make(dir, hostname, &names, signed.then_some(source))?;
+            made = true;
         }
-        ("self-signed", made)
+        true
     };
     let cert = dir.join("cert.pem");
     // One process for both (each costs a second on a slow box, on the service's start).
     let out = openssl("reading the TLS certificate's fingerprint and expiry").args(["x509", "-noout", "-fingerprint", "-sha256", "-enddate", "-in"]).arg(&cert).output()?;
     let line = |p: &str| out.lines().find(|l| l.to_ascii_lowercase().starts_with(p)).and_then(|l| l.split_once('=')).map(|(_, v)| v.trim().to_string()).unwrap_or_default();
     let (fingerprint, not_after) = (line("sha256 fingerprint="), line("notafter="));
+    if let (true, Some(end), Some(files)) = (passed, openssl_date(&not_after), files_digest(dir, issuer.as_deref())) {
+        let c = Checked { kind: kind.to_string(), files, good_until: end - RENEW_BEFORE_S as i64, fingerprint: fingerprint.clone(), not_after: not_after.clone() };
+        // Lost to a power cut, it is only checked again.
+        crate::files::atomic_write(&dir.join(CHECKED), |f| Ok(serde_json::to_writer(f, &c)?))?;
+    }
     Ok(Certificate { fingerprint, not_after, made, kind })
 }
 
@@ -224,7 +294,22 @@ mod tests {
         assert!(text.contains("DNS:clinic-7, DNS:clinic-7.local"), "{text}");
         // Kept at the next start.
         let again = ensure(a.path(), none.path(), "clinic-7").unwrap();
-        assert_eq!((again.made, &again.fingerprint), (false, &first.fingerprint));
+        assert_eq!((again.made, &again.fingerprint, &again.not_after), (false, &first.fingerprint, &first.not_after));
+        // From the record of the first check, without openssl: a record saying otherwise is
+        // believed while the files are the same and its date has not passed.
+        let record = a.path().join(CHECKED);
+        let mut c: Checked = serde_json::from_slice(&fs_err::read(&record).unwrap()).unwrap();
+        assert_eq!(c.good_until, openssl_date(&first.not_after).unwrap() - RENEW_BEFORE_S as i64);
+        c.fingerprint = "from the record".into();
+        fs_err::write(&record, serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(ensure(a.path(), none.path(), "clinic-7").unwrap().fingerprint, "from the record");
+        c.good_until = crate::files::unix_now() as i64 - 1;
+        fs_err::write(&record, serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(ensure(a.path(), none.path(), "clinic-7").unwrap().fingerprint, first.fingerprint, "checked again once the date passed");
+        fs_err::write(&record, "{").unwrap();
+        assert_eq!(ensure(a.path(), none.path(), "clinic-7").unwrap().fingerprint, first.fingerprint, "a broken record");
+        assert_eq!(openssl_date("Mar  6 19:31:04 2029 GMT"), Some(1_867_519_864));
+        assert_eq!(openssl_date("Mar 6 19:31:04 2029"), None);
         // Another appliance has its own.
         assert_ne!(ensure(b.path(), none.path(), "clinic-7").unwrap().fingerprint, first.fingerprint);
         // A key from another pair (a cut between the renames): made again.
