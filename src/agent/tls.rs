@@ -15,7 +15,7 @@
 //! goes to the console, for a health worker's phone to compare with what it is shown.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -181,7 +181,7 @@ fn make(dir: &Path, hostname: &str, names: &[String], issuer: Option<&Path>) -> 
 #[derive(Debug, Serialize, Deserialize)]
 struct Checked {
     kind: String,
-    /// SHA-256 over the key, the certificate and, when the box's issuer signs, the issuer's.
+    /// `files_digest`.
     files: String,
     good_until: i64,
     fingerprint: String,
@@ -191,16 +191,12 @@ struct Checked {
 /// Where the record of the last passed check is kept, in the certificate's directory.
 const CHECKED: &str = "checked.json";
 
-/// The digest a record covers (None when a file is missing).
+/// What a record covers: the SHA-256 of the key, the certificate and, when the box's issuer
+/// signs, the issuer's certificate (None when one is missing).
 fn files_digest(dir: &Path, issuer: Option<&Path>) -> Option<String> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for p in [dir.join("key.pem"), dir.join("cert.pem")].iter().map(PathBuf::as_path).chain(issuer) {
-        let b = fs_err::read(p).ok()?;
-        h.update((b.len() as u64).to_le_bytes());
-        h.update(&b);
-    }
-    Some(hex::encode(h.finalize()))
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let digests: Option<Vec<String>> = [key.as_path(), cert.as_path()].into_iter().chain(issuer).map(|p| crate::files::sha256_file(p).ok()).collect();
+    digests.map(|d| d.join(" "))
 }
 
 /// The record of an earlier passed check of these same files, before its renewal date.

@@ -38,6 +38,11 @@ pub fn gateway(stack: &str) -> String {
     format!("10.89.{}.1", stack_subnet(stack))
 }
 
+/// A stack's network (`10.89.N.0/24`).
+pub fn subnet(stack: &str) -> String {
+    format!("10.89.{}.0/24", stack_subnet(stack))
+}
+
 /// A service's address on its stack's network: fixed, so that a restarted container comes back
 /// where the others (nginx, a JVM, anything that resolves a name once) still look for it.
 pub fn service_address(stack: &Stack, service: &str) -> Ipv4Addr {
@@ -169,7 +174,7 @@ pub fn run_spec(stack: &Stack, s: &Service, image: &str) -> RunSpec {
         tail.extend(c.iter().cloned());
     }
     let publish = s.ports.iter().map(|&(host, container)| Published { host, container }).collect();
-    RunSpec { args, environment: s.environment.clone(), tail, data_dirs, volumes, subnet: format!("10.89.{}.0/24", stack_subnet(&stack.name)), address, publish, tls: tls.is_some() }
+    RunSpec { args, environment: s.environment.clone(), tail, data_dirs, volumes, subnet: subnet(&stack.name), address, publish, tls: tls.is_some() }
 }
 
 /// The unit file of one service.
@@ -237,13 +242,12 @@ pub fn render(stack: &Stack, s: &Service, image: &str) -> String {
 fn write_network(stack: &Stack, root: &Path) -> Result<()> {
     use sha2::Digest;
     let name = network_name(&stack.name);
-    let n = stack_subnet(&stack.name);
     let config = serde_json::json!({
         "name": name,
         "id": hex::encode(sha2::Sha256::digest(name.as_bytes())),
         "driver": "bridge",
         "network_interface": bridge_name(&stack.name),
-        "subnets": [{"subnet": format!("10.89.{n}.0/24"), "gateway": gateway(&stack.name)}],
+        "subnets": [{"subnet": subnet(&stack.name), "gateway": gateway(&stack.name)}],
         "ipv6_enabled": false,
         "internal": true,
         "dns_enabled": true,
