@@ -322,7 +322,55 @@ fn finalize(plan: &BuildPlan, root: &Path) -> Result<()> {
             fs_err::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
     }
+    check_unread_boot_config(root)?;
     scrub(root)
+}
+
+/// The appliance layer turns off systemd's fstab and SysV generators (each a process before
+/// systemd starts anything, at every boot: layers/appliance/layer.toml). What they would have
+/// read is refused here, naming the file, instead of being ignored on the device.
+fn check_unread_boot_config(root: &Path) -> Result<()> {
+    let off = |g: &str| fs::read_link(root.join("etc/systemd/system-generators").join(g)).is_ok_and(|t| t == Path::new("/dev/null"));
+    if off("systemd-fstab-generator") {
+        let fstab = root.join("etc/fstab");
+        let text = fs::read_to_string(&fstab).unwrap_or_default();
+        if let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')) {
+            anyhow::bail!(
+                "a layer wrote /etc/fstab (`{line}`), which an outpost appliance does not read: systemd's fstab generator is off, since every mount of the appliance is a unit. Mount it with a .mount unit in the layer's files instead (as the appliance layer's var.mount does)"
+            );
+        }
+    }
+    if off("systemd-sysv-generator") {
+        let units = ["etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"];
+        for script in read_names(&root.join("etc/init.d"))? {
+            let started = (2..=5).flat_map(|n| read_names(&root.join(format!("etc/rc{n}.d"))).unwrap_or_default()).find(|l| l.starts_with('S') && l.get(3..) == Some(script.as_str()));
+            let unit = format!("{script}.service");
+            if let Some(link) = started
+                && !units.iter().any(|d| root.join(d).join(&unit).symlink_metadata().is_ok())
+            {
+                anyhow::bail!(
+                    "/etc/init.d/{script} is started at boot by its SysV init script (linked as {link} in /etc/rc?.d), which an outpost appliance does not run: systemd's SysV generator is off. Give the layer a unit {unit} in its files (or mask it there as /dev/null if the service is not wanted)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The names in a directory, sorted; none when it does not exist.
+fn read_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd {
+                names.push(e.with_context(|| format!("reading {}", dir.display()))?.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Replaces the directory `dir` of the tree by a link to `moved` (relative, so it resolves the
@@ -434,4 +482,55 @@ pub fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let initrd = boot.join(format!("initrd.img-{version}"));
     anyhow::ensure!(initrd.is_file(), "no initrd for kernel {version} in {}: add initramfs-tools to the base layer", boot.display());
     Ok((kernel, initrd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let g = t.path().join("etc/systemd/system-generators");
+        fs::create_dir_all(&g).unwrap();
+        for n in ["systemd-fstab-generator", "systemd-sysv-generator"] {
+            symlink("/dev/null", g.join(n)).unwrap();
+        }
+        for d in ["etc/init.d", "etc/rc2.d", "etc/rcS.d", "lib/systemd/system"] {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        fs::write(t.path().join("etc/fstab"), "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n\n").unwrap();
+        t
+    }
+
+    #[test]
+    fn what_the_generators_that_are_off_would_read_is_refused() {
+        let t = tree();
+        let r = t.path();
+        // Debian's own: scripts with units, scripts of rcS (not the generator's), an empty fstab.
+        for (script, link, unit) in [("ssh", "rc2.d/S01ssh", Some("ssh.service")), ("kmod", "rcS.d/S01kmod", None)] {
+            fs::write(r.join("etc/init.d").join(script), "#!/bin/sh\n").unwrap();
+            symlink(format!("../init.d/{script}"), r.join("etc").join(link)).unwrap();
+            if let Some(u) = unit {
+                fs::write(r.join("lib/systemd/system").join(u), "[Service]\n").unwrap();
+            }
+        }
+        check_unread_boot_config(r).unwrap();
+
+        fs::write(r.join("etc/init.d/legacyd"), "#!/bin/sh\n").unwrap();
+        symlink("../init.d/legacyd", r.join("etc/rc2.d/S02legacyd")).unwrap();
+        let e = format!("{:#}", check_unread_boot_config(r).unwrap_err());
+        assert!(e.contains("/etc/init.d/legacyd") && e.contains("S02legacyd") && e.contains("legacyd.service"), "{e}");
+        fs::create_dir_all(r.join("etc/systemd/system")).unwrap();
+        symlink("/dev/null", r.join("etc/systemd/system/legacyd.service")).unwrap();
+        check_unread_boot_config(r).unwrap();
+
+        fs::write(r.join("etc/fstab"), "# comment\nLABEL=backup /mnt/backup ext4 defaults 0 2\n").unwrap();
+        let e = format!("{:#}", check_unread_boot_config(r).unwrap_err());
+        assert!(e.contains("/etc/fstab") && e.contains("LABEL=backup /mnt/backup"), "{e}");
+
+        // A layer that turns the generator back on may use fstab.
+        fs::remove_file(r.join("etc/systemd/system-generators/systemd-fstab-generator")).unwrap();
+        check_unread_boot_config(r).unwrap();
+    }
 }
