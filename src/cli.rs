@@ -303,12 +303,16 @@ pub enum StackCommand {
     /// it and reach its published ports from 127.0.0.1 (podman's OCI hook, at createRuntime:
     /// the container's state on standard input)
     NetworkHook,
-    /// Wait until a container's health check passes (a unit's ExecStartPost)
+    /// Wait until a container's health check passes (a unit's ExecStartPost), then start the
+    /// timer of its periodic checks
     WaitHealthy {
         container: String,
         /// Seconds to wait before giving up
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// The timer of its periodic checks, started once it is healthy
+        #[arg(long)]
+        timer: Option<String>,
     },
 }
 

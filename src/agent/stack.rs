@@ -281,6 +281,15 @@ pub fn wait_healthy(name: &str, timeout: std::time::Duration) -> Result<()> {
     anyhow::bail!("container {name} was not healthy within {} s; last check: {last}", timeout.as_secs())
 }
 
+/// Starts the timer of the container's periodic health checks (`container::units`: it waits
+/// for the end of the boot). A box whose timer does not start still runs; it is said.
+pub fn schedule_health_checks(name: &str, timer: &str) {
+    let started = Tool::new("systemctl").describe(format!("starting the health checks of container {name}")).args(["start", "--no-block", timer]).run();
+    if let Err(e) = started {
+        super::say(&format!("container {name}: its health is not checked after its start: {e:#}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

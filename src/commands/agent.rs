@@ -47,7 +47,12 @@ pub fn stack(command: &StackCommand) -> Result<i32> {
         StackCommand::Run { stack, service } => agent::stack::run(stack, service)?,
         StackCommand::RenewTls => agent::stack::renew_tls()?,
         StackCommand::NetworkHook => agent::stack::network_hook(&mut std::io::stdin().lock())?,
-        StackCommand::WaitHealthy { container, timeout } => agent::stack::wait_healthy(container, Duration::from_secs(*timeout))?,
+        StackCommand::WaitHealthy { container, timeout, timer } => {
+            agent::stack::wait_healthy(container, Duration::from_secs(*timeout))?;
+            if let Some(timer) = timer {
+                agent::stack::schedule_health_checks(container, timer);
+            }
+        }
     }
     Ok(0)
 }
