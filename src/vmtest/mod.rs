@@ -613,15 +613,27 @@ async fn guest_checks(
         let port = m.port_map[&22];
         match ssh_check(port, s, m.dir, Instant::now() + Duration::from_secs(90)).await {
             Ok(msg) => passed.push(msg),
-            Err(e) => failed.push(format!("ssh {}@guest: {e:#}", s.user)),
+            Err(e) => failed.push(format!("ssh {}@guest: {e:#}{}", s.user, guest_network(&m.qga).await)),
         }
     }
     for h in &boot.http {
         let port = m.port_map[&h.port];
-        match http_check(port, h, m.scenario.ca_cert.as_deref(), Instant::now() + Duration::from_secs(60)).await {
+        // 150 s: on a loaded host (CI's two guests and a build on two cores) udev renamed a
+        // guest's NIC, after which networkd configures it, up to 10 s after the verdict, and
+        // checks that allowed 60 s timed out (#19).
+        match http_check(port, h, m.scenario.ca_cert.as_deref(), Instant::now() + Duration::from_secs(150)).await {
             Ok(msg) => passed.push(msg),
-            Err(e) => failed.push(format!("http guest port {} {}: {e:#}", h.port, h.path)),
+            Err(e) => failed.push(format!("http guest port {} {}: {e:#}{}", h.port, h.path, guest_network(&m.qga).await)),
         }
+    }
+}
+
+/// What the guest says of its network, for a check from outside that got no answer.
+async fn guest_network(qga: &Path) -> String {
+    let cmd = "cut -d' ' -f1 /proc/uptime; ip -brief address 2>&1; networkctl --no-pager --no-legend list 2>&1; journalctl -b -o short-monotonic --no-pager -u systemd-networkd 2>&1 | tail -n 8";
+    match agent::exec(qga, cmd, Instant::now() + Duration::from_secs(30)).await {
+        Ok((_, out)) => format!("; the guest's uptime and network then: {}", out.trim().replace('\n', " | ")),
+        Err(e) => format!("; the guest's network could not be read: {e:#}"),
     }
 }
 
