@@ -157,6 +157,23 @@ pub fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// The files at `depth` below `dir` whose names end with `suffix`, in name order; none when
+/// `dir` does not exist (an image without stacks or declared ports, a tree without init scripts).
+pub fn files_ending(dir: &Path, depth: usize, suffix: &str) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for e in walkdir::WalkDir::new(dir).min_depth(depth).max_depth(depth).sort_by_file_name() {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) if err.io_error().is_some_and(|i| i.kind() == std::io::ErrorKind::NotFound) => break,
+            Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
+        };
+        if e.file_name().to_string_lossy().ends_with(suffix) {
+            found.push(e.into_path());
+        }
+    }
+    Ok(found)
+}
+
 /// Every entry below `root` (not `root` itself), sorted by name, on one file system.
 pub fn walk(root: &Path) -> impl Iterator<Item = Result<walkdir::DirEntry>> + '_ {
     walkdir::WalkDir::new(root)

@@ -48,22 +48,7 @@ pub fn lock(path: &Path) -> Result<fs_err::File> {
     Ok(f)
 }
 
-/// The files at `depth` below `dir` whose names end with `suffix`, in name order; none when
-/// `dir` does not exist (an image without stacks, or without declared ports).
-pub fn files_ending(dir: &Path, depth: usize, suffix: &str) -> Result<Vec<std::path::PathBuf>> {
-    let mut found = Vec::new();
-    for e in walkdir::WalkDir::new(dir).min_depth(depth).max_depth(depth).sort_by_file_name() {
-        let e = match e {
-            Ok(e) => e,
-            Err(err) if err.io_error().is_some_and(|i| i.kind() == std::io::ErrorKind::NotFound) => break,
-            Err(err) => return Err(err).with_context(|| format!("reading {}", dir.display())),
-        };
-        if e.file_name().to_string_lossy().ends_with(suffix) {
-            found.push(e.into_path());
-        }
-    }
-    Ok(found)
-}
+pub use crate::files::files_ending;
 
 /// The partition with the GPT name `name` on the disk the root file system is on, never one on
 /// another disk (a USB stick, or the disk of another appliance plugged in for rescue). Found in

@@ -341,11 +341,17 @@ fn check_unread_boot_config(root: &Path) -> Result<()> {
         }
     }
     if off("systemd-sysv-generator") {
+        let names = |dir: &str| -> Result<Vec<String>> {
+            Ok(crate::files::files_ending(&root.join(dir), 1, "")?.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect())
+        };
+        let mut started = Vec::new();
+        for n in 2..=5 {
+            started.extend(names(&format!("etc/rc{n}.d"))?.into_iter().filter(|l| l.starts_with('S')));
+        }
         let units = ["etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"];
-        for script in read_names(&root.join("etc/init.d"))? {
-            let started = (2..=5).flat_map(|n| read_names(&root.join(format!("etc/rc{n}.d"))).unwrap_or_default()).find(|l| l.starts_with('S') && l.get(3..) == Some(script.as_str()));
+        for script in names("etc/init.d")? {
             let unit = format!("{script}.service");
-            if let Some(link) = started
+            if let Some(link) = started.iter().find(|l| l.get(3..) == Some(script.as_str()))
                 && !units.iter().any(|d| root.join(d).join(&unit).symlink_metadata().is_ok())
             {
                 anyhow::bail!(
@@ -355,22 +361,6 @@ fn check_unread_boot_config(root: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The names in a directory, sorted; none when it does not exist.
-fn read_names(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    match fs::read_dir(dir) {
-        Ok(rd) => {
-            for e in rd {
-                names.push(e.with_context(|| format!("reading {}", dir.display()))?.file_name().to_string_lossy().into_owned());
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    }
-    names.sort();
-    Ok(names)
 }
 
 /// Replaces the directory `dir` of the tree by a link to `moved` (relative, so it resolves the
