@@ -12,7 +12,7 @@ use crate::cli::Cli;
 use crate::spec::Scenario;
 use crate::tool;
 
-pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Path>, keys: Option<&Path>, ca: Option<&Path>, cpus: u8) -> Result<i32> {
+pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Path>, keys: Option<&Path>, ca: Option<&Path>, guest: crate::vmtest::Guest) -> Result<i32> {
     let mut ctx = super::ctx(cli, keys)?;
     let mut scenarios = paths.iter().map(|p| Scenario::load(p)).collect::<Result<Vec<_>, _>>()?;
     let ca = match ca {
@@ -81,7 +81,7 @@ pub fn run(cli: &Cli, paths: &[PathBuf], image: Option<&Path>, work: Option<&Pat
             }
             None => None,
         };
-        let report = rt.block_on(ctx.progress.stage_async("booting and checking", crate::vmtest::run(scenario, &disk, update.as_deref(), &dir.join("vm"), cpus)))?;
+        let report = rt.block_on(ctx.progress.stage_async("booting and checking", crate::vmtest::run(scenario, &disk, update.as_deref(), &dir.join("vm"), guest)))?;
         if !cli.json {
             print_report(&report);
         }
