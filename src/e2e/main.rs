@@ -79,7 +79,6 @@ fn main() {
         "images::debian-base",
         "scenario::encryption",
         "images::pacs-clinic",
-        "scenario::thief",
         "scenario::pacs-clinic",
         "images::clinic-pc",
         "scenario::power-cut",
