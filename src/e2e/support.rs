@@ -268,6 +268,12 @@ impl Built {
 /// `images/NAME.toml` built once per run into the shared cache; every test that needs it waits
 /// for the same build, and a failed build fails each of them with its message.
 pub fn shared(name: &str) -> Built {
+    // The other Debian images build on the Debian test image's layers: it is built first, so
+    // that the scenarios that need only it boot while the others build.
+    let debian = fs_err::read_to_string(project().join(format!("images/{name}.toml"))).unwrap_or_default().lines().any(|l| l.replace(' ', "") == "distro=\"debian\"");
+    if name != "debian-base" && debian {
+        shared("debian-base");
+    }
     type Cell = Arc<OnceLock<Result<Built, String>>>;
     static BUILDS: OnceLock<Mutex<HashMap<String, Cell>>> = OnceLock::new();
     let cell: Cell = {
@@ -316,6 +322,11 @@ pub fn boot(scenario: &Path, image: &Path, work: &Path) -> serde_json::Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("outpost test {} printed no report:\n{stdout}\n{stderr}", scenario.display()));
     let failed = r["failed"].as_array().expect("a report has `failed`");
+    // Where each boot's minutes went, for the run's log: the budget's account (#19).
+    let name = scenario.file_stem().unwrap_or_default().to_string_lossy();
+    for t in r["timings"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).filter(|t| t.contains("wall clock")) {
+        eprintln!("e2e: {name}: {t}");
+    }
     assert!(failed.is_empty() && out.status.success(), "{}: {r:#}\n{stderr}", scenario.display());
     r
 }
