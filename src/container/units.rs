@@ -239,7 +239,9 @@ fn health_unit(stack: &str, service: &str, kind: &str) -> String {
 /// `degraded` (the console's verdict, an update's probation) until the next one passed. This
 /// timer is started by `outpost stack wait-healthy` once the container is healthy and waits for
 /// the end of the boot (multi-user.target); it stops and restarts with the container's unit;
-/// an unhealthy check (exit 1) is recorded by podman (`podman ps`), not a failed unit.
+/// an unhealthy check (exit 1) is recorded by podman (`podman ps`), not a failed unit; nor is a
+/// check that finds no container (exit 125): PartOf= stops the timer with a stop or restart job
+/// of the container's unit, not during systemd's own restart after a crash (Restart=always).
 fn render_health(stack: &Stack, s: &Service) -> Option<[(String, String); 2]> {
     let h = s.health.as_ref()?;
     let name = container_name(&stack.name, &s.name);
@@ -251,7 +253,7 @@ fn render_health(stack: &Stack, s: &Service) -> Option<[(String, String); 2]> {
         unit = service_unit(&stack.name, &s.name),
     );
     let service = format!(
-        "# Written by outpost: one health check of container {name}.\n[Unit]\nDescription=health check of container {name}\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/podman healthcheck run {name}\n# 1: unhealthy, which podman records; not a failure of the system.\nSuccessExitStatus=1\n# A line every few seconds for years, on the data partition.\nLogLevelMax=notice\n"
+        "# Written by outpost: one health check of container {name}.\n[Unit]\nDescription=health check of container {name}\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/podman healthcheck run {name}\n# 1: unhealthy, which podman records; 125: no container to check, while systemd restarts it\n# after a crash (its own unit says so): neither a failure of the system.\nSuccessExitStatus=1 125\n# A line every few seconds for years, on the data partition.\nLogLevelMax=notice\n"
     );
     Some([(health_unit(&stack.name, &s.name, "timer"), timer), (health_unit(&stack.name, &s.name, "service"), service)])
 }
@@ -458,7 +460,7 @@ mod tests {
         for want in ["\nPartOf=outpost-pacs-db.service\n", "\nAfter=multi-user.target\n", "\nOnActiveSec=5s\n", "\nOnUnitInactiveSec=5s\n"] {
             assert!(timer.contains(want), "{want} not in {timer}");
         }
-        assert!(check.contains("\nExecStart=/usr/bin/podman healthcheck run pacs-db\n") && check.contains("\nSuccessExitStatus=1\n"), "{check}");
+        assert!(check.contains("\nExecStart=/usr/bin/podman healthcheck run pacs-db\n") && check.contains("\nSuccessExitStatus=1 125\n"), "{check}");
         assert!(render_health(&stack, &stack.services[1]).is_none());
         let web = render(&stack, &stack.services[1], "localhost/outpost/web:latest");
         assert!(web.contains("\nAfter=network.target outpost-site.service outpost-pacs-db.service\nWants=outpost-pacs-db.service\n"), "{web}");

@@ -15,7 +15,7 @@ pub const CONTAINER_FORMAT: &str = "outpost-container-4";
 
 /// Bumped whenever the units and run specifications written for a compose stack change; part of
 /// the cache key of every layer with a stack.
-pub const STACK_FORMAT: &str = "outpost-stack-11";
+pub const STACK_FORMAT: &str = "outpost-stack-12";
 
 /// Bumped whenever the way outpost applies or stores a layer changes.
 pub const FORMAT_VERSION: u32 = 1;
