@@ -407,7 +407,12 @@ impl std::fmt::Display for Phases {
         if let Some((get, secs)) = &self.answered {
             write!(f, "{get} answered after {secs:.1} s, ")?;
         }
-        write!(f, "checks {:.0} s, boot analysis {:.0} s, power-off {:.0} s", self.checks, self.analysis, self.power_off)
+        write!(f, "checks {:.0} s, ", self.checks)?;
+        // Only with `--analyze`, which costs it.
+        if self.analysis >= 0.5 {
+            write!(f, "boot analysis {:.0} s, ", self.analysis)?;
+        }
+        write!(f, "power-off {:.0} s", self.power_off)
     }
 }
 
@@ -923,4 +928,19 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
     let text = fs_err::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phases;
+
+    #[test]
+    fn a_boots_account_names_its_parts() {
+        let cut = Phases { cut: Some(64.4), ..Default::default() };
+        assert_eq!(cut.to_string(), "wall clock: power cut after 64 s");
+        let boot = Phases { verdict: 119.2, answered: Some(("GET :8080/cgi-bin/records".into(), 121.04)), checks: 4.6, power_off: 7.0, ..Default::default() };
+        assert_eq!(boot.to_string(), "wall clock: verdict after 119 s, GET :8080/cgi-bin/records answered after 121.0 s, checks 5 s, power-off 7 s");
+        let analysed = Phases { verdict: 80.0, analysis: 21.0, ..Default::default() };
+        assert_eq!(analysed.to_string(), "wall clock: verdict after 80 s, checks 0 s, boot analysis 21 s, power-off 0 s");
+    }
 }
