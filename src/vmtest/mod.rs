@@ -414,7 +414,7 @@ impl std::fmt::Display for Phases {
         }
         write!(f, "checks {:.0} s, ", self.checks)?;
         // Only with `--analyze`, which costs it.
-        if self.analysis >= 0.5 {
+        if self.analysis > 0.0 {
             write!(f, "boot analysis {:.0} s, ", self.analysis)?;
         }
         write!(f, "power-off {:.0} s", self.power_off)?;
@@ -564,7 +564,6 @@ async fn boot_once(
         guest_checks(m, boot, console, saved, &mut passed, &mut failed).await;
     }
     phases.checks = lap.elapsed().as_secs_f64();
-    let lap = Instant::now();
     if !analysis && failed.is_empty() && passed.iter().any(|p| p.starts_with("verdict `")) {
         // systemd's own line for the boot (kernel and userspace), from the journal: one cheap
         // call, where systemd-analyze takes 10-30 s under emulation.
@@ -580,12 +579,13 @@ async fn boot_once(
         }
     }
     if analysis {
+        let lap = Instant::now();
         let wait = "for i in $(seq 60); do [ -e /run/outpost-analyze.txt ] && exec cat /run/outpost-analyze.txt; sleep 0.5; done; exit 1";
         if let Ok((0, out)) = agent::exec(&m.qga, wait, Instant::now() + Duration::from_secs(35)).await {
             fs_err::write(&path, out)?;
         }
+        phases.analysis = lap.elapsed().as_secs_f64();
     }
-    phases.analysis = lap.elapsed().as_secs_f64();
     let lap = Instant::now();
     if failed.is_empty()
         && (!last || !boot.disk.is_empty())
