@@ -43,7 +43,7 @@ pub fn all() -> Vec<Scenario> {
             let image = Path::new(image_rel).file_stem().expect("an image file name").to_string_lossy().into_owned();
             let image_text = fs_err::read_to_string(dir.join(image_rel)).unwrap_or_else(|e| panic!("reading {image_rel}: {e}"));
             let stem = path.file_stem().expect("a file name").to_string_lossy().into_owned();
-            let ubuntu = image_text.lines().any(|l| l.replace(' ', "") == "distro=\"ubuntu\"");
+            let ubuntu = support::is_distro(&image_text, "ubuntu");
             let needs = if ubuntu {
                 Some(("OUTPOST_E2E_UBUNTU", "the Ubuntu archive (set OUTPOST_E2E_UBUNTU=1 where it answers)".to_string()))
             } else {

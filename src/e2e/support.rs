@@ -265,12 +265,17 @@ impl Built {
     }
 }
 
+/// Whether an image file's text sets `distro = "DISTRO"`.
+pub fn is_distro(image_text: &str, distro: &str) -> bool {
+    image_text.lines().any(|l| l.replace(' ', "") == format!("distro=\"{distro}\""))
+}
+
 /// `images/NAME.toml` built once per run into the shared cache; every test that needs it waits
 /// for the same build, and a failed build fails each of them with its message.
 pub fn shared(name: &str) -> Built {
     // The other Debian images build on the Debian test image's layers: it is built first, so
     // that the scenarios that need only it boot while the others build.
-    let debian = fs_err::read_to_string(project().join(format!("images/{name}.toml"))).unwrap_or_default().lines().any(|l| l.replace(' ', "") == "distro=\"debian\"");
+    let debian = is_distro(&fs_err::read_to_string(project().join(format!("images/{name}.toml"))).unwrap_or_default(), "debian");
     if name != "debian-base" && debian {
         shared("debian-base");
     }

@@ -520,8 +520,9 @@ async fn boot_once(
                 let _ = vm.0.start_kill();
                 let _ = vm.0.wait().await;
                 let delay = if boot.power_cut_delay > 0.0 { format!(" and {:.1} s more", boot.power_cut_delay) } else { String::new() };
-                phases.cut = Some(started.elapsed().as_secs_f64());
-                passed.push(format!("power cut {:.0} s after power-on, when the console showed `{text}`{delay}", started.elapsed().as_secs_f64()));
+                let at = started.elapsed().as_secs_f64();
+                phases.cut = Some(at);
+                passed.push(format!("power cut {at:.0} s after power-on, when the console showed `{text}`{delay}"));
             }
             Err(e) => failed.push(format!("{e:#}")),
         }
@@ -550,7 +551,8 @@ async fn boot_once(
     // systemd-analyze takes 10-30 s under emulation (waited for after the checks in every boot
     // of a CI run, 5 minutes of its guests' time), so it runs in the guest, at the lowest
     // priority, while the checks do, and is collected after them.
-    let mut analysis = m.guest.analyze && passed.iter().any(|p| p.starts_with("verdict `"));
+    let reached = passed.iter().any(|p| p.starts_with("verdict `"));
+    let mut analysis = m.guest.analyze && reached;
     let path = analysis_path(console);
     crate::files::remove_if_exists(&path)?;
     if analysis {
@@ -564,7 +566,7 @@ async fn boot_once(
         guest_checks(m, boot, console, saved, &mut passed, &mut failed).await;
     }
     phases.checks = lap.elapsed().as_secs_f64();
-    if !analysis && failed.is_empty() && passed.iter().any(|p| p.starts_with("verdict `")) {
+    if !analysis && reached && failed.is_empty() {
         // systemd's own line for the boot (kernel and userspace), from the journal: one cheap
         // call, where systemd-analyze takes 10-30 s under emulation.
         let cmd = format!("journalctl -b -o cat --no-pager MESSAGE_ID={STARTUP_FINISHED} | tail -n 1");
