@@ -103,11 +103,6 @@ pub enum Command {
         /// 395 s where two of 1 CPU took 311 s)
         #[arg(long, value_name = "N", env = "OUTPOST_TEST_CPUS", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=64))]
         cpus: u8,
-        /// After each boot's checks, ask the guest where its boot's time went (`systemd-analyze
-        /// time`, `critical-chain`, `blame`) into `console[-N].analyze.txt` and the report's
-        /// timings: information for boot-time work, 10-30 s of each boot under emulation
-        #[arg(long, env = "OUTPOST_TEST_ANALYZE")]
-        analyze: bool,
     },
     /// Write a site's settings into the seed partition of a copy of an image (the root is untouched)
     Personalize {

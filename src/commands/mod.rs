@@ -27,7 +27,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Keys { command } => keys::run(command),
         Command::Ca { command } => ca::run(command),
         Command::Plan { image } => plan::run(&cli, image),
-        Command::Test { scenarios, image, work, keys, ca, cpus, analyze } => test::run(&cli, scenarios, image.as_deref(), work.as_deref(), keys.as_deref(), ca.as_deref(), crate::vmtest::Guest { cpus: *cpus, analyze: *analyze }),
+        Command::Test { scenarios, image, work, keys, ca, cpus } => test::run(&cli, scenarios, image.as_deref(), work.as_deref(), keys.as_deref(), ca.as_deref(), crate::vmtest::Guest { cpus: *cpus }),
         Command::Personalize { image, site, out, ca } => personalize::run(&cli, image, site, out, ca.as_deref()),
         Command::Flash { image, device, bmap, no_bmap, force, max_size } => flash::run(&cli, image, device, bmap.clone(), *no_bmap, *force, max_size),
         Command::Decrypt { image, key_file, out } => decrypt::run(image, key_file, out),

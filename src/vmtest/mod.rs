@@ -2,6 +2,7 @@
 //! guest prints on the serial console, commands through the QEMU guest agent, HTTP on forwarded
 //! ports. The image itself is never written to: the guest runs on a qcow2 overlay.
 
+mod account;
 mod agent;
 mod disk;
 mod install;
@@ -43,8 +44,8 @@ pub struct Report {
     pub failed: Vec<String>,
     pub boot_seconds: f64,
     pub console_log: PathBuf,
-    /// Per boot that reached its verdict: systemd's own account of where the boot's time went
-    /// (`systemd-analyze`), its first line here and the critical chain and blame in a file.
+    /// Per boot: where its wall-clock time went, and, when it reached its verdict, systemd's
+    /// account of the boot: its `Startup finished` line, critical chain and slowest units.
     pub timings: Vec<String>,
 }
 
@@ -95,12 +96,10 @@ impl Drop for Vm {
     }
 }
 
-/// How the test machine is run: its CPUs, and whether each boot's time is analysed.
+/// How the test machine is run.
 #[derive(Debug, Clone, Copy)]
 pub struct Guest {
     pub cpus: u8,
-    /// `outpost test --analyze`: systemd-analyze after each boot's checks.
-    pub analyze: bool,
 }
 
 /// What stays the same across the boots of one scenario.
@@ -266,9 +265,8 @@ pub async fn run(scenario: &Scenario, image: &Path, update: Option<&Path>, dir: 
         let (passed, failed) = boot_once(&m, boot, tpm, &console, &mut saved, &mut phases, n + 1 == scenario.boots.len() && scenario.power_cuts.is_none()).await?;
         report.boot_seconds = report.boot_seconds.max(phases.verdict);
         report.timings.push(format!("{label}{phases}"));
-        let analysis = analysis_path(&console);
-        if let Ok(text) = fs_err::read_to_string(&analysis) {
-            report.timings.push(format!("{label}{} ({})", text.lines().next().unwrap_or_default(), analysis.display()));
+        if let Some(a) = &phases.account {
+            report.timings.extend(a.lines().into_iter().map(|l| format!("{label}{l}")));
         }
         report.passed.extend(passed.into_iter().map(|p| format!("{label}{p}")));
         let stop = !failed.is_empty();
@@ -394,14 +392,11 @@ struct Phases {
     /// The boot's first plain GET check, asked from power-on: when it first answered.
     answered: Option<(String, f64)>,
     checks: f64,
-    analysis: f64,
+    /// Waiting, after the checks, for the guest's account of its boot.
+    accounting: f64,
     power_off: f64,
-    /// systemd's `Startup finished in ...` line of the boot.
-    systemd: Option<String>,
+    account: Option<account::Account>,
 }
-
-/// The journal's message ID of systemd's `Startup finished in ...` (sd-messages.h).
-const STARTUP_FINISHED: &str = "b07a249cd024414a82dd00cd181378ff";
 
 impl std::fmt::Display for Phases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -413,12 +408,11 @@ impl std::fmt::Display for Phases {
             write!(f, "{get} answered after {secs:.1} s, ")?;
         }
         write!(f, "checks {:.0} s, ", self.checks)?;
-        // Only with `--analyze`, which costs it.
-        if self.analysis > 0.0 {
-            write!(f, "boot analysis {:.0} s, ", self.analysis)?;
+        if self.accounting >= 0.5 {
+            write!(f, "boot account {:.0} s, ", self.accounting)?;
         }
         write!(f, "power-off {:.0} s", self.power_off)?;
-        if let Some(line) = &self.systemd {
+        if let Some(line) = self.account.as_ref().and_then(|a| a.startup.as_ref()) {
             write!(f, "; systemd: {line}")?;
         }
         Ok(())
@@ -547,46 +541,39 @@ async fn boot_once(
         Ok(line) => failed.push(format!("the guest reported `{line}`, expected `{}`", boot.verdict)),
         Err(e) => failed.push(format!("{e:#}")),
     }
-    // Where the boot's time went (#19), when asked: not a check, never a failure.
-    // systemd-analyze takes 10-30 s under emulation (waited for after the checks in every boot
-    // of a CI run, 5 minutes of its guests' time), so it runs in the guest, at the lowest
-    // priority, while the checks do, and is collected after them.
+    // Where the boot's time went (#19): the guest reads its units' timestamps in the background,
+    // at the lowest priority, while the checks run (3-5 s of a guest under emulation, where
+    // systemd-analyze's critical-chain and blame took 8-30 s), and it is collected after them.
+    // Not a check, never a failure.
     let reached = passed.iter().any(|p| p.starts_with("verdict `"));
-    let mut analysis = m.guest.analyze && reached;
-    let path = analysis_path(console);
-    crate::files::remove_if_exists(&path)?;
-    if analysis {
-        let cmd = "{ systemd-analyze --no-pager time 2>&1 | tr -s ' \\n' ' '; echo; echo; systemd-analyze --no-pager critical-chain 2>&1; echo; systemd-analyze --no-pager blame 2>&1 | head -25; } > /run/outpost-analyze.part && mv /run/outpost-analyze.part /run/outpost-analyze.txt";
-        let start = format!("rm -f /run/outpost-analyze.txt; nohup nice -n 19 sh -c {} > /dev/null 2>&1 < /dev/null &", crate::tool::shell_quote(cmd));
+    let mut accounting = false;
+    if reached {
+        let cmd = format!("{{ {}; }} > /run/outpost-account.part 2>/dev/null && mv /run/outpost-account.part /run/outpost-account.txt", account::query());
+        let start = format!("rm -f /run/outpost-account.txt; nohup nice -n 19 sh -c {} > /dev/null 2>&1 < /dev/null &", crate::tool::shell_quote(&cmd));
         // Not started (the guest agent did not answer): nothing to collect later either.
-        analysis = agent::exec(&m.qga, &start, Instant::now() + Duration::from_secs(10)).await.is_ok();
+        accounting = agent::exec(&m.qga, &start, Instant::now() + Duration::from_secs(10)).await.is_ok();
     }
     let lap = Instant::now();
     if failed.is_empty() {
         guest_checks(m, boot, console, saved, &mut passed, &mut failed).await;
     }
     phases.checks = lap.elapsed().as_secs_f64();
-    if !analysis && reached && failed.is_empty() {
-        // systemd's own line for the boot (kernel and userspace), from the journal: one cheap
-        // call, where systemd-analyze takes 10-30 s under emulation.
-        let cmd = format!("journalctl -b -o cat --no-pager MESSAGE_ID={STARTUP_FINISHED} | tail -n 1");
-        if let Ok((0, out)) = agent::exec(&m.qga, &cmd, Instant::now() + Duration::from_secs(20)).await {
-            phases.systemd = Some(out.trim().to_string()).filter(|l| !l.is_empty());
-        }
-    }
     if let Some(mut a) = answered {
         match tokio::time::timeout(Duration::from_secs(3), &mut a).await {
             Ok(r) => phases.answered = r.ok().flatten().zip(probe).map(|(secs, h)| (format!("GET :{}{}", h.port, h.path), secs)),
             Err(_) => a.abort(),
         }
     }
-    if analysis {
+    if accounting {
         let lap = Instant::now();
-        let wait = "for i in $(seq 60); do [ -e /run/outpost-analyze.txt ] && exec cat /run/outpost-analyze.txt; sleep 0.5; done; exit 1";
+        let wait = "for i in $(seq 60); do [ -e /run/outpost-account.txt ] && exec cat /run/outpost-account.txt; sleep 0.5; done; exit 1";
         if let Ok((0, out)) = agent::exec(&m.qga, wait, Instant::now() + Duration::from_secs(35)).await {
-            fs_err::write(&path, out)?;
+            match account::parse(&out) {
+                Ok(a) => phases.account = Some(a),
+                Err(e) => crate::tool::debug(&format!("the boot's account: {e:#}")),
+            }
         }
-        phases.analysis = lap.elapsed().as_secs_f64();
+        phases.accounting = lap.elapsed().as_secs_f64();
     }
     let lap = Instant::now();
     if failed.is_empty()
@@ -937,11 +924,6 @@ async fn http_request(port: u16, path: &str, body: Option<(&[u8], &str)>) -> Res
     Ok((status, body))
 }
 
-/// Where a boot's `systemd-analyze` output goes: beside its console log.
-fn analysis_path(console: &Path) -> PathBuf {
-    console.with_extension("analyze.txt")
-}
-
 /// The last lines of the console log, for failure reports.
 pub fn console_tail(path: &Path, lines: usize) -> String {
     let text = fs_err::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
@@ -959,9 +941,10 @@ mod tests {
         assert_eq!(cut.to_string(), "wall clock: power cut after 64 s");
         let boot = Phases { verdict: 119.2, answered: Some(("GET :8080/cgi-bin/records".into(), 121.04)), checks: 4.6, power_off: 7.0, ..Default::default() };
         assert_eq!(boot.to_string(), "wall clock: verdict after 119 s, GET :8080/cgi-bin/records answered after 121.0 s, checks 5 s, power-off 7 s");
-        let analysed = Phases { verdict: 80.0, analysis: 21.0, ..Default::default() };
-        assert_eq!(analysed.to_string(), "wall clock: verdict after 80 s, checks 0 s, boot analysis 21 s, power-off 0 s");
-        let told = Phases { verdict: 80.0, systemd: Some("Startup finished in 15.378s (kernel) + 51.591s (userspace) = 1min 6.969s.".into()), ..Default::default() };
+        let waited = Phases { verdict: 80.0, accounting: 2.6, ..Default::default() };
+        assert_eq!(waited.to_string(), "wall clock: verdict after 80 s, checks 0 s, boot account 3 s, power-off 0 s");
+        let account = super::account::parse("Startup=Startup finished in 15.378s (kernel) + 51.591s (userspace) = 1min 6.969s.\n\nUserspaceTimestampMonotonic=1\n\nId=a.service\n").unwrap();
+        let told = Phases { verdict: 80.0, account: Some(account), ..Default::default() };
         assert!(told.to_string().ends_with("power-off 0 s; systemd: Startup finished in 15.378s (kernel) + 51.591s (userspace) = 1min 6.969s."), "{told}");
     }
 }
