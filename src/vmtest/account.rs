@@ -1,5 +1,5 @@
 //! Where a test boot's time went, from the guest's own systemd: its `Startup finished` line, the
-//! critical chain to the default target and the slowest units. One `systemctl show` of every
+//! critical chain to the default target, the slowest units and those that used the most CPU. One `systemctl show` of every
 //! unit's timestamps and ordering, read in the guest, turned into the chain and blame here: the
 //! same figures `systemd-analyze critical-chain` and `blame` print, for a third of their time.
 
@@ -16,7 +16,7 @@ pub fn query() -> String {
     format!(
         "printf 'Startup=%s\\n\\n' \"$(journalctl -b -o cat --no-pager MESSAGE_ID={STARTUP_FINISHED} | tail -n 1)\"; \
          systemctl show -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic; echo; \
-         systemctl show '*' -p Id -p After -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic"
+         systemctl show '*' -p Id -p After -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic -p CPUUsageNSec"
     )
 }
 
@@ -28,6 +28,9 @@ struct Unit {
     activating: u64,
     /// It became `active`.
     activated: u64,
+    /// CPU time its processes used, in nanoseconds, while its control group lives (0: unknown,
+    /// as for a oneshot that has exited).
+    cpu: u64,
 }
 
 impl Unit {
@@ -59,7 +62,9 @@ pub fn parse(text: &str) -> Result<Account> {
             a.finish = usec("FinishTimestampMonotonic")?;
         } else if let Some(id) = fields.get("Id") {
             let after = fields.get("After").map(|v| v.split_whitespace().map(str::to_string).collect()).unwrap_or_default();
-            let unit = Unit { after, activating: usec("InactiveExitTimestampMonotonic")?, activated: usec("ActiveEnterTimestampMonotonic")? };
+            // `[not set]` without CPU accounting, or once the unit's control group is gone.
+            let cpu = fields.get("CPUUsageNSec").and_then(|v| v.trim().parse().ok()).filter(|n| *n != u64::MAX).unwrap_or(0);
+            let unit = Unit { after, activating: usec("InactiveExitTimestampMonotonic")?, activated: usec("ActiveEnterTimestampMonotonic")?, cpu };
             a.units.insert(id.to_string(), unit);
         }
     }
@@ -78,6 +83,14 @@ impl Account {
         let mut v: Vec<_> = self.units.iter().filter(|(id, u)| !id.ends_with(".device") && u.took() > 0).map(|(id, u)| (id.as_str(), u.took())).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         v.into_iter().take(n).map(|(id, t)| (id, t as f64 / 1e6)).collect()
+    }
+
+    /// The running units that used the most CPU since they started, most first: under
+    /// emulation a boot is short of CPU, and this is who took it.
+    pub fn cpu(&self, n: usize) -> Vec<(&str, f64)> {
+        let mut v: Vec<_> = self.units.iter().filter(|(_, u)| u.cpu > 0).map(|(id, u)| (id.as_str(), u.cpu)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.into_iter().take(n).map(|(id, t)| (id, t as f64 / 1e9)).collect()
     }
 
     /// From the default target down, each step the unit it was ordered after that became active
@@ -105,10 +118,15 @@ impl Account {
         chain
     }
 
-    /// The report's lines: the critical chain and the slowest units.
+    /// The report's lines: the critical chain, the slowest units, the most CPU.
     pub fn lines(&self) -> Vec<String> {
-        let blame: Vec<String> = self.blame(8).into_iter().map(|(id, s)| format!("{id} {s:.1}s")).collect();
-        vec![format!("critical chain: {}", self.critical_chain().join(" < ")), format!("slowest units: {}", blame.join(", "))]
+        let list = |v: Vec<(&str, f64)>| v.into_iter().map(|(id, s)| format!("{id} {s:.1}s")).collect::<Vec<_>>().join(", ");
+        let mut lines = vec![format!("critical chain: {}", self.critical_chain().join(" < ")), format!("slowest units: {}", list(self.blame(8)))];
+        let cpu = self.cpu(6);
+        if !cpu.is_empty() {
+            lines.push(format!("most CPU (running units): {}", list(cpu)));
+        }
+        lines
     }
 }
 
@@ -141,11 +159,13 @@ Id=systemd-logind.service
 After=basic.target
 InactiveExitTimestampMonotonic=60000000
 ActiveEnterTimestampMonotonic=64683000
+CPUUsageNSec=1250000000
 
 Id=outpost-data.service
 After=basic.target
 InactiveExitTimestampMonotonic=30000000
 ActiveEnterTimestampMonotonic=53765000
+CPUUsageNSec=[not set]
 
 Id=basic.target
 After=sysinit.target
@@ -187,6 +207,8 @@ ActiveEnterTimestampMonotonic=60000000
         let names: Vec<_> = a.blame(3).into_iter().map(|(id, s)| format!("{id} {s:.1}")).collect();
         assert_eq!(names, ["outpost-data.service 23.8", "outpost-status-page.service 6.4", "systemd-logind.service 4.7"]);
         assert!(a.lines()[1].starts_with("slowest units: outpost-data.service 23.8s, "), "{:?}", a.lines());
+        // The CPU of units whose control group is gone is unknown, not zero.
+        assert_eq!(a.lines()[2], "most CPU (running units): systemd-logind.service 1.2s");
     }
 
     #[test]
