@@ -17,7 +17,7 @@ const STARTUP_FINISHED: &str = "b07a249cd024414a82dd00cd181378ff";
 pub fn query() -> String {
     format!(
         "printf 'Startup=%s\\n\\n' \"$(journalctl -b -o cat --no-pager MESSAGE_ID={STARTUP_FINISHED} | tail -n 1)\"; \
-         systemctl show -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic; echo; \
+         systemctl show -p UserspaceTimestampMonotonic; echo; \
          systemctl show '*.service' '*.target' '*.mount' '*.socket' '*.scope' -p Id -p After -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic -p CPUUsageNSec"
     )
 }
@@ -45,7 +45,6 @@ pub struct Account {
     /// systemd's `Startup finished in ...` line.
     pub startup: Option<String>,
     userspace: u64,
-    finish: u64,
     units: BTreeMap<String, Unit>,
 }
 
@@ -60,7 +59,6 @@ pub fn parse(text: &str) -> Result<Account> {
             a.startup = Some(line.trim().to_string()).filter(|l| !l.is_empty());
         } else if fields.contains_key("UserspaceTimestampMonotonic") {
             a.userspace = usec("UserspaceTimestampMonotonic")?;
-            a.finish = usec("FinishTimestampMonotonic")?;
         } else if let Some(id) = fields.get("Id") {
             let after = fields.get("After").map(|v| v.split_whitespace().map(str::to_string).collect()).unwrap_or_default();
             // `[not set]` without CPU accounting.
@@ -78,27 +76,31 @@ impl Account {
         usec.saturating_sub(self.userspace) as f64 / 1e6
     }
 
+    /// The `n` units with the largest nonzero `value`, largest first, divided by `per_second`.
+    fn top(&self, n: usize, per_second: f64, value: impl Fn(&str, &Unit) -> u64) -> Vec<(&str, f64)> {
+        let mut v: Vec<_> = self.units.iter().map(|(id, u)| (id.as_str(), value(id, u))).filter(|(_, x)| *x > 0).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.into_iter().take(n).map(|(id, x)| (id, x as f64 / per_second)).collect()
+    }
+
     /// The units that took longest to start, longest first. Devices are left out: their time
     /// counts from when systemd first waited for them, which for the root's is the initramfs.
     pub fn blame(&self, n: usize) -> Vec<(&str, f64)> {
-        let mut v: Vec<_> = self.units.iter().filter(|(id, u)| !id.ends_with(".device") && u.took() > 0).map(|(id, u)| (id.as_str(), u.took())).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        v.into_iter().take(n).map(|(id, t)| (id, t as f64 / 1e6)).collect()
+        self.top(n, 1e6, |id, u| if id.ends_with(".device") { 0 } else { u.took() })
     }
 
     /// The units that used the most CPU, most first: under emulation a boot is short of CPU, and
     /// this is who took it (`init.scope` is systemd itself). Slices are left out: each is the
     /// sum of the units under it.
     pub fn cpu(&self, n: usize) -> Vec<(&str, f64)> {
-        let mut v: Vec<_> = self.units.iter().filter(|(id, u)| u.cpu > 0 && !id.ends_with(".slice")).map(|(id, u)| (id.as_str(), u.cpu)).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        v.into_iter().take(n).map(|(id, t)| (id, t as f64 / 1e9)).collect()
+        self.top(n, 1e9, |id, u| if id.ends_with(".slice") { 0 } else { u.cpu })
     }
 
     /// From the default target down, each step the unit it was ordered after that became active
     /// last before it started, as `systemd-analyze critical-chain` walks it (which also takes
     /// units that came later, such as a container's mounts after local-fs.target: they held
-    /// nothing up): each line is `unit @start +took` in seconds since systemd started (`@`
+    /// nothing up; and so the chain stays within the boot, which ended after the target was
+    /// reached): each line is `unit @start +took` in seconds since systemd started (`@`
     /// alone when it took no time).
     pub fn critical_chain(&self) -> Vec<String> {
         let target = ["graphical.target", "multi-user.target"].into_iter().find(|t| self.units.get(*t).is_some_and(|u| u.activated > 0));
@@ -116,7 +118,7 @@ impl Account {
                 .after
                 .iter()
                 .filter_map(|d| self.units.get_key_value(d.as_str()))
-                .filter(|(_, d)| d.activated > 0 && d.activated <= start && (self.finish == 0 || d.activated <= self.finish))
+                .filter(|(_, d)| d.activated > 0 && d.activated <= start)
                 .max_by_key(|(_, d)| d.activated)
                 .map(|(d, _)| d.as_str());
         }
@@ -143,7 +145,6 @@ mod tests {
     const SHOWN: &str = "Startup=Startup finished in 16.1s (kernel) + 37.0s (userspace) = 53.1s.
 
 UserspaceTimestampMonotonic=17000000
-FinishTimestampMonotonic=71900000
 
 Id=graphical.target
 After=multi-user.target outpost-absent.service
