@@ -72,7 +72,7 @@ fn main() {
         Some(slow(&format!("scenario::{stem}"), move || scenarios::run(&s)))
     };
     // The order the threads take them in: builds beside boots, and the longest chain (the PACS
-    // build, its 4-boot scenario, then the registry test's boot, which needs what that scenario
+    // build, its 3-boot scenario, then the registry test's boot, which needs what that scenario
     // left) started early, so that short scenarios fill the end of the run, two at a time. The
     // PACS build comes right after the Debian one it builds on, before the Debian image's
     // second builds (2 minutes sooner on that chain).

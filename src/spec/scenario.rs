@@ -231,6 +231,10 @@ struct RebootToml {
     /// step rather than at its boundary; `just update-cuts` draws them at random).
     #[serde(default)]
     power_cut_delay: f64,
+    /// After this boot's checks, plug the scenario's backup stick into the running machine (a
+    /// PCIe hot plug), as a clinic does; with `power-cut-at`, the cut then falls while it writes.
+    #[serde(default)]
+    plug_backup_disk_after_checks: bool,
     /// Before this boot, flip one byte in the middle of the root partition (on the host, in the
     /// disk file), as a failing disk or a tamperer would.
     #[serde(default)]
@@ -424,7 +428,7 @@ pub struct Scenario {
 impl Boot {
     /// Whether a command of this boot plugs the backup stick in while the machine runs.
     pub fn hotplugs_backup_disk(&self) -> bool {
-        self.commands.iter().any(|c| c.plug_backup_disk)
+        self.plug_backup_disk_after_checks || self.commands.iter().any(|c| c.plug_backup_disk)
     }
 }
 
@@ -435,12 +439,14 @@ pub struct Boot {
     pub key_disk: bool,
     pub backup_disk: bool,
     /// The line a unit in the guest prints on the serial console when the system is up; the
-    /// reported line must start with it. Empty for a boot cut off by `power_cut_at`.
+    /// reported line must start with it. Empty for a boot cut off by `power_cut_at` before it.
     pub verdict: String,
-    /// Pull the plug (SIGKILL QEMU) as soon as the console shows this text; nothing else is
-    /// checked in that boot.
+    /// Pull the plug (SIGKILL QEMU) as soon as the console shows this text: without a verdict,
+    /// nothing else is checked in that boot; with one, the text is looked for after the checks
+    /// (and the stick plugged in after them), and the cut replaces the clean power-off.
     pub power_cut_at: Option<String>,
     pub power_cut_delay: f64,
+    pub plug_backup_disk_after_checks: bool,
     pub corrupt_root: bool,
     pub thief: Option<Thief>,
     pub update: bool,
@@ -483,6 +489,7 @@ impl Scenario {
             verdict: t.verdict.unwrap_or_default(),
             power_cut_at: t.power_cut_at,
             power_cut_delay: t.power_cut_delay,
+            plug_backup_disk_after_checks: false,
             corrupt_root: t.corrupt_root,
             thief: None,
             update: false,
@@ -499,6 +506,7 @@ impl Scenario {
             verdict: r.verdict.unwrap_or_default(),
             power_cut_at: r.power_cut_at,
             power_cut_delay: r.power_cut_delay,
+            plug_backup_disk_after_checks: r.plug_backup_disk_after_checks,
             corrupt_root: r.corrupt_root,
             thief: r.thief,
             update: r.update,
@@ -513,10 +521,11 @@ impl Scenario {
             let at = |key: &str| if n == 0 { key.to_string() } else { format!("reboot[{}].{key}", n - 1) };
             match &b.power_cut_at {
                 None if b.verdict.trim().is_empty() => p.push(file, &at("verdict"), "give the verdict line the guest must print (or `power-cut-at`)"),
-                Some(_) if !b.verdict.is_empty() => p.push(file, &at("power-cut-at"), "a boot cut off by a power cut has no verdict"),
-                Some(_) if !(b.commands.is_empty() && b.ssh.is_empty() && b.http.is_empty()) => {
-                    p.push(file, &at("power-cut-at"), "a boot cut off by a power cut has no checks but what its console showed (`console`); put them in the next boot")
-                }
+                Some(_) if b.verdict.is_empty() && !(b.commands.is_empty() && b.ssh.is_empty() && b.http.is_empty()) => p.push(
+                    file,
+                    &at("power-cut-at"),
+                    "a boot cut off before its verdict has no checks but what its console showed (`console`); give it a `verdict` (the cut then comes after the checks) or put them in the next boot",
+                ),
                 Some(t) if t.trim().is_empty() => p.push(file, &at("power-cut-at"), "give the console text at which the power is cut"),
                 _ => {}
             }
@@ -526,8 +535,12 @@ impl Scenario {
             if b.update && t.update_image.is_none() {
                 p.push(file, &at("update"), "the scenario has no `update-image` to update to");
             }
+            if b.plug_backup_disk_after_checks && b.commands.iter().any(|c| c.plug_backup_disk) {
+                p.push(file, &at("plug-backup-disk-after-checks"), "a command of this boot plugs the backup stick in already: plug it in once");
+            }
             if b.backup_disk && b.hotplugs_backup_disk() {
-                p.push(file, &at("command.plug-backup-disk"), "the backup stick is already in at power-on (`backup-disk = true`): plug it in once");
+                let key = if b.plug_backup_disk_after_checks { "plug-backup-disk-after-checks" } else { "command.plug-backup-disk" };
+                p.push(file, &at(key), "the backup stick is already in at power-on (`backup-disk = true`): plug it in once");
             }
             if b.commands.iter().filter(|c| c.plug_backup_disk).count() > 1 {
                 p.push(file, &at("command.plug-backup-disk"), "the backup stick is plugged in once per boot");

@@ -142,17 +142,23 @@ fn scenario_reboots_and_power_cuts() {
         "version = 1\nimage = \"../images/x.toml\"\npower-cut-at = \"encrypting\"\n\
          [[reboot]]\nverdict = \"OK\"\n[[reboot.command]]\nrun = \"cat key\"\nsave-as = \"k\"\n\
          [[reboot.disk]]\npartition = \"data\"\nopens-with = \"k\"\n\
-         [[reboot]]\ntpm = \"fresh\"\nverdict = \"DEGRADED\"\n",
+         [[reboot]]\ntpm = \"fresh\"\nverdict = \"DEGRADED\"\n\
+         [[reboot]]\nverdict = \"OK\"\nplug-backup-disk-after-checks = true\npower-cut-at = \"writing\"\n[[reboot.command]]\nrun = \"true\"\n",
     );
     let s = Scenario::load(&f).unwrap();
-    assert_eq!(s.boots.len(), 3);
+    assert_eq!(s.boots.len(), 4);
     assert_eq!(s.boots[0].power_cut_at.as_deref(), Some("encrypting"));
     assert_eq!(s.boots[2].tpm, TpmState::Fresh);
+    // A boot with a verdict and checks, cut once the stick plugged in after them writes.
+    assert!(s.boots[3].hotplugs_backup_disk() && s.boots[3].power_cut_at.is_some() && !s.boots[3].verdict.is_empty());
     // (scenario body, the one problem it must report)
     let cases: &[(&str, &str)] = &[
         ("", "give the verdict line"),
-        ("verdict = \"OK\"\npower-cut-at = \"x\"\n", "key `power-cut-at`: a boot cut off by a power cut has no verdict"),
-        ("power-cut-at = \"x\"\n[[command]]\nrun = \"true\"\n", "has no checks"),
+        ("power-cut-at = \"x\"\n[[command]]\nrun = \"true\"\n", "key `power-cut-at`: a boot cut off before its verdict has no checks"),
+        (
+            "verdict = \"OK\"\n[[reboot]]\nverdict = \"OK\"\nplug-backup-disk-after-checks = true\n[[reboot.command]]\nrun = \"true\"\nplug-backup-disk = true\n",
+            "key `reboot[0].plug-backup-disk-after-checks`: a command of this boot plugs the backup stick in already",
+        ),
         ("verdict = \"OK\"\n[[disk]]\npartition = \"data\"\nopens-with = \"nothing\"\n", "key `disk[0].opens-with`: no command"),
         ("verdict = \"OK\"\ntpm = false\n[[reboot]]\ntpm = \"fresh\"\nverdict = \"OK\"\n", "key `reboot[0].tpm`"),
         ("verdict = \"OK\"\n[[reboot]]\nkey-disk = true\nverdict = \"OK\"\n", "key `reboot[0].key-disk`"),

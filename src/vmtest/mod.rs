@@ -386,8 +386,10 @@ fn qemu_command(m: &Machine<'_>, boot: &Boot, console: &Path, tpm_sock: Option<&
 /// scenario's minutes are the guest's boot and which the harness's checks around it (#19).
 #[derive(Default)]
 struct Phases {
-    /// The power cut's moment, for a boot the scenario cuts.
+    /// The power cut's moment, for a boot the scenario cuts before its verdict.
     cut: Option<f64>,
+    /// For a boot cut after its checks: the seconds from their end to the cut.
+    cut_after_checks: Option<f64>,
     verdict: f64,
     /// The boot's first plain GET check, asked from power-on: when it first answered.
     answered: Option<(String, f64)>,
@@ -411,7 +413,10 @@ impl std::fmt::Display for Phases {
         if self.accounting >= 0.5 {
             write!(f, "boot account {:.0} s, ", self.accounting)?;
         }
-        write!(f, "power-off {:.0} s", self.power_off)?;
+        match self.cut_after_checks {
+            Some(s) => write!(f, "power cut {s:.0} s later")?,
+            None => write!(f, "power-off {:.0} s", self.power_off)?,
+        }
         if let Some(line) = self.account.as_ref().and_then(|a| a.startup.as_ref()) {
             write!(f, "; systemd: {line}")?;
         }
@@ -456,11 +461,13 @@ async fn boot_once(
     let mut vm;
     let mut started;
     let mut attempt = 0;
-    let needle = boot.power_cut_at.as_deref().unwrap_or(VERDICT_PREFIX);
+    // A boot with a verdict is cut, if at all, after its checks.
+    let cut_before_verdict = boot.power_cut_at.as_deref().filter(|_| boot.verdict.is_empty());
+    let needle = cut_before_verdict.unwrap_or(VERDICT_PREFIX);
     // When the application first answers (the boot's first plain GET check, asked from
     // power-on every quarter second): what a clinic waits for after a power cut, often before
     // the boot's verdict, which waits for every unit. Information, not a check.
-    let probe = boot.http.iter().find(|h| h.tls_name.is_none() && h.body.is_none() && h.body_file.is_none()).filter(|_| boot.power_cut_at.is_none());
+    let probe = boot.http.iter().find(|h| h.tls_name.is_none() && h.body.is_none() && h.body_file.is_none()).filter(|_| cut_before_verdict.is_none());
     let mut answered: Option<tokio::task::JoinHandle<Option<f64>>> = None;
     let found = loop {
         let mut cmd = qemu_command(m, boot, console, swtpm.as_ref().map(|(_, s)| s.as_path()));
@@ -504,19 +511,12 @@ async fn boot_once(
             Err(e) => break Err(e),
         }
     };
-    if let Some(text) = &boot.power_cut_at {
+    if let Some(text) = cut_before_verdict {
         match found {
             Ok(_) => {
-                if boot.power_cut_delay > 0.0 {
-                    tokio::time::sleep(Duration::from_secs_f64(boot.power_cut_delay)).await;
-                }
-                // SIGKILL: the guest gets no chance to flush or unmount, as with a power cut.
-                let _ = vm.0.start_kill();
-                let _ = vm.0.wait().await;
-                let delay = if boot.power_cut_delay > 0.0 { format!(" and {:.1} s more", boot.power_cut_delay) } else { String::new() };
-                let at = started.elapsed().as_secs_f64();
+                let (at, what) = cut_power(&mut vm, boot, text, started).await;
                 phases.cut = Some(at);
-                passed.push(format!("power cut {at:.0} s after power-on, when the console showed `{text}`{delay}"));
+                passed.push(what);
             }
             Err(e) => failed.push(format!("{e:#}")),
         }
@@ -577,11 +577,29 @@ async fn boot_once(
         phases.accounting = lap.elapsed().as_secs_f64();
     }
     let lap = Instant::now();
-    if failed.is_empty()
-        && (!last || !boot.disk.is_empty())
-        && let Err(e) = power_off(&mut vm, &m.qga).await
-    {
-        failed.push(format!("powering off: {e:#}"));
+    if failed.is_empty() && boot.plug_backup_disk_after_checks {
+        match plug_backup_stick(m).await {
+            Ok(()) => passed.push("after the checks, the backup stick plugged in while the machine runs".into()),
+            Err(e) => failed.push(format!("plugging the backup stick in after the checks: {e:#}")),
+        }
+    }
+    match boot.power_cut_at.as_deref() {
+        // After the checks: the text is looked for from now on, for as long as a boot may take.
+        Some(text) if failed.is_empty() => match wait_console(&mut vm, console, text, Instant::now() + Duration::from_secs(m.scenario.timeout), Some(&m.qga)).await {
+            Ok(Wait::Found(_)) => {
+                let (_, what) = cut_power(&mut vm, boot, text, started).await;
+                phases.cut_after_checks = Some(lap.elapsed().as_secs_f64());
+                passed.push(what);
+            }
+            Ok(Wait::Stalled(secs)) => failed.push(format!("after the checks, the console was silent for {secs} s and never showed `{text}`")),
+            Err(e) => failed.push(format!("after the checks, waiting for `{text}` to cut the power: {e:#}")),
+        },
+        _ if failed.is_empty() && (!last || !boot.disk.is_empty()) => {
+            if let Err(e) = power_off(&mut vm, &m.qga).await {
+                failed.push(format!("powering off: {e:#}"));
+            }
+        }
+        _ => {}
     }
     let _ = vm.0.start_kill();
     let _ = vm.0.wait().await;
@@ -631,8 +649,7 @@ async fn guest_checks(
         // follows a long one is not cut off by the time that one used.
         let deadline = cmd_deadline.max(Instant::now() + Duration::from_secs(c.timeout.unwrap_or(120)));
         if c.plug_backup_disk {
-            let add = serde_json::json!({"execute": "device_add", "arguments": {"driver": "virtio-blk-pci", "bus": HOTPLUG_PORT, "drive": HOTPLUG_DRIVE, "id": "backup-stick"}});
-            match qmp(&m.qmp(), add).await {
+            match plug_backup_stick(m).await {
                 Ok(()) => passed.push("the backup stick plugged in while the machine runs".into()),
                 Err(e) => {
                     failed.push(format!("plugging the backup stick in: {e:#}"));
@@ -694,6 +711,25 @@ async fn guest_network(qga: &Path) -> String {
 /// The PCIe port and the drive of a stick plugged in while the machine runs.
 const HOTPLUG_PORT: &str = "hotplug0";
 const HOTPLUG_DRIVE: &str = "backup-stick-drive";
+
+/// Plugs the scenario's backup stick into the running machine's free PCIe port.
+async fn plug_backup_stick(m: &Machine<'_>) -> Result<()> {
+    qmp(&m.qmp(), serde_json::json!({"execute": "device_add", "arguments": {"driver": "virtio-blk-pci", "bus": HOTPLUG_PORT, "drive": HOTPLUG_DRIVE, "id": "backup-stick"}})).await
+}
+
+/// Pulls the plug once the console has shown `text` (and the boot's `power-cut-delay` has
+/// passed): SIGKILL, so the guest gets no chance to flush or unmount. Returns the moment (from
+/// power-on) and what the report says of it.
+async fn cut_power(vm: &mut Vm, boot: &Boot, text: &str, started: Instant) -> (f64, String) {
+    if boot.power_cut_delay > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(boot.power_cut_delay)).await;
+    }
+    let _ = vm.0.start_kill();
+    let _ = vm.0.wait().await;
+    let delay = if boot.power_cut_delay > 0.0 { format!(" and {:.1} s more", boot.power_cut_delay) } else { String::new() };
+    let at = started.elapsed().as_secs_f64();
+    (at, format!("power cut {at:.0} s after power-on, when the console showed `{text}`{delay}"))
+}
 
 /// One command to QEMU's machine protocol (QMP): an error when QEMU answers with one.
 async fn qmp(sock: &Path, command: serde_json::Value) -> Result<()> {
@@ -944,6 +980,8 @@ mod tests {
         assert_eq!(boot.to_string(), "wall clock: verdict after 119 s, GET :8080/cgi-bin/records answered after 121.0 s, checks 5 s, power-off 7 s");
         let waited = Phases { verdict: 80.0, accounting: 2.6, ..Default::default() };
         assert_eq!(waited.to_string(), "wall clock: verdict after 80 s, checks 0 s, boot account 3 s, power-off 0 s");
+        let cut_later = Phases { verdict: 170.0, checks: 238.0, cut_after_checks: Some(41.3), ..Default::default() };
+        assert_eq!(cut_later.to_string(), "wall clock: verdict after 170 s, checks 238 s, power cut 41 s later");
         let account = super::account::parse("Startup=Startup finished in 15.378s (kernel) + 51.591s (userspace) = 1min 6.969s.\n\nUserspaceTimestampMonotonic=1\n\nId=a.service\n").unwrap();
         let told = Phases { verdict: 80.0, account: Some(account), ..Default::default() };
         assert!(told.to_string().ends_with("power-off 0 s; systemd: Startup finished in 15.378s (kernel) + 51.591s (userspace) = 1min 6.969s."), "{told}");
