@@ -442,8 +442,9 @@ pub struct Boot {
     /// reported line must start with it. Empty for a boot cut off by `power_cut_at` before it.
     pub verdict: String,
     /// Pull the plug (SIGKILL QEMU) as soon as the console shows this text: without a verdict,
-    /// nothing else is checked in that boot; with one, the text is looked for after the checks
-    /// (and the stick plugged in after them), and the cut replaces the clean power-off.
+    /// nothing else is checked in that boot; with one, the cut waits for the checks (and the
+    /// stick plugged in after them), then for the text anywhere in the boot's console, and
+    /// replaces the clean power-off.
     pub power_cut_at: Option<String>,
     pub power_cut_delay: f64,
     pub plug_backup_disk_after_checks: bool,

@@ -584,7 +584,8 @@ async fn boot_once(
         }
     }
     match boot.power_cut_at.as_deref() {
-        // After the checks: the text is looked for from now on, for as long as a boot may take.
+        // After the checks, for as long as a boot may take: the text is looked for in the whole
+        // boot's console, so one it showed before the checks cuts at once.
         Some(text) if failed.is_empty() => match wait_console(&mut vm, console, text, Instant::now() + Duration::from_secs(m.scenario.timeout), Some(&m.qga)).await {
             Ok(Wait::Found(_)) => {
                 let (_, what) = cut_power(&mut vm, boot, text, started).await;
