@@ -559,7 +559,10 @@ async fn boot_once(
     phases.verdict = secs;
     match verdict {
         Ok(line) if line.trim().starts_with(boot.verdict.trim()) => passed.push(format!("verdict `{line}` after {secs:.0} s")),
-        Ok(line) => failed.push(format!("the guest reported `{line}`, expected `{}`", boot.verdict)),
+        Ok(line) => {
+            failed.push(format!("the guest reported `{line}`, expected `{}`", boot.verdict));
+            failed.extend(failed_units_journal(&m.qga, &line).await);
+        }
         Err(e) => failed.push(format!("{e:#}")),
     }
     // Where the boot's time went (#19): the guest reads its units' timestamps in the background
@@ -719,6 +722,28 @@ async fn guest_checks(
             Err(e) => failed.push(format!("http guest port {} {}: {e:#}{}", h.port, h.path, guest_network(&m.qga).await)),
         }
     }
+}
+
+/// The last journal lines of each unit a verdict names as failed (at most four units): a run on
+/// another machine keeps only its report, and "outpost-site.service failed" alone says nothing
+/// of why. Each unit's lines are one report entry.
+async fn failed_units_journal(qga: &Path, verdict: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for u in verdict_units(verdict) {
+        let cmd = format!("journalctl -b -o short-monotonic --no-pager -u {} 2>&1 | tail -n 15", crate::tool::shell_quote(u));
+        match agent::exec(qga, &cmd, Instant::now() + Duration::from_secs(30)).await {
+            Ok((_, text)) => out.push(format!("the journal of {u} (its last lines): {}", text.trim().replace('\n', " | "))),
+            Err(e) => out.push(format!("the journal of {u} could not be read: {e:#}")),
+        }
+    }
+    out
+}
+
+/// The units a verdict line names as failed or restarting again and again, at most four.
+fn verdict_units(verdict: &str) -> Vec<&str> {
+    let Some((_, units)) = verdict.split_once(" failed: ") else { return Vec::new() };
+    let unit = |u: &&str| u.contains('.') && u.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@:\\".contains(c));
+    units.split_whitespace().take_while(|u| !u.starts_with('(')).filter(unit).take(4).collect()
 }
 
 /// What the guest says of its network, for a check from outside that got no answer.
@@ -1007,5 +1032,14 @@ mod tests {
         let account = super::account::parse("Startup=Startup finished in 15.378s (kernel) + 51.591s (userspace) = 1min 6.969s.\n\nUserspaceTimestampMonotonic=1\n\nId=a.service\n").unwrap();
         let told = Phases { verdict: 80.0, account: Some(account), ..Default::default() };
         assert!(told.to_string().ends_with("power-off 0 s; systemd: Startup finished in 15.378s (kernel) + 51.591s (userspace) = 1min 6.969s."), "{told}");
+    }
+
+    #[test]
+    fn a_verdict_names_the_units_whose_journal_the_report_carries() {
+        assert_eq!(super::verdict_units("OUTPOST-VERDICT: degraded failed: outpost-site.service "), ["outpost-site.service"]);
+        let looping = "OUTPOST-VERDICT: degraded failed: a.service b@x.service restarting again and again: c.service (failed and restarted on the way: d.service)";
+        assert_eq!(super::verdict_units(looping), ["a.service", "b@x.service", "c.service"]);
+        assert!(super::verdict_units("OUTPOST-VERDICT: running").is_empty());
+        assert!(super::verdict_units("OUTPOST-VERDICT: degraded failed: $(reboot).service").is_empty());
     }
 }
