@@ -749,7 +749,8 @@ async fn failed_units_journal(qga: &Path, verdict: &str) -> Vec<String> {
 
 /// The units a verdict line names as failed or restarting again and again, at most four.
 fn verdict_units(verdict: &str) -> Vec<&str> {
-    let Some((_, units)) = verdict.split_once(" failed: ") else { return Vec::new() };
+    let Some(at) = [" failed: ", " again and again: "].iter().filter_map(|k| verdict.find(k).map(|i| i + k.len())).min() else { return Vec::new() };
+    let units = &verdict[at..];
     let unit = |u: &&str| u.contains('.') && u.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@:\\".contains(c));
     units.split_whitespace().take_while(|u| !u.starts_with('(')).filter(unit).take(4).collect()
 }
@@ -1047,6 +1048,7 @@ mod tests {
         assert_eq!(super::verdict_units("OUTPOST-VERDICT: degraded failed: outpost-site.service "), ["outpost-site.service"]);
         let looping = "OUTPOST-VERDICT: degraded failed: a.service b@x.service restarting again and again: c.service (failed and restarted on the way: d.service)";
         assert_eq!(super::verdict_units(looping), ["a.service", "b@x.service", "c.service"]);
+        assert_eq!(super::verdict_units("OUTPOST-VERDICT: degraded restarting again and again: c.service"), ["c.service"]);
         assert!(super::verdict_units("OUTPOST-VERDICT: running").is_empty());
         assert!(super::verdict_units("OUTPOST-VERDICT: degraded failed: $(reboot).service").is_empty());
     }
