@@ -251,6 +251,13 @@ pub fn unix_time(y: i64, m: i64, d: i64, h: i64, mi: i64, sec: i64) -> i64 {
     (era * 146097 + doe - 719468) * 86400 + h * 3600 + mi * 60 + sec
 }
 
+/// The git work tree `dir` (or its nearest existing parent) is in, if any: private keys are
+/// never made there.
+pub fn git_work_tree(dir: &Path) -> Result<Option<PathBuf>> {
+    let abs = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    Ok(abs.ancestors().find(|a| a.join(".git").exists()).map(Path::to_path_buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,11 +282,4 @@ mod tests {
         assert!(file_contains(&p, b"MARKER").unwrap());
         assert!(!file_contains(&p, b"MARKEX").unwrap());
     }
-}
-
-/// The git work tree `dir` (or its nearest existing parent) is in, if any: private keys are
-/// never made there.
-pub fn git_work_tree(dir: &Path) -> Result<Option<PathBuf>> {
-    let abs = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
-    Ok(abs.ancestors().find(|a| a.join(".git").exists()).map(Path::to_path_buf))
 }

@@ -167,10 +167,9 @@ pub fn choose_disk<'a>(disks: &'a [Disk], medium: &str, index: &Index) -> Result
             Some(d.in_use.join("; "))
         } else if d.size < min {
             Some(format!("{} is smaller than the {} the image needs", crate::progress::human(d.size), crate::progress::human(min)))
-        } else if let Some(m) = index.rules.disk_model.as_ref().filter(|m| !d.model.to_lowercase().contains(&m.to_lowercase())) {
-            Some(format!("its model `{}` is not the image's `disk-model = \"{m}\"`", d.model))
         } else {
-            None
+            let other_model = index.rules.disk_model.as_ref().filter(|m| !d.model.to_lowercase().contains(&m.to_lowercase()));
+            other_model.map(|m| format!("its model `{}` is not the image's `disk-model = \"{m}\"`", d.model))
         };
         match reason {
             Some(r) => why.push(format!("/dev/{}: {r}", d.name)),

@@ -123,8 +123,11 @@ fn with_esp<T>(f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     r
 }
 
-/// The boot entries on the ESP, by slot: (file name, boot counter).
-fn entries(esp: &Path) -> Result<Vec<(String, String, Option<(u32, u32)>)>> {
+/// A boot entry on the ESP: its file name, its slot, its boot counter (tries left, done).
+type Entry = (String, String, Option<(u32, u32)>);
+
+/// The boot entries on the ESP, by slot.
+fn entries(esp: &Path) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for e in fs_err::read_dir(esp.join("loader/entries"))? {
         let name = e?.file_name().to_string_lossy().into_owned();
@@ -410,7 +413,7 @@ fn apply_inner(source: &str, report: &mut Reporter) -> Result<String> {
         uki.sync_all()?;
         drop(uki);
         fs_err::rename(&partial, &uki_path)?;
-        sync_dir(&uki_path.parent().expect("in outpost/"))?;
+        sync_dir(uki_path.parent().expect("in outpost/"))?;
         // Last: the entry, with its boot counter.
         let (name, text) = update::entry(slots.inactive.name, &m.image, &m.release, Some(update::TRIES));
         let entry_path = esp.join("loader/entries").join(&name);
@@ -570,7 +573,7 @@ pub fn boot_check() -> Result<()> {
     let slots = find_slots()?;
     let running = running_release()?;
     let state = Path::new(update::STATE_DIR);
-    let entries = with_esp(|esp| entries(esp))?;
+    let entries = with_esp(entries)?;
     let mine = entries.iter().find(|(_, s, _)| s == slots.active.name).cloned();
     match mine {
         Some((name, _, Some((left, _)))) => {

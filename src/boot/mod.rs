@@ -42,6 +42,7 @@ pub struct BootRecord {
 /// Makes the UKI (signed when `keys` are given) and stages the ESP: systemd-boot as the default
 /// loader, the UKI as root slot A's, its entry, a loader.conf that never waits at a menu. An
 /// update adds slot B's UKI and entry beside them (`crate::agent::update`).
+#[allow(clippy::too_many_arguments)]
 pub fn stage_esp(tree: &Path, esp: &Path, work: &Path, cmdline: &str, title: &str, release: &str, keys: Option<&Keys>, epoch: i64) -> Result<BootRecord> {
     let efi = tree.join("usr/lib/systemd/boot/efi");
     let (stub, sdboot) = (efi.join("linuxx64.efi.stub"), efi.join("systemd-bootx64.efi"));

@@ -51,7 +51,7 @@ fn dicom_fixture_is_the_generated_file() -> Result<(), Failed> {
         return Err(format!("{} is not what src/e2e/dicom_fixture.rs makes (OUTPOST_REGENERATE=1 rewrites it)", path.display()).into());
     }
     // The preamble's magic, and every element of the data set padded to an even length.
-    if &made[128..132] != b"DICM" || made.len() % 2 != 0 {
+    if &made[128..132] != b"DICM" || !made.len().is_multiple_of(2) {
         return Err("the DICOM fixture is malformed".into());
     }
     let _ = (dicom_fixture::STUDY_UID, dicom_fixture::SERIES_UID, dicom_fixture::PATIENT_ID, dicom_fixture::INSTANCE_ID);

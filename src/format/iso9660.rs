@@ -116,7 +116,7 @@ fn entries(dir: &[u8], name: &str) -> Vec<(u64, u64)> {
 /// name, padded to an even offset), concatenated; `None` without one.
 fn rock_ridge_name(r: &[u8]) -> Option<Vec<u8>> {
     let name_len = r[32] as usize;
-    let mut at = 33 + name_len + usize::from(name_len % 2 == 0);
+    let mut at = 33 + name_len + usize::from(name_len.is_multiple_of(2));
     let mut name: Option<Vec<u8>> = None;
     while at + 4 <= r.len() {
         let len = r[at + 2] as usize;

@@ -58,6 +58,7 @@ exec chroot "$root" "$@""#;
 /// The packages come from the cache's pool when it holds them (hard-linked into the chroot's
 /// apt archive before the download, checked by apt against the signed index); those it
 /// downloads are hard-linked to `staging` at the end, for the caller to `DebPool::take`.
+#[allow(clippy::too_many_arguments)]
 pub fn mmdebstrap(base: &Base, variant: &str, packages: &[String], root: &Path, options: &[&str], pool: &DebPool, staging: &Path, why: String) -> Tool {
     let q = |p: &Path| crate::tool::shell_quote(&p.to_string_lossy());
     let link_debs = |from: &str, to: &str| format!(r#"for f in {from}/*.deb; do [ -e "$f" ] || continue; ln "$f" {to}/ 2>/dev/null || cp "$f" {to}/; done"#);

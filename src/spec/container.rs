@@ -59,6 +59,8 @@ pub struct ImageConfig {
     pub volumes: Vec<String>,
 }
 
+// A handful per build: the size of the package variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Source {

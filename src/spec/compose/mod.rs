@@ -348,7 +348,6 @@ pub fn parse_duration(s: &str) -> Option<u64> {
 /// The systemd unit of a stack's service (the agent restarts them by this name too). Stack
 /// (layer) and service names are checked names, and the plan refuses two that give the same
 /// unit, container or volume name.
-
 pub use crate::format::stack::{container_name, service_unit, volume_name};
 
 /// The third number of a stack's network, 10.89.N.0/24: from its name, so that the layer's
