@@ -102,9 +102,66 @@ pub fn atomic_write(path: &Path, write: impl FnOnce(&mut File) -> Result<()>) ->
     Ok(())
 }
 
+/// The sha256 of a file. Its holes (a raw disk is mostly holes) are hashed as the zeros they
+/// read as, without reading them: reading a hole makes the kernel allocate and zero a page of
+/// cache for each 4 KiB of it, which made hashing a fresh 920 MiB disk take 6 s beside
+/// qemu-img instead of 0.8 s.
 pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    Ok(hash_copy(&mut f, &mut std::io::sink()).with_context(|| format!("reading {}", p.display()))?.0)
+    let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let len = f.metadata().with_context(|| format!("reading {}", p.display()))?.len();
+    sha256_range(&f, 0, len).with_context(|| format!("reading {}", p.display()))
+}
+
+/// The sha256 of `len` bytes of `f` from `start` on, its holes hashed without reading them
+/// (`sha256_file`); an error if the file ends before.
+pub fn sha256_range(f: &File, start: u64, len: u64) -> Result<String> {
+    let end = start + len;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = start;
+    while at < end {
+        let (data, hole) = next_data(f, at, end)?;
+        hash_zeros(&mut h, data - at);
+        let mut pos = data;
+        while pos < hole {
+            let want = (hole - pos).min(buf.len() as u64) as usize;
+            let n = std::os::unix::fs::FileExt::read_at(f, &mut buf[..want], pos)?;
+            anyhow::ensure!(n > 0, "the file ends at byte {pos}, before byte {end}");
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+        at = hole;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Where the next data of `f` from `at` on starts and ends, up to `end` (`lseek`'s SEEK_DATA
+/// and SEEK_HOLE): `(end, end)` when only a hole is left, `(at, end)` where the file system
+/// cannot tell.
+fn next_data(f: &File, at: u64, end: u64) -> std::io::Result<(u64, u64)> {
+    let data = match lseek(f, at, libc::SEEK_DATA) {
+        Ok(d) => d.min(end),
+        // Nothing but a hole after `at`; or a file system that cannot tell.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok((end, end)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok((at, end)),
+        Err(e) => return Err(e),
+    };
+    Ok((data, lseek(f, data, libc::SEEK_HOLE)?.min(end)))
+}
+
+fn lseek(f: &File, at: u64, whence: libc::c_int) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let off = unsafe { libc::lseek(f.as_raw_fd(), at as libc::off_t, whence) };
+    if off < 0 { Err(std::io::Error::last_os_error()) } else { Ok(off as u64) }
+}
+
+fn hash_zeros(h: &mut Sha256, mut n: u64) {
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
 }
 
 /// Copies `r` to its end into `w` (`io::sink()` to hash only); returns the sha256 of the
@@ -269,6 +326,32 @@ mod tests {
             assert_eq!(unix_time(y, m, d, h, mi, s), t, "{t}");
         }
         assert_eq!(unix_time(2029, 3, 6, 19, 31, 4), 1_867_519_864);
+    }
+
+    #[test]
+    fn a_sparse_file_hashes_as_the_bytes_it_reads_as() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk");
+        // Data, a hole of several MiB, data across a MiB boundary, a trailing hole; then a
+        // file that is all hole, one with none, an empty one.
+        let f = File::create(&p).unwrap();
+        f.set_len(9 << 20).unwrap();
+        f.write_all_at(b"GPT header", 512).unwrap();
+        f.write_all_at(&[7u8; 10_000], (5 << 20) - 4096).unwrap();
+        drop(f);
+        let full = fs_err::read(&p).unwrap();
+        assert_eq!(sha256_file(&p).unwrap(), hex::encode(Sha256::digest(&full)));
+        for (name, len, data) in [("holes", 3 << 20, false), ("dense", (1 << 20) + 3, true), ("empty", 0, true)] {
+            let q = dir.path().join(name);
+            let f = File::create(&q).unwrap();
+            f.set_len(len).unwrap();
+            if data {
+                f.write_all_at(&vec![1u8; len as usize], 0).unwrap();
+            }
+            drop(f);
+            assert_eq!(sha256_file(&q).unwrap(), hex::encode(Sha256::digest(fs_err::read(&q).unwrap())), "{name}");
+        }
     }
 
     #[test]
