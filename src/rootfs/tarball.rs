@@ -303,6 +303,31 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_of_several_mib_is_laid_down_and_a_cut_one_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        fs_err::create_dir_all(a.join("usr/lib")).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        fs_err::write(a.join("usr/lib/big"), &big).unwrap();
+        fs_err::write(a.join("usr/lib/small"), "x").unwrap();
+        let layer = tmp.path().join("layer.tar.zst");
+        write_delta(&a, None, &mut File::create(&layer).unwrap()).unwrap();
+        let b = tmp.path().join("b");
+        fs_err::create_dir_all(&b).unwrap();
+        extract(&layer, &b).unwrap();
+        assert_eq!(fs_err::read(b.join("usr/lib/big")).unwrap(), big);
+        assert_eq!(fs_err::read_to_string(b.join("usr/lib/small")).unwrap(), "x");
+        // Cut in the middle (a cache file damaged on disk): an error naming the layer.
+        let bytes = fs_err::read(&layer).unwrap();
+        let cut = tmp.path().join("cut.tar.zst");
+        fs_err::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let c = tmp.path().join("c");
+        fs_err::create_dir_all(&c).unwrap();
+        let e = format!("{:#}", extract(&cut, &c).unwrap_err());
+        assert!(e.contains("cut.tar.zst"), "{e}");
+    }
+
+    #[test]
     fn delta_round_trip_applies_changes_and_removals() {
         let tmp = tempfile::tempdir().unwrap();
         let a = tmp.path().join("a");
