@@ -116,6 +116,8 @@ pub fn sha256_file(p: &Path) -> Result<String> {
 /// (`sha256_file`); an error if the file ends before.
 pub fn sha256_range(f: &File, start: u64, len: u64) -> Result<String> {
     let end = start + len;
+    let size = f.metadata()?.len();
+    anyhow::ensure!(size >= end, "the file ends at byte {size}, before byte {end}");
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut at = start;
@@ -352,6 +354,9 @@ mod tests {
             drop(f);
             assert_eq!(sha256_file(&q).unwrap(), hex::encode(Sha256::digest(fs_err::read(&q).unwrap())), "{name}");
         }
+        // A range the file does not hold all of is an error, not zeros.
+        let e = sha256_range(&File::open(&p).unwrap(), 8 << 20, 2 << 20).unwrap_err();
+        assert!(e.to_string().contains("ends at byte 9437184, before byte 10485760"), "{e}");
     }
 
     #[test]
