@@ -410,7 +410,17 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
         .arg(MAPPING)
         .run()?;
     let mapped = Path::new("/dev/mapper").join(MAPPING);
-    Tool::new("mkfs.ext4").describe("formatting the encrypted data partition").args(["-q", "-F", "-L", FS_READY]).arg(&mapped).arg(fs_size(&mapped)?).run()?;
+    // The journal is not zeroed (`lazy_journal_init`): what its blocks held before reads, under
+    // this new volume key, as noise, which no journal replay takes for a transaction (mkfs
+    // writes the journal's superblock as empty, and each block must carry the journal's magic,
+    // sequence and checksum). Zeroing it wrote up to 1 GiB through dm-crypt at the first boot
+    // (32 MiB for a 2 GiB partition: mkfs 1.4-1.7 s -> 0.6-1.2 s under emulation).
+    Tool::new("mkfs.ext4")
+        .describe("formatting the encrypted data partition")
+        .args(["-q", "-F", "-E", "lazy_journal_init=1", "-L", FS_READY])
+        .arg(&mapped)
+        .arg(fs_size(&mapped)?)
+        .run()?;
     laps.lap("format");
     // A site that gives its boxes a backup key (in the seed, taken at `seed apply`): no key of
     // the box's own is made, or shown.
