@@ -277,7 +277,9 @@ fn write_root(ctx: &Ctx, plan: &BuildPlan, w: &Work) -> Result<Root> {
     let salt = hex::encode(sha2::Sha256::digest(format!("{seed}\0verity salt")));
     let verity_uuid = layout::derive_uuid(&seed, "root verity");
     let hash = ctx.progress.stage("writing the root filesystem", || {
-        disk::make_erofs(&w.tree, &w.root_img, &layout::derive_uuid(&seed, "root filesystem"), ctx.epoch)?;
+        let (kernel, _) = crate::rootfs::boot_files(&w.tree)?;
+        let release = kernel.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+        disk::make_erofs(&w.tree, &w.root_img, &layout::derive_uuid(&seed, "root filesystem"), ctx.epoch, &release)?;
         disk::make_verity(&w.root_img, &w.verity_img, &salt, &verity_uuid)
     })?;
     Ok(Root { hash, size: fs_err::metadata(&w.root_img)?.len(), salt, verity_uuid })
