@@ -470,7 +470,8 @@ pub fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
         .collect();
-    kernels.sort();
+    // By version, number by number: 6.10 is newer than 6.9, which a sort by name puts after it.
+    kernels.sort_by_cached_key(|p| release_numbers(&p.file_name().unwrap_or_default().to_string_lossy()));
     let kernel = kernels.pop().with_context(|| {
         format!("no kernel in {}: add a kernel package (linux-image-*) to the image's base layer", boot.display())
     })?;
@@ -480,10 +481,30 @@ pub fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((kernel, initrd))
 }
 
+/// The numbers of a kernel's file name or release, in order (`vmlinuz-6.1.0-13-amd64`: 6, 1,
+/// 0, 13), for comparing two releases.
+pub fn release_numbers(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()).map(|n| n.parse().unwrap_or(u64::MAX)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn the_newest_kernel_boots_by_version_not_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let boot = t.path().join("boot");
+        fs::create_dir_all(&boot).unwrap();
+        for v in ["6.9.0-1-amd64", "6.10.0-2-amd64", "6.10.0-10-amd64", "6.1.0-13-amd64"] {
+            fs::write(boot.join(format!("vmlinuz-{v}")), "k").unwrap();
+            fs::write(boot.join(format!("initrd.img-{v}")), "i").unwrap();
+        }
+        let (kernel, initrd) = boot_files(t.path()).unwrap();
+        assert_eq!(kernel, boot.join("vmlinuz-6.10.0-10-amd64"));
+        assert_eq!(initrd, boot.join("initrd.img-6.10.0-10-amd64"));
+    }
 
     fn tree() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();

@@ -91,11 +91,27 @@ pub fn partition_range(dir: &Path, disk: &Path, name: &str) -> Result<(u64, u64)
     Ok((first * 512, (last + 1 - first) * 512))
 }
 
-/// Flips one byte in the middle of the partition named `name` of a qcow2 disk, through
-/// qemu-io (the disk stays a qcow2 overlay; nothing is mounted). Returns the byte's offset.
+/// The file whose data `corrupt-root` changes: the source of udev's PCI database, in every
+/// systemd image, which no boot reads (udev reads the compiled `hwdb.bin`), so the system still
+/// comes up and the whole-root check is what finds the change. A byte at a fixed place of the
+/// partition fell, as the root's size changed, on blocks the initramfs reads to mount it.
+pub const CORRUPTED_FILE: &str = "/usr/lib/udev/hwdb.d/20-pci-vendor-model.hwdb";
+
+/// Flips one byte in the middle of [`CORRUPTED_FILE`]'s first extent in the EROFS root
+/// partition named `name` of a qcow2 disk, found with `dump.erofs`, through qemu-io (the disk
+/// stays a qcow2 overlay; nothing is mounted). Returns the byte's offset in the disk.
 pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
-    let (start, len) = partition_range(dir, disk, name)?;
-    let offset = start + len / 2 / 512 * 512 + 123;
+    let img = dir.join("root-to-corrupt.img");
+    let (start, _) = read_partition(dir, disk, name, &img)?;
+    let extents = Tool::new("dump.erofs")
+        .describe(format!("finding {CORRUPTED_FILE} in the guest's root"))
+        .arg("-e")
+        .arg(format!("--path={CORRUPTED_FILE}"))
+        .arg(&img)
+        .output();
+    crate::files::remove_if_exists(&img)?;
+    let (at, len) = first_extent(&extents?).with_context(|| format!("the root partition `{name}` holds no data of {CORRUPTED_FILE}, which `corrupt-root` changes"))?;
+    let offset = start + at + len / 2;
     let io = |cmd: String| Tool::new("qemu-io").describe("changing a byte of the guest's disk").args(["-f", "qcow2", "-c"]).arg(cmd).arg(disk).output();
     let shown = io(format!("read -v {offset} 1"))?;
     let byte = shown
@@ -106,6 +122,18 @@ pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
         .with_context(|| format!("qemu-io printed `{shown}`"))?;
     io(format!("write -P {:#04x} {offset} 1", byte ^ 0xff))?;
     Ok(offset)
+}
+
+/// The physical byte range (start, length) of the first extent `dump.erofs -e` lists, from its
+/// lines `N:  LOGICAL.. END |  LENGTH :  PHYSICAL.. END |  LENGTH`.
+fn first_extent(dump: &str) -> Option<(u64, u64)> {
+    dump.lines().find_map(|l| {
+        let mut cols = l.split('|');
+        let (_, physical, length) = (cols.next()?, cols.next()?, cols.next()?);
+        let (from, to) = physical.split(':').nth(1)?.split_once("..")?;
+        let (from, to, length) = (from.trim().parse::<u64>().ok()?, to.trim().parse::<u64>().ok()?, length.trim().parse::<u64>().ok()?);
+        (to == from + length && length > 0).then_some((from, length))
+    })
 }
 
 /// A USB stick holding `bundle`, as a clinic gets it: FAT, labelled with the 11-character form
@@ -152,4 +180,17 @@ pub fn write_at(disk: &Path, img: &Path, offset: u64) -> Result<()> {
         .arg(disk)
         .run()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `dump.erofs -e` as erofs-utils 1.5 prints it.
+    #[test]
+    fn the_first_extent_is_read_from_dump_erofs() {
+        let dump = "File : /usr/share/zoneinfo/zone.tab\nSize: 18809  On-disk size: 12288  regular file\n\n Ext:   logical offset   |  length :     physical offset    |  length\n   0:        0..   18809 |   18809 :  132726784.. 132739072 |   12288\n   1:    18809..   20000 |    1191 :  132739072.. 132743168 |    4096\n/usr/share/zoneinfo/zone.tab: 2 extents found\n";
+        assert_eq!(first_extent(dump), Some((132_726_784, 12_288)));
+        assert_eq!(first_extent("File : /x\nSize: 0\n/x: 0 extents found\n"), None);
+    }
 }

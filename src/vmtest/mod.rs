@@ -470,7 +470,7 @@ async fn boot_once(
     }
     if boot.corrupt_root {
         let at = tokio::task::block_in_place(|| disk::flip_byte(m.dir, &m.overlay, crate::format::layout::SLOTS[0].1))?;
-        passed.push(format!("flipped the byte at offset {at} of the disk, in the root partition"));
+        passed.push(format!("flipped the byte at offset {at} of the disk, in the root partition (data of {})", disk::CORRUPTED_FILE));
     }
     let thief = match boot.thief {
         Some(t) => {
