@@ -277,8 +277,7 @@ fn write_root(ctx: &Ctx, plan: &BuildPlan, w: &Work) -> Result<Root> {
     let salt = hex::encode(sha2::Sha256::digest(format!("{seed}\0verity salt")));
     let verity_uuid = layout::derive_uuid(&seed, "root verity");
     let hash = ctx.progress.stage("writing the root filesystem", || {
-        let (kernel, _) = crate::rootfs::boot_files(&w.tree)?;
-        let release = kernel.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+        let release = crate::rootfs::kernel_release(&crate::rootfs::boot_files(&w.tree)?.0);
         disk::make_erofs(&w.tree, &w.root_img, &layout::derive_uuid(&seed, "root filesystem"), ctx.epoch, &release)?;
         disk::make_verity(&w.root_img, &w.verity_img, &salt, &verity_uuid)
     })?;

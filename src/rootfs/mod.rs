@@ -475,10 +475,15 @@ pub fn boot_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let kernel = kernels.pop().with_context(|| {
         format!("no kernel in {}: add a kernel package (linux-image-*) to the image's base layer", boot.display())
     })?;
-    let version = kernel.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    let version = kernel_release(&kernel);
     let initrd = boot.join(format!("initrd.img-{version}"));
     anyhow::ensure!(initrd.is_file(), "no initrd for kernel {version} in {}: add initramfs-tools to the base layer", boot.display());
     Ok((kernel, initrd))
+}
+
+/// The release of the kernel file `kernel` (`boot/vmlinuz-6.1.0-13-amd64`: `6.1.0-13-amd64`).
+pub fn kernel_release(kernel: &Path) -> String {
+    kernel.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string()
 }
 
 /// The numbers of a kernel's file name or release, in order (`vmlinuz-6.1.0-13-amd64`: 6, 1,
