@@ -385,6 +385,7 @@ fn apply_inner(source: &str, report: &mut Reporter) -> Result<String> {
         sync_dir(&esp.join("loader/entries"))?;
         let uki_path = esp.join(update::uki_on_esp(slots.inactive.name));
         crate::files::remove_if_exists(&uki_path)?;
+        crate::files::remove_if_exists(&esp.join(update::corrupted_note_on_esp(slots.inactive.name)))?;
         let store = if m.base.is_some() { own_chunks(&slots.active, &esp.join(update::uki_on_esp(slots.active.name)))? } else { Store::new() };
         let total = m.root.size + m.uki.size;
         let mut done = 0u64;
@@ -573,7 +574,7 @@ pub fn boot_check() -> Result<()> {
     let slots = find_slots()?;
     let running = running_release()?;
     let state = Path::new(update::STATE_DIR);
-    let entries = with_esp(entries)?;
+    let (entries, corrupted) = with_esp(|esp| Ok((entries(esp)?, fs_err::read_to_string(esp.join(update::corrupted_note_on_esp(slots.inactive.name))).ok())))?;
     let mine = entries.iter().find(|(_, s, _)| s == slots.active.name).cloned();
     match mine {
         Some((name, _, Some((left, _)))) => {
@@ -614,9 +615,10 @@ pub fn boot_check() -> Result<()> {
             let given_up = entries.iter().find(|(_, s, c)| s == slots.inactive.name && matches!(c, Some((0, _))));
             if let Some((name, _, _)) = given_up {
                 let failure: Option<Failure> = fs_err::read(state.join("last-failure.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-                let why = match failure {
-                    Some(f) => format!("release {} did not become healthy: {}", f.release, f.reason),
-                    None => format!("the release in slot {} ({name}) did not come up", slots.inactive.name),
+                let why = match (corrupted, failure) {
+                    (Some(note), _) => format!("the release in slot {} was given up at boot: {}", slots.inactive.name, note.trim()),
+                    (None, Some(f)) => format!("release {} did not become healthy: {}", f.release, f.reason),
+                    (None, None) => format!("the release in slot {} ({name}) did not come up", slots.inactive.name),
                 };
                 report.set("rolled-back", Some(why.clone()));
                 say(&format!("update: ROLLED BACK to release {}: {why}", running.release));

@@ -131,7 +131,7 @@ fn preflight(scenarios: &[Scenario]) -> Result<()> {
         if s.boots.iter().any(|b| !b.disk.is_empty()) {
             need.push("cryptsetup");
         }
-        if s.boots.iter().any(|b| b.corrupt_root || b.thief.is_some()) {
+        if s.boots.iter().any(|b| b.corrupt_root || b.corrupt_root_start.is_some() || b.thief.is_some()) {
             need.push("qemu-io");
         }
         if s.boots.iter().any(|b| b.update) {

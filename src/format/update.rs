@@ -135,6 +135,12 @@ pub fn uki_on_esp(slot: &str) -> String {
     format!("outpost/slot-{slot}.efi")
 }
 
+/// Where the initramfs says why it gave root slot `slot` up (its root is corrupted, in blocks
+/// needed to start it: layers/base's scripts/local-top/outpost-verity), for the boot that follows.
+pub fn corrupted_note_on_esp(slot: &str) -> String {
+    format!("outpost/slot-{slot}.corrupted")
+}
+
 /// The boot loader entry of a slot, as systemd-boot reads it: entries sort by `sort-key`, then
 /// newest `version` first, and an entry whose boot counter ran out sorts last. `tries`: a new
 /// release's entry carries a boot counter (`+3`), the image's own does not.

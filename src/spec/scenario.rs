@@ -239,6 +239,10 @@ struct RebootToml {
     /// disk file), as a failing disk or a tamperer would.
     #[serde(default)]
     corrupt_root: bool,
+    /// Before this boot, change a byte of the first block of the root partition named so
+    /// (`root-a`, `root-b`): its file system's superblock, which the boot reads to mount it.
+    #[serde(default)]
+    corrupt_root_start: Option<String>,
     /// Boot as a thief holding the whole PC would (same TPM): see `Thief`.
     #[serde(default)]
     thief: Option<Thief>,
@@ -449,6 +453,7 @@ pub struct Boot {
     pub power_cut_delay: f64,
     pub plug_backup_disk_after_checks: bool,
     pub corrupt_root: bool,
+    pub corrupt_root_start: Option<String>,
     pub thief: Option<Thief>,
     pub update: bool,
     pub commands: Vec<Command>,
@@ -492,6 +497,7 @@ impl Scenario {
             power_cut_delay: t.power_cut_delay,
             plug_backup_disk_after_checks: false,
             corrupt_root: t.corrupt_root,
+            corrupt_root_start: None,
             thief: None,
             update: false,
             commands: t.command,
@@ -509,6 +515,7 @@ impl Scenario {
             power_cut_delay: r.power_cut_delay,
             plug_backup_disk_after_checks: r.plug_backup_disk_after_checks,
             corrupt_root: r.corrupt_root,
+            corrupt_root_start: r.corrupt_root_start,
             thief: r.thief,
             update: r.update,
             commands: r.command,

@@ -112,6 +112,23 @@ pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
     crate::files::remove_if_exists(&img)?;
     let (at, len) = first_extent(&extents?).with_context(|| format!("the root partition `{name}` holds no data of {CORRUPTED_FILE}, which `corrupt-root` changes"))?;
     let offset = start + at + len / 2;
+    flip_byte_at(disk, offset)?;
+    Ok(offset)
+}
+
+/// Flips one byte of the first block of the root partition named `name` (`root-a`, `root-b`)
+/// of a qcow2 disk: in EROFS's superblock (at 1024), which mounting the root reads first.
+/// Returns the byte's offset in the disk.
+pub fn flip_root_superblock(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
+    anyhow::ensure!(crate::format::layout::SLOTS.iter().any(|(_, root, _)| *root == name), "`corrupt-root-start = \"{name}\"` names no root partition (root-a, root-b)");
+    let (start, _) = partition_range(dir, disk, name)?;
+    let offset = start + 1024 + 8;
+    flip_byte_at(disk, offset)?;
+    Ok(offset)
+}
+
+/// Inverts the byte at `offset` of the qcow2 `disk`, through qemu-io.
+fn flip_byte_at(disk: &Path, offset: u64) -> Result<()> {
     let io = |cmd: String| Tool::new("qemu-io").describe("changing a byte of the guest's disk").args(["-f", "qcow2", "-c"]).arg(cmd).arg(disk).output();
     let shown = io(format!("read -v {offset} 1"))?;
     let byte = shown
@@ -121,7 +138,7 @@ pub fn flip_byte(dir: &Path, disk: &Path, name: &str) -> Result<u64> {
         .and_then(|h| u8::from_str_radix(h, 16).ok())
         .with_context(|| format!("qemu-io printed `{shown}`"))?;
     io(format!("write -P {:#04x} {offset} 1", byte ^ 0xff))?;
-    Ok(offset)
+    Ok(())
 }
 
 /// The physical byte range (start, length) of the first extent `dump.erofs -e` lists, from its

@@ -472,6 +472,10 @@ async fn boot_once(
         let at = tokio::task::block_in_place(|| disk::flip_byte(m.dir, &m.overlay, crate::format::layout::SLOTS[0].1))?;
         passed.push(format!("flipped the byte at offset {at} of the disk, in the root partition (data of {})", disk::CORRUPTED_FILE));
     }
+    if let Some(name) = &boot.corrupt_root_start {
+        let at = tokio::task::block_in_place(|| disk::flip_root_superblock(m.dir, &m.overlay, name))?;
+        passed.push(format!("flipped the byte at offset {at} of the disk, in the superblock of the root partition {name}"));
+    }
     let thief = match boot.thief {
         Some(t) => {
             let p = tokio::task::block_in_place(|| thief::prepare(m.dir, &m.overlay, t))?;
