@@ -64,7 +64,8 @@ pub fn make_erofs(root: &Path, img: &Path, uuid: &uuid::Uuid, epoch: i64, releas
 /// 5.16). On the Debian test image's root that is 129.0 MB in 3.4-3.6 s where level 5 in 4-KiB
 /// clusters without packing wrote 144.9 MB in 3.2-3.5 s (level 5 with 16 KiB: 127.6 MB, but
 /// 4.3-4.5 s); later boots under emulation used 1-2 s less CPU (three pairs, with level 5 at
-/// 16 KiB: the same decompressor), and a full verification of the root reads 11 % less. After zstd (updates, qcow2) the gain is 2.4 %.
+/// 16 KiB: the same decompressor), and a full verification of the root reads 11 % less. After
+/// zstd (updates, qcow2) the gain is 2.4 %.
 /// Older kernels (Ubuntu 20.04, 22.04) cannot read that: level 5 in 4-KiB clusters, as before
 /// (level 9 wrote in 8.2 s for 0.4 % fewer bytes).
 fn erofs_compression(release: &str) -> &'static [&'static str] {

@@ -537,6 +537,11 @@ impl Scenario {
                 Some(t) if t.trim().is_empty() => p.push(file, &at("power-cut-at"), "give the console text at which the power is cut"),
                 _ => {}
             }
+            if let Some(name) = &b.corrupt_root_start
+                && !crate::format::layout::SLOTS.iter().any(|(_, root, _)| root == name)
+            {
+                p.push(file, &at("corrupt-root-start"), format!("`{name}` is no root partition: give root-a or root-b"));
+            }
             if !(0.0..=600.0).contains(&b.power_cut_delay) || (b.power_cut_delay > 0.0 && b.power_cut_at.is_none()) {
                 p.push(file, &at("power-cut-delay"), "seconds (0 to 600) after `power-cut-at`'s text, on a boot that has one");
             }
