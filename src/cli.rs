@@ -344,6 +344,17 @@ pub enum StatusCommand {
     /// Write status.json and metrics into a directory (the status page's) and note that this
     /// boot is alive
     Write { dir: PathBuf },
+    /// The status page's service: write the page (TEMPLATE filled in), status.json and the
+    /// metrics into DIR, serve DIR over HTTP on PORT (busybox httpd) and write them again
+    /// every 30 s
+    Serve {
+        dir: PathBuf,
+        #[arg(long)]
+        port: u16,
+        /// The page, its values as `@host@`, `@os@`, `@addresses@`, `@state@`, `@tls@`
+        #[arg(long)]
+        page: PathBuf,
+    },
     /// Send the status to the URL of the site settings (`[status] push`)
     Push,
     /// At boot: count a power cut if the previous boot ended without a shutdown

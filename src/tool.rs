@@ -256,6 +256,15 @@ impl Tool {
         cmd.spawn().map_err(|e| self.start_error(&e))
     }
 
+    /// Starts a long-lived process beside a synchronous one (the agent's web server), with
+    /// stdout and stderr inherited (in a unit, the journal); the caller waits for it.
+    pub fn start(&self) -> Result<std::process::Child, ToolError> {
+        debug(&format!("+ {} &", self.cmdline()));
+        let mut cmd = self.command()?;
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        cmd.spawn().map_err(|e| self.start_error(&e))
+    }
+
     fn start_error(&self, e: &std::io::Error) -> ToolError {
         let why = if self.why.is_empty() { format!("running {}", self.program) } else { self.why.clone() };
         ToolError::Exit { why, cmdline: self.cmdline(), code: -1, tail: format!(": it could not be started: {e}") }

@@ -97,10 +97,13 @@ pub fn show(prometheus: bool) -> Result<()> {
 /// the `text/plain` type Prometheus expects) and refreshes this
 /// boot's `alive` record.
 pub fn write(dir: &Path) -> Result<()> {
-    let s = collect(Path::new("/"));
-    let text = serde_json::to_string_pretty(&s)? + "\n";
+    write_files(dir, &collect(Path::new("/")))
+}
+
+fn write_files(dir: &Path, s: &Status) -> Result<()> {
+    let text = serde_json::to_string_pretty(s)? + "\n";
     replace(&dir.join("status.json"), text.as_bytes())?;
-    let m = metrics(&s);
+    let m = metrics(s);
     replace(&dir.join("metrics.txt"), m.as_bytes())?;
     // The node exporter's text file collector (the node-exporter layer) serves them too.
     if Path::new(NODE_EXPORTER_TEXTFILES).is_dir() {
@@ -112,6 +115,118 @@ pub fn write(dir: &Path) -> Result<()> {
         write_json(&alive, &a)?;
     }
     Ok(())
+}
+
+/// How often the status page's service writes the page and the files beside it again.
+const SERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `outpost status serve` (the status page's service): writes the page and the files beside
+/// it, serves them with busybox httpd, and writes them again every 30 s; returns (an error:
+/// systemd starts the unit again) when the web server stops. One process renders the page:
+/// under emulation each process a boot starts costs 50-300 ms, and the shell script this
+/// replaces started a dozen before the port first answered.
+pub fn serve(dir: &Path, port: u16, page: &Path) -> Result<()> {
+    let template = fs_err::read_to_string(page)?;
+    let write_all = |dir: &Path, template: &str| {
+        let s = collect(Path::new("/"));
+        if let Err(e) = write_files(dir, &s).and_then(|()| write_page(dir, template, &s)) {
+            eprintln!("outpost: writing the status page into {}: {e:#}", dir.display());
+        }
+    };
+    write_all(dir, &template);
+    let mut httpd = crate::tool::Tool::new("busybox")
+        .describe(format!("serving the status page on port {port}"))
+        .args(["httpd", "-f", "-p", &port.to_string(), "-h"])
+        .arg(dir)
+        .start()?;
+    let d = dir.to_path_buf();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(SERVE_EVERY);
+            write_all(&d, &template);
+        }
+    });
+    let st = httpd.wait().context("waiting for the status page's web server")?;
+    anyhow::bail!("the status page's web server (busybox httpd on port {port}) stopped: {st}")
+}
+
+/// `DIR/index.html`: the page's template with its values filled in, and the deployment's CA
+/// certificate beside it when the box has one.
+fn write_page(dir: &Path, template: &str, s: &Status) -> Result<()> {
+    let mut tls = String::new();
+    if let Ok(t) = fs_err::read_to_string("/run/outpost/tls.txt") {
+        tls = format!("<p>HTTPS certificate: {}</p>", html(t.trim()));
+    }
+    if let Ok(ca) = std::fs::read(CA_PATH) {
+        replace(&dir.join("ca.crt"), &ca)?;
+        tls += "<p><a href=\"/ca.crt\">The deployment's CA certificate</a>, for phones and laptops to trust this box.</p>";
+    }
+    let os = fs_err::read_to_string("/etc/os-release").unwrap_or_default();
+    let os = os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim_matches('"').to_string()).unwrap_or_default();
+    let state = if s.system.is_empty() { "unknown" } else { s.system.as_str() };
+    let page = fill(template, &[("host", &s.hostname), ("os", &os), ("addresses", &s.addresses.join("\n")), ("state", state)]).replace("@tls@", &tls);
+    replace(&dir.join("index.html"), page.as_bytes())
+}
+
+/// `@name@` in `template` replaced by each value, HTML-escaped.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    values.iter().fold(template.to_string(), |t, (k, v)| t.replace(&format!("@{k}@"), &html(v)))
+}
+
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The deployment's CA certificate, for phones and laptops to install.
+const CA_PATH: &str = "/var/lib/outpost/tls-source/ca.crt";
+
+/// Each interface's global addresses, `enp0s1 10.0.2.15/24` (what `ip -brief address show
+/// scope global` lists): no loopback, no IPv6 link-local.
+fn addresses() -> Vec<String> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
+        // SAFETY: the address and netmask are sockaddrs of the family in sa_family, which
+        // tells which larger struct they are.
+        let (addr, bits) = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                    (std::net::IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()), u32::from_be(m.sin_addr.s_addr).count_ones())
+                }
+                libc::AF_INET6 => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in6);
+                    (std::net::IpAddr::from(a.sin6_addr.s6_addr), m.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum())
+                }
+                _ => continue,
+            }
+        };
+        let global = match addr {
+            std::net::IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+            std::net::IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
+        };
+        if global {
+            out.push(format!("{name} {addr}/{bits}"));
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once; nothing refers to it any more.
+    unsafe { libc::freeifaddrs(list) };
+    out
 }
 
 /// `outpost status push` (the site's timer): this status, POSTed as JSON to the site's URL,
@@ -142,6 +257,8 @@ pub fn push() -> Result<()> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub hostname: String,
+    /// Each interface's global addresses (`enp0s1 10.0.2.15/24`).
+    pub addresses: Vec<String>,
     /// `usr/lib/outpost/release.json`: image, release, root hash.
     pub release: Value,
     pub uptime_seconds: u64,
@@ -192,6 +309,8 @@ pub fn collect(root: &Path) -> Status {
     let states = unit_states(&units.iter().map(|(unit, _, _)| unit.clone()).collect::<Vec<_>>());
     Status {
         hostname: text("/proc/sys/kernel/hostname"),
+        // The running system's: a tree has none of its own.
+        addresses: if root == Path::new("/") { addresses() } else { Vec::new() },
         release: json(RELEASE_PATH),
         uptime_seconds: uptime,
         system: super::system_state(),
@@ -324,6 +443,10 @@ mod tests {
         assert!(m.contains("outpost_data_encrypted 1\n"), "{m}");
         assert!(m.contains("outpost_last_backup_timestamp_seconds 1700000200\n"), "{m}");
         assert!(m.contains("# TYPE outpost_stack_service_active gauge\n"), "{m}");
+        assert!(s.addresses.is_empty(), "a tree has no addresses of its own: {:?}", s.addresses);
+        // The page's values are escaped; a name that is not a value stays as written.
+        let page = fill("<b>@host@</b> @state@ @other@", &[("host", &s.hostname), ("state", "running")]);
+        assert_eq!(page, "<b>clinic-&quot;x&quot;</b> running @other@");
         // Every sample line is `name{labels} value` or `name value`.
         for l in m.lines().filter(|l| !l.starts_with('#')) {
             let v = l.rsplit(' ').next().unwrap();

@@ -90,6 +90,7 @@ pub fn status(command: &StatusCommand) -> Result<i32> {
     match command {
         StatusCommand::Show { prometheus } => agent::status::show(*prometheus)?,
         StatusCommand::Write { dir } => agent::status::write(dir)?,
+        StatusCommand::Serve { dir, port, page } => agent::status::serve(dir, *port, page)?,
         StatusCommand::Push => agent::status::push()?,
         StatusCommand::Boot => agent::status::boot()?,
         StatusCommand::Shutdown => agent::status::shutdown()?,

@@ -61,7 +61,7 @@ pub fn debian_base() {
 
     // Edit one file of the top layer: only that layer is rebuilt.
     let proj = support::project_copy("edited");
-    let page = proj.join("layers/status-page/files/usr/lib/outpost/status-page.tera");
+    let page = proj.join("layers/status-page/files/usr/lib/outpost/status-page.html.tera");
     let text = fs_err::read_to_string(&page).expect("reading the status page").replace("<h1>", "<h1 class=\"edited\">");
     fs_err::write(&page, text).expect("writing the status page");
     let d = build(&support::shared_cache(), &proj.join("images/debian-base.toml"), &support::run_dir().join("out-debian-base-edited"));
