@@ -227,6 +227,9 @@ fn open_inner(root: &Path) -> Result<()> {
             dev.display()
         ))
     })?;
+    if unlock != Unlock::None {
+        load_crypto_modules();
+    }
     match (st, unlock) {
         (State::Blank | State::Interrupted, _) => {
             if st == State::Interrupted {
@@ -268,6 +271,18 @@ fn open_inner(root: &Path) -> Result<()> {
     crate::files::remove_if_exists(Path::new(VOLUME_LINK))?;
     std::os::unix::fs::symlink(&volume, VOLUME_LINK).with_context(|| format!("linking {VOLUME_LINK}"))?;
     Ok(())
+}
+
+/// The kernel modules that opening (or making) the encrypted partition needs, loaded in one
+/// process. Left to the kernel, it asks for them one at a time as dm-crypt sets up (`dm-crypt`,
+/// `crypto-xts(aes)` twice, `crypto-xts`, `crypto-aes` twice, `cryptomgr`), each a /sbin/modprobe
+/// process: seven on the way to /var at every boot, ~1.5 s under emulation. With AES-NI loaded
+/// first, `xts(aes)` is found at once. A CPU without AES-NI refuses that module (it is last):
+/// the kernel then asks for what it lacks as before.
+fn load_crypto_modules() {
+    if let Err(e) = Tool::new("modprobe").describe("loading dm-crypt and the AES-XTS modules").args(["-a", "-q", "dm_crypt", "xts", "aesni_intel"]).run() {
+        eprintln!("outpost: {e} (the kernel loads what it lacks when asked)");
+    }
 }
 
 /// Whether the machine has a TPM 2.0. Its driver is built into the Debian and Ubuntu kernels,
