@@ -3,6 +3,7 @@
 //! installer. It shares with the build only the formats in `crate::format`, and writes to the
 //! console through `say` alone.
 
+pub mod addresses;
 pub mod backup;
 pub mod cloud;
 mod console;

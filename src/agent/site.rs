@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::addresses::global;
 use super::{say as console, wait_for};
 use crate::format::layout::SEED_LABEL;
 use crate::format::seed;
@@ -421,9 +422,9 @@ pub fn check_network(root: &Path, limit: Duration) -> Result<()> {
     let mut problem = String::new();
     'wait: while start.elapsed() < limit {
         problem.clear();
-        let up = addresses_up()?;
+        let up = global();
         for (ifc, cidr, _) in &wanted {
-            if !up.iter().any(|a| *a == cidr.addr.to_string()) {
+            if !up.iter().any(|a| a.addr == cidr.addr) {
                 problem = format!("{ifc}: address {} is not up (no link, or no such interface)", cidr.addr);
                 std::thread::sleep(Duration::from_secs(1));
                 continue 'wait;
@@ -459,7 +460,7 @@ pub fn check_network(root: &Path, limit: Duration) -> Result<()> {
             Tool::new("networkctl").args(["reconfigure", &l]).run()?;
         }
         let start = Instant::now();
-        while start.elapsed() < limit && addresses_up()?.is_empty() {
+        while start.elapsed() < limit && global().is_empty() {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
@@ -480,26 +481,12 @@ fn gateway_present(gw: &str) -> bool {
         .is_some_and(|n| n.iter().any(|e| e.get("lladdr").is_some()))
 }
 
-/// Global addresses currently assigned, from `ip -j address`.
-fn addresses_up() -> Result<Vec<String>> {
-    let out = Tool::new("ip").args(["-j", "address", "show", "scope", "global"]).output()?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("reading `ip -j address`")?;
-    let mut addrs = Vec::new();
-    for link in v.as_array().into_iter().flatten() {
-        for a in link["addr_info"].as_array().into_iter().flatten() {
-            if let Some(s) = a["local"].as_str() {
-                addrs.push(s.to_string());
-            }
-        }
-    }
-    Ok(addrs)
-}
-
 fn report_addresses() {
-    let addrs = addresses_up().unwrap_or_default();
+    let addrs = global();
     let host = fs_err::read_to_string("/etc/hostname").unwrap_or_default();
-    let urls: Vec<String> = addrs.iter().filter(|a| !a.contains(':')).map(|a| format!("http://{a}/")).collect();
-    console(&format!("{} is at {} {}", host.trim(), addrs.join(" "), urls.join(" ")));
+    let shown: Vec<String> = addrs.iter().map(|a| a.addr.to_string()).collect();
+    let urls: Vec<String> = addrs.iter().filter(|a| a.addr.is_ipv4()).map(|a| format!("http://{}/", a.addr)).collect();
+    console(&format!("{} is at {} {}", host.trim(), shown.join(" "), urls.join(" ")));
 }
 
 #[cfg(test)]

@@ -180,55 +180,6 @@ fn html(s: &str) -> String {
 /// The deployment's CA certificate, for phones and laptops to install.
 const CA_PATH: &str = "/var/lib/outpost/tls-source/ca.crt";
 
-/// Each interface's global addresses, `enp0s1 10.0.2.15/24` (what `ip -brief address show
-/// scope global` lists): no loopback, no IPv6 link-local.
-fn addresses() -> Vec<String> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
-        // SAFETY: the address and netmask are sockaddrs of the family in sa_family, which
-        // tells which larger struct they are.
-        let (addr, bits) = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
-                    (std::net::IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()), u32::from_be(m.sin_addr.s_addr).count_ones())
-                }
-                libc::AF_INET6 => {
-                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in6);
-                    (std::net::IpAddr::from(a.sin6_addr.s6_addr), m.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum())
-                }
-                _ => continue,
-            }
-        };
-        let global = match addr {
-            std::net::IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
-            std::net::IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
-        };
-        if global {
-            out.push(format!("{name} {addr}/{bits}"));
-        }
-    }
-    // SAFETY: the list getifaddrs returned, freed once; nothing refers to it any more.
-    unsafe { libc::freeifaddrs(list) };
-    out
-}
-
 /// `outpost status push` (the site's timer): this status, POSTed as JSON to the site's URL,
 /// retried a few times; the result is kept for the next status, and a failure (no link, the
 /// server down) never fails the unit: it would mark the box degraded for want of a link.
@@ -310,7 +261,7 @@ pub fn collect(root: &Path) -> Status {
     Status {
         hostname: text("/proc/sys/kernel/hostname"),
         // The running system's: a tree has none of its own.
-        addresses: if root == Path::new("/") { addresses() } else { Vec::new() },
+        addresses: if root == Path::new("/") { super::addresses::global().iter().map(ToString::to_string).collect() } else { Vec::new() },
         release: json(RELEASE_PATH),
         uptime_seconds: uptime,
         system: super::system_state(),
