@@ -127,13 +127,16 @@ const SERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 /// replaces started a dozen before the port first answered.
 pub fn serve(dir: &Path, port: u16, page: &Path) -> Result<()> {
     let template = fs_err::read_to_string(page)?;
-    let write_all = |dir: &Path, template: &str| {
-        let s = collect(Path::new("/"));
+    let write_all = |dir: &Path, template: &str, ask: Ask| {
+        let s = collect_as(Path::new("/"), ask);
         if let Err(e) = write_files(dir, &s).and_then(|()| write_page(dir, template, &s)) {
             eprintln!("outpost: writing the status page into {}: {e:#}", dir.display());
         }
     };
-    write_all(dir, &template);
+    // The port answers once the page is there. Its first writing leaves out what only systemd
+    // can say (the boot's state, failed units): two systemctl processes took 2-3 s while the
+    // boot was busy around them. The whole page follows at once, behind the port.
+    write_all(dir, &template, Ask::FilesOnly);
     let mut httpd = crate::tool::Tool::new("busybox")
         .describe(format!("serving the status page on port {port}"))
         .args(["httpd", "-f", "-p", &port.to_string(), "-h"])
@@ -142,12 +145,28 @@ pub fn serve(dir: &Path, port: u16, page: &Path) -> Result<()> {
     let d = dir.to_path_buf();
     std::thread::spawn(move || {
         loop {
-            std::thread::sleep(SERVE_EVERY);
-            write_all(&d, &template);
+            write_all(&d, &template, Ask::Systemd);
+            // Written again every 30 s, and as soon as the addresses change (DHCP comes after
+            // the page starts at boot): reading them starts no process.
+            let addrs = super::addresses::global();
+            let since = std::time::Instant::now();
+            while since.elapsed() < SERVE_EVERY && super::addresses::global() == addrs {
+                std::thread::sleep(ADDRESSES_EVERY);
+            }
         }
     });
     let st = httpd.wait().context("waiting for the status page's web server")?;
     anyhow::bail!("the status page's web server (busybox httpd on port {port}) stopped: {st}")
+}
+
+/// How often the status page's writer looks for changed addresses.
+const ADDRESSES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a status asks systemd (processes) or reads only files and the kernel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Systemd,
+    FilesOnly,
 }
 
 /// `DIR/index.html`: the page's template with its values filled in, and the deployment's CA
@@ -251,21 +270,28 @@ pub struct Filesystem {
 /// Everything under `root` (tests pass a tree); what cannot be read is reported empty, never
 /// an error: a status must come out when the box is at its worst.
 pub fn collect(root: &Path) -> Status {
+    collect_as(root, Ask::Systemd)
+}
+
+/// The status; with `Ask::FilesOnly` without the boot's state, failed units and the stacks'
+/// unit states (`unknown`), which only systemd can say.
+fn collect_as(root: &Path, ask: Ask) -> Status {
     let at = |p: &str| root.join(p.trim_start_matches('/'));
     let text = |p: &str| fs_err::read_to_string(at(p)).map(|t| t.trim().to_string()).unwrap_or_default();
     let json = |p: &str| fs_err::read(at(p)).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).unwrap_or(Value::Null);
     let uptime = text("/proc/uptime").split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let secure_boot = fs_err::read(at("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")).ok().and_then(|b| b.get(4).map(|v| *v == 1));
     let units: Vec<(String, String, String)> = super::stack::services(root).unwrap_or_default().into_iter().map(|(stack, service, _)| (service_unit(&stack, &service), stack, service)).collect();
-    let states = unit_states(&units.iter().map(|(unit, _, _)| unit.clone()).collect::<Vec<_>>());
+    let systemd = ask == Ask::Systemd;
+    let states = if systemd { unit_states(&units.iter().map(|(unit, _, _)| unit.clone()).collect::<Vec<_>>()) } else { vec!["unknown".to_string(); units.len()] };
     Status {
         hostname: text("/proc/sys/kernel/hostname"),
         // The running system's: a tree has none of its own.
         addresses: if root == Path::new("/") { super::addresses::global().iter().map(ToString::to_string).collect() } else { Vec::new() },
         release: json(RELEASE_PATH),
         uptime_seconds: uptime,
-        system: super::system_state(),
-        failed_units: super::units_in_state("failed"),
+        system: if systemd { super::system_state() } else { String::new() },
+        failed_units: if systemd { super::units_in_state("failed") } else { Vec::new() },
         stacks: units.into_iter().zip(states).map(|((unit, stack, service), state)| Service { stack, service, unit, state }).collect(),
         filesystems: ["/", "/var"].iter().filter_map(|m| filesystem(&at(m), m)).collect(),
         data: json(DATA_RUN_PATH),
