@@ -248,6 +248,9 @@ pub enum SeedCommand {
         #[arg(long)]
         device: Option<PathBuf>,
     },
+    /// Before the data partition is open: the seed's host name, network and time settings
+    /// (what lives in /etc), so the network comes up beside the unlock
+    Network,
     /// On a cloud instance given no site: the settings of the instance metadata service, once
     /// the network is up
     Cloud,

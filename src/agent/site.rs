@@ -238,6 +238,30 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// `outpost seed network`, before the data partition is open: the site's settings that live
+/// in /etc (host name, network, Wi-Fi's file, time zone, NTP), from the seed or a cloud's disk,
+/// so that systemd-networkd brings the network up beside the unlock rather than after it (the
+/// first answer from the box waits for its address). `seed apply` follows once /var is there
+/// and does the rest, finding these unchanged; a site kept from a cloud's metadata service is
+/// on /var and comes with it. Problems are left for `seed apply` to report.
+pub fn apply_network(root: &Path) -> Result<()> {
+    // The root's disk is there, with its partition table read: one look, no waiting.
+    let from_seed = super::root_disk_partition(SEED_LABEL, Duration::ZERO).ok().and_then(|d| seed::read_site(&d).ok().flatten()).map(|t| (t, "seed:/site.toml".to_string()));
+    let Some((text, source)) = from_seed.or_else(|| super::cloud::disk_site(Path::new("/dev/disk/by-label"))) else {
+        return Ok(());
+    };
+    let Ok(site) = Site::parse(Path::new(&source), &text) else { return Ok(()) };
+    let in_etc: BTreeMap<PathBuf, Entry> = render(&site).into_iter().filter(|(p, _)| p.starts_with("etc")).collect();
+    let changed = write_entries(root, &in_etc)?;
+    if root == Path::new("/") {
+        set_hostname(&site.hostname)?;
+    }
+    if !changed.is_empty() {
+        console(&format!("site {}: network, host name and time settings written before the network starts", site.hostname));
+    }
+    Ok(())
+}
+
 /// Applies one site's settings under `root`; returns the files it changed (none when the text
 /// is invalid: the previous settings stay, and the console says why).
 pub fn apply_site(root: &Path, text: &str, source: &str) -> Result<Vec<PathBuf>> {
@@ -250,6 +274,14 @@ pub fn apply_site(root: &Path, text: &str, source: &str) -> Result<Vec<PathBuf>>
         }
     };
     let mut changed = write_entries(root, &render(&site))?;
+    if root == Path::new("/") && changed.iter().any(|p| p.starts_with("etc/systemd/network")) {
+        // `seed network` wrote them before systemd-networkd started, unless the site came
+        // from elsewhere since (a cloud's metadata kept on /var): networkd, already started
+        // or starting, reads them again. Queued, not waited for.
+        if let Err(e) = Tool::new("systemctl").args(["try-restart", "--no-block", "systemd-networkd.service"]).run() {
+            console(&format!("the site's network settings changed after the network started, and systemd-networkd was not restarted: {e}"));
+        }
+    }
     for a in &site.admins {
         if ensure_user(root, &a.name)? {
             changed.push(PathBuf::from(format!("user {}", a.name)));

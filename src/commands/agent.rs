@@ -12,6 +12,7 @@ use crate::cli::{BackupCommand, DataCommand, InstallerCommand, PowerCommand, Roo
 pub fn seed(command: &SeedCommand) -> Result<i32> {
     match command {
         SeedCommand::Apply { device } => agent::site::apply(Path::new("/"), device.as_deref())?,
+        SeedCommand::Network => agent::site::apply_network(Path::new("/"))?,
         SeedCommand::Cloud => agent::cloud::run()?,
         SeedCommand::CheckNetwork { timeout } => agent::site::check_network(Path::new("/"), Duration::from_secs(*timeout))?,
     }
