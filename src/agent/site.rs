@@ -212,16 +212,11 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
             console(&format!("backup: the site's backup key was not taken from the seed: {e:#}"));
         }
     }
-    let from_seed = match &dev {
-        Some(d) => seed::read_site(d)?.map(|t| (t, "seed:/site.toml".to_string())),
-        None => None,
-    };
-    // A cloud instance has no personalized seed: its settings come as the cloud's metadata, from
-    // a NoCloud disk now, or from the metadata service once the network is up (kept for the
-    // next boot, and applied again by `outpost seed cloud` when it changed).
-    let found = match from_seed {
+    // A cloud instance's site kept from the metadata service is on /var, open by now (applied
+    // again by `outpost seed cloud` when it changed).
+    let found = match find_site(dev.as_deref(), root == Path::new("/"))? {
         Some(f) => Some(f),
-        None if root == Path::new("/") => super::cloud::disk_site(Path::new("/dev/disk/by-label")).or_else(super::cloud::kept_site),
+        None if root == Path::new("/") => super::cloud::kept_site(),
         None => None,
     };
     if root == Path::new("/") {
@@ -238,6 +233,17 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// A site's text and where it came from: the seed's site.toml or, with `cloud_disk`, a cloud's
+/// NoCloud disk (a cloud instance has no personalized seed: its settings come as metadata).
+fn find_site(seed_dev: Option<&Path>, cloud_disk: bool) -> Result<Option<(String, String)>> {
+    if let Some(dev) = seed_dev
+        && let Some(text) = seed::read_site(dev)?
+    {
+        return Ok(Some((text, "seed:/site.toml".to_string())));
+    }
+    Ok(if cloud_disk { super::cloud::disk_site(Path::new("/dev/disk/by-label")) } else { None })
+}
+
 /// `outpost seed network`, before the data partition is open: the site's settings that live
 /// in /etc (host name, network, Wi-Fi's file, time zone, NTP), from the seed or a cloud's disk,
 /// so that systemd-networkd brings the network up beside the unlock rather than after it (the
@@ -246,10 +252,8 @@ pub fn apply(root: &Path, device: Option<&Path>) -> Result<()> {
 /// on /var and comes with it. Problems are left for `seed apply` to report.
 pub fn apply_network(root: &Path) -> Result<()> {
     // The root's disk is there, with its partition table read: one look, no waiting.
-    let from_seed = super::root_disk_partition(SEED_LABEL, Duration::ZERO).ok().and_then(|d| seed::read_site(&d).ok().flatten()).map(|t| (t, "seed:/site.toml".to_string()));
-    let Some((text, source)) = from_seed.or_else(|| super::cloud::disk_site(Path::new("/dev/disk/by-label"))) else {
-        return Ok(());
-    };
+    let dev = super::root_disk_partition(SEED_LABEL, Duration::ZERO).ok();
+    let Ok(Some((text, source))) = find_site(dev.as_deref(), true) else { return Ok(()) };
     let Ok(site) = Site::parse(Path::new(&source), &text) else { return Ok(()) };
     let in_etc: BTreeMap<PathBuf, Entry> = render(&site).into_iter().filter(|(p, _)| p.starts_with("etc")).collect();
     let changed = write_entries(root, &in_etc)?;
