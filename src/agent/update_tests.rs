@@ -135,8 +135,9 @@ fn a_dropped_download_resumes_where_it_stopped() {
             let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len());
             // The first connection drops halfway, as a 2G link does.
             let n_send = if n == 0 { rest.len() / 2 } else { rest.len() };
-            let _ = stream.write_all(&rest[..n_send]);
+            // Counted before sending: the client may check the count as soon as it has the bytes.
             server_sent.fetch_add(n_send as u64, Ordering::SeqCst);
+            let _ = stream.write_all(&rest[..n_send]);
         }
     });
     let tmp = tempfile::tempdir().unwrap();
