@@ -18,7 +18,7 @@ pub const CONTAINER_FORMAT: &str = "outpost-container-4";
 pub const STACK_FORMAT: &str = "outpost-stack-12";
 
 /// Bumped whenever the way outpost applies or stores a layer changes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 fn field(h: &mut Sha256, name: &str, value: &[u8]) {
     h.update(name.as_bytes());

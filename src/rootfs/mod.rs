@@ -93,6 +93,19 @@ pub fn mmdebstrap(base: &Base, variant: &str, packages: &[String], root: &Path, 
     t
 }
 
+/// The bootstrap's packages do not build the initramfs: the kernel's package creates one and
+/// the triggers of initramfs-tools, busybox, cryptsetup and udev update it, each time without the
+/// bottom layer's hooks and settings, which only come with its files. `update-initramfs` is
+/// diverted to a no-op for the bootstrap (after the essential packages, before the rest) and
+/// `build_initramfs` makes the one that boots once the layer is in place: two builds of ~150
+/// modules fewer per cold build.
+const HOLD_INITRAMFS: &str = r#"chroot "$1" dpkg-divert --quiet --local --rename --divert /usr/sbin/update-initramfs.outpost-held --add /usr/sbin/update-initramfs && printf '#!/bin/sh\n# outpost: held during the bootstrap\nexit 0\n' > "$1/usr/sbin/update-initramfs" && chmod 755 "$1/usr/sbin/update-initramfs""#;
+
+/// Puts the real `update-initramfs` back (the no-op only if it is still there: a package that
+/// shipped the program under another alias of the path has replaced it), leaving dpkg's
+/// database as without the hold (dpkg-divert's backup of it goes).
+const RELEASE_INITRAMFS: &str = r#"if grep -qs '^# outpost: held' "$1/usr/sbin/update-initramfs"; then rm "$1/usr/sbin/update-initramfs"; fi && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && rm -f "$1/var/lib/dpkg/diversions-old""#;
+
 /// Bootstraps the base with mmdebstrap: minbase plus the bottom layer's packages.
 pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path, pool: &DebPool) -> Result<()> {
     let why = format!("bootstrapping {} {} with the packages of layer `{}`", base.distro, base.suite, layer.name);
@@ -102,7 +115,9 @@ pub fn bootstrap(base: &Base, layer: &PlannedLayer, root: &Path, pool: &DebPool)
     // or by a later layer's apt-get, which reads this chroot's apt.conf.d: apt builds them in
     // memory from the lists when it runs, and on disk each layer that installs packages
     // carried a new copy of them (31 MB compressed of a 34 MB layer) that finalize deleted.
-    let options = ["--skip=cleanup/apt/lists", r#"--aptopt=Dir::Cache::pkgcache """#, r#"--aptopt=Dir::Cache::srcpkgcache """#];
+    let hold = format!("--essential-hook={HOLD_INITRAMFS}");
+    let release = format!("--customize-hook={RELEASE_INITRAMFS}");
+    let options = ["--skip=cleanup/apt/lists", r#"--aptopt=Dir::Cache::pkgcache """#, r#"--aptopt=Dir::Cache::srcpkgcache """#, &hold, &release];
     let r = mmdebstrap(base, "minbase", &layer.packages, root, &options, pool, &staging, why).run();
     pool.take(&staging)?;
     if staging.exists() {
@@ -165,6 +180,9 @@ pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: 
         let body = fs_err::read_to_string(s).with_context(|| format!("reading {}", s.display()))?;
         t.args(["sh", "-euc", &body, &inside]).run()?;
     }
+    if bootstrapped {
+        build_initramfs(root, layer)?;
+    }
     extra(layer, root)?;
     if !l.units.is_empty() {
         chroot(root, &format!("enabling the units of layer `{}`", layer.name))
@@ -172,6 +190,16 @@ pub fn apply(plan: &BuildPlan, layer: &PlannedLayer, root: &Path, bootstrapped: 
             .args(&l.units)
             .run()?;
     }
+    Ok(())
+}
+
+/// Creates the initramfs of every installed kernel, with the bottom layer's hooks and settings
+/// (see `HOLD_INITRAMFS`); nothing without initramfs-tools or a kernel.
+fn build_initramfs(root: &Path, layer: &PlannedLayer) -> Result<()> {
+    if !root.join("usr/sbin/update-initramfs").exists() {
+        return Ok(());
+    }
+    chroot(root, &format!("building the initramfs with the files of layer `{}`", layer.name)).args(["update-initramfs", "-c", "-k", "all"]).run()?;
     Ok(())
 }
 
@@ -222,6 +250,8 @@ fn copy_files(plan: &BuildPlan, layer: &PlannedLayer, root: &Path) -> Result<()>
 /// What building the layers did, per layer.
 pub struct LayersReport {
     pub built: Vec<String>,
+    /// Seconds each built layer took, from its parent's tree to its entry in the cache.
+    pub seconds: Vec<(String, f64)>,
     pub reused: Vec<String>,
     pub tree_complete: bool,
 }
@@ -232,7 +262,7 @@ pub struct LayersReport {
 /// `tree` is a scratch directory; when the top layer was built, it is left holding the whole
 /// root filesystem (`tree_complete`), which spares the assembly extracting it all again.
 pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'_>, mut progress: impl FnMut(&str)) -> Result<LayersReport> {
-    let mut report = LayersReport { built: Vec::new(), reused: Vec::new(), tree_complete: false };
+    let mut report = LayersReport { built: Vec::new(), seconds: Vec::new(), reused: Vec::new(), tree_complete: false };
     // Index of the last layer the tree holds, when it holds any.
     let mut tree_at: Option<usize> = None;
     let pool = DebPool::open(cache.root(), &plan.base.archive())?;
@@ -242,6 +272,7 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'
             continue;
         }
         progress(&format!("layer {} ({}/{})", layer.name, i + 1, plan.layers.len()));
+        let started = std::time::Instant::now();
         if i > 0 && tree_at != Some(i - 1) {
             extract_all(cache, &plan.layers[..i], tree)?;
         }
@@ -266,6 +297,7 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'
             .with_context(|| format!("storing layer `{}` in the cache", layer.name))?;
         tree_at = Some(i);
         report.built.push(layer.name.clone());
+        report.seconds.push((layer.name.clone(), started.elapsed().as_secs_f64()));
     }
     report.tree_complete = tree_at == Some(plan.layers.len() - 1);
     Ok(report)
