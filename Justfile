@@ -70,8 +70,11 @@ bench-debian:
     python3 - "$t" <<'PY'
     import json, os, sys
     t = sys.argv[1]
-    for st, s in json.load(open(t + "/cold.json"))["stages"]:
+    cold = json.load(open(t + "/cold.json"))
+    for st, s in cold["stages"]:
         print(f"debian-base: cold, {st}\t{s:.1f} s")
+    for name, s in cold["layer_seconds"]:
+        print(f"debian-base: cold, layer {name}\t{s:.1f} s")
     for f in ["debian-base.raw", "debian-base.qcow2"]:
         st = os.stat(f"{t}/out/{f}")
         print(f"{f}\t{st.st_blocks * 512 / 2**20:.1f} MiB allocated ({st.st_size / 2**20:.1f} MiB apparent)")
@@ -122,7 +125,7 @@ bench-pacs:
     ob=$PWD/target/release/outpost
     t=$(mktemp -d /var/tmp/outpost-bench-pacs.XXXXXX)
     trap 'rm -rf "$t"' EXIT
-    cp -a layers images qemu-tests "$t/"
+    cp -a layers images qemu-tests sites "$t/"
     # The same image without its stack: what the stack adds is the difference.
     sed 's/, "orthanc-pacs"\]/]/' images/pacs-clinic.toml > "$t/images/no-pacs.toml"
     secs() { python3 -c "import time; print(f'{time.time():.2f}')"; }

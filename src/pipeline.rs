@@ -38,6 +38,8 @@ pub struct BuildReport {
     pub image: String,
     pub built_layers: Vec<String>,
     pub reused_layers: Vec<String>,
+    /// Seconds each built layer took (part of the `layers` stage).
+    pub layer_seconds: Vec<(String, f64)>,
     pub stages: Vec<(String, f64)>,
     pub outputs: Vec<output::OutputFile>,
     pub out_dir: PathBuf,
@@ -100,6 +102,7 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
         image: plan.image.clone(),
         built_layers: layers.built,
         reused_layers: layers.reused,
+        layer_seconds: layers.seconds,
         stages: ctx.progress.times(),
         outputs,
         out_dir: out_dir.to_path_buf(),

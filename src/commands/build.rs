@@ -36,6 +36,11 @@ fn print_build_summary(r: &crate::pipeline::BuildReport) {
     println!("layers: {} built, {} reused from the cache", r.built_layers.len(), r.reused_layers.len());
     for (stage, secs) in &r.stages {
         println!("  {stage:<36} {secs:>7.1} s");
+        if stage == "layers" {
+            for (layer, secs) in &r.layer_seconds {
+                println!("    {layer:<34} {secs:>7.1} s");
+            }
+        }
     }
     println!("  {:<36} {:>7.1} s", "total", r.stages.iter().map(|s| s.1).sum::<f64>());
     for o in &r.outputs {
