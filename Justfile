@@ -127,7 +127,8 @@ bench-pacs:
     trap 'rm -rf "$t"' EXIT
     cp -a layers images qemu-tests sites "$t/"
     # The same image without its stack: what the stack adds is the difference.
-    sed 's/, "orthanc-pacs"\]/]/' images/pacs-clinic.toml > "$t/images/no-pacs.toml"
+    sed 's/"orthanc-pacs", //' images/pacs-clinic.toml > "$t/images/no-pacs.toml"
+    if cmp -s images/pacs-clinic.toml "$t/images/no-pacs.toml"; then echo "bench-pacs: the sed no longer takes orthanc-pacs out of images/pacs-clinic.toml's layers; update the recipe" >&2; exit 1; fi
     secs() { python3 -c "import time; print(f'{time.time():.2f}')"; }
     a=$(secs); $ob build "$t/images/no-pacs.toml" --out "$t/out-none" --cache "$t/cache" --json > /dev/null; b=$(secs)
     $ob build "$t/images/pacs-clinic.toml" --out "$t/out-pacs" --cache "$t/cache" --json > "$t/cold.json"; c=$(secs)
