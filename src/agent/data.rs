@@ -401,7 +401,7 @@ fn provision(root: &Path, dev: &Path, unlock: Unlock, recovery: RecoveryKey, pcr
             if let Some((key, sig)) = &seal.signed {
                 enroll = enroll.arg(format!("--tpm2-public-key={}", key.display())).arg("--tpm2-public-key-pcrs=11").arg(format!("--tpm2-signature={}", sig.display()));
             }
-            enroll.arg(dev).run()?;
+            run_through_pcr_changes(&enroll.arg(dev))?;
         }
         Unlock::UsbKey => enroll_usb_key(dev, &tmp)?,
         Unlock::Passphrase => {
@@ -636,6 +636,26 @@ fn systemd_cryptsetup() -> Result<PathBuf> {
         .context("systemd-cryptsetup is not installed in the image (package systemd or systemd-cryptsetup)")
 }
 
+/// Runs a systemd TPM tool (the unlock, the enrollment) again while it fails with
+/// TPM_RC_PCR_CHANGED: a PCR extended by anyone between the policy session's PCR checks (the
+/// kernel measuring a module it loads while udev is busy) fails it, and systemd 252 does not
+/// retry (later versions do). A first boot's enrollment that gave up left the data partition
+/// closed for the whole boot (seen in CI's secure-boot scenario).
+fn run_through_pcr_changes(tool: &Tool) -> Result<(), crate::tool::ToolError> {
+    let mut r = tool.run();
+    for _ in 0..5 {
+        match &r {
+            Err(e) if e.to_string().contains("PCR have changed since checked") => {
+                console("the TPM saw a PCR change while it checked the policy (a measurement elsewhere in the boot); trying again");
+                std::thread::sleep(Duration::from_millis(500));
+                r = tool.run();
+            }
+            _ => break,
+        }
+    }
+    r
+}
+
 /// Opens the partition and returns the device to mount (and, unlocked by the TPM, its
 /// dictionary-attack state).
 fn attach(root: &Path, dev: &Path, unlock: Unlock) -> Result<(PathBuf, Option<super::tpm::Da>)> {
@@ -657,21 +677,7 @@ fn attach(root: &Path, dev: &Path, unlock: Unlock) -> Result<(PathBuf, Option<su
                 .args(["attach", MAPPING])
                 .arg(dev)
                 .args(["-", &options]);
-            // A PCR extended by anyone between the policy's PCR checks (the kernel measuring
-            // a module it loads while udev is busy) fails the unseal with TPM_RC_PCR_CHANGED;
-            // systemd 252 does not retry it (later versions do), so we do.
-            let mut r = attach.run();
-            for _ in 0..5 {
-                match &r {
-                    Err(e) if e.to_string().contains("PCR have changed since checked") => {
-                        console("the TPM saw a PCR change while it checked the policy (a measurement elsewhere in the boot); trying again");
-                        std::thread::sleep(Duration::from_millis(500));
-                        r = attach.run();
-                    }
-                    _ => break,
-                }
-            }
-            if let Err(e) = r {
+            if let Err(e) = run_through_pcr_changes(&attach) {
                 let why = super::tpm::diagnose(root, tpm2_token_pubkey(dev).as_deref());
                 console(&format!("the data partition does NOT unlock with this machine's TPM: {why}. The applications stay stopped. Open it with the recovery key (docs/encryption.md, \"Recovery\")."));
                 return Err(e.into());
@@ -747,6 +753,27 @@ mod tests {
             .arg(dev)
             .run()
             .unwrap();
+    }
+
+    /// A TPM tool that fails with TPM_RC_PCR_CHANGED (what systemd 252's tools print for it) is
+    /// run again until it passes; any other failure is returned at once, not retried.
+    #[test]
+    fn a_pcr_change_during_the_policy_check_is_retried_and_nothing_else_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("runs");
+        let script = |fail_with: &str| {
+            format!(
+                r#"n=$(cat {c} 2>/dev/null || echo 0); echo $((n + 1)) > {c}; if [ "$n" -lt 2 ]; then echo "{fail_with}" >&2; exit 1; fi"#,
+                c = count.display()
+            )
+        };
+        let changed = "Failed to add PCR policy to TPM: tpm:error(2.0): PCR have changed since checked";
+        run_through_pcr_changes(&Tool::new("sh").args(["-c", &script(changed)])).unwrap();
+        assert_eq!(fs_err::read_to_string(&count).unwrap().trim(), "3", "two PCR changes, then the run that passed");
+        fs_err::remove_file(&count).unwrap();
+        let e = run_through_pcr_changes(&Tool::new("sh").args(["-c", &script("Failed to unseal secret using TPM2: No such device")])).unwrap_err();
+        assert!(e.to_string().contains("No such device"), "{e}");
+        assert_eq!(fs_err::read_to_string(&count).unwrap().trim(), "1", "another failure is not retried");
     }
 
     /// Real cryptsetup and mkfs on plain files: every state the first boot can leave behind is
