@@ -94,11 +94,11 @@ pub fn mmdebstrap(base: &Base, variant: &str, packages: &[String], root: &Path, 
 }
 
 /// The bootstrap's packages do not build the initramfs: the kernel's package creates one and
-/// the triggers of initramfs-tools, busybox, cryptsetup and udev update it, each time without the
-/// bottom layer's hooks and settings, which only come with its files. `update-initramfs` is
-/// diverted to a no-op for the bootstrap (after the essential packages, before the rest) and
-/// `build_initramfs` makes the one that boots once the layer is in place: two builds of ~150
-/// modules fewer per cold build.
+/// the triggers of the packages with initramfs hooks (busybox, dmsetup, kmod, udev...) update
+/// it, each time without the bottom layer's hooks and settings, which only come with its files.
+/// `update-initramfs` is diverted to a no-op for the bootstrap (after the essential packages,
+/// before the rest) and `build_initramfs` makes the one that boots once the layer is in place:
+/// two initramfs builds fewer per cold build (~9 s of the Debian test image's).
 const HOLD_INITRAMFS: &str = r#"chroot "$1" dpkg-divert --quiet --local --rename --divert /usr/sbin/update-initramfs.outpost-held --add /usr/sbin/update-initramfs && printf '#!/bin/sh\n# outpost: held during the bootstrap\nexit 0\n' > "$1/usr/sbin/update-initramfs" && chmod 755 "$1/usr/sbin/update-initramfs""#;
 
 /// Puts the real `update-initramfs` back (the no-op only if it is still there: a package that
