@@ -97,6 +97,7 @@ pub fn build(ctx: &Ctx, image_path: &Path, out_dir: &Path) -> Result<BuildReport
     let outputs = publish(ctx, &plan, &out, &layout, &root, &cmdline, &boot, contents, written, &warnings)?;
     partials.keep();
     let bundle = write_bundle(ctx, &plan, &w, &out, &root, old.as_ref())?;
+    ctx.cache.keep_tree(&w.tree)?;
     drop(work);
     Ok(BuildReport {
         image: plan.image.clone(),

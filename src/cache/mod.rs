@@ -101,6 +101,36 @@ impl Cache {
         Ok(WorkDir(dir))
     }
 
+    /// The root tree of the last build, kept for the next one to lay its layers down over
+    /// (`rootfs::lay_down` reuses what is the same and fixes the rest); scratch like the rest
+    /// of `work/`, which `cache gc` removes.
+    fn kept_tree(&self) -> PathBuf {
+        self.root.join("work").join("kept-tree")
+    }
+
+    /// Moves the kept tree to `to` (which must not exist), if there is one: of two builds
+    /// asking at once, one gets it.
+    pub fn take_kept_tree(&self, to: &Path) -> Result<bool> {
+        match std::fs::rename(self.kept_tree(), to) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("moving {} to {}", self.kept_tree().display(), to.display())),
+        }
+    }
+
+    /// Keeps `tree` for the next build, unless another build has kept one already (then
+    /// `tree` goes with its work directory).
+    pub fn keep_tree(&self, tree: &Path) -> Result<()> {
+        if !tree.is_dir() {
+            return Ok(());
+        }
+        match std::fs::rename(tree, self.kept_tree()) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("moving {} to {}", tree.display(), self.kept_tree().display())),
+        }
+    }
+
     /// Stores an entry: `write` fills a `.partial` file, which is synced and renamed into place.
     pub fn publish(&self, key: &str, meta: &EntryMeta, write: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
         let meta_json = serde_json::to_vec_pretty(meta)?;

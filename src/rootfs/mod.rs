@@ -15,7 +15,7 @@ use crate::cache::{Cache, EntryMeta};
 use crate::plan::{Base, BuildPlan, PlannedLayer, render};
 use crate::tool::Tool;
 
-pub use tarball::{extract, snapshot, write_delta, write_diff};
+pub use tarball::{extract, lay_down, snapshot, write_delta, write_diff};
 
 /// dpkg paths left out of every image: documentation and translations nobody reads on an
 /// appliance console (copyright files stay, as licences require).
@@ -303,12 +303,15 @@ pub fn build_layers(plan: &BuildPlan, cache: &Cache, tree: &Path, extra: Extra<'
     Ok(report)
 }
 
+/// Lays `layers` down on `root`, over the tree the last build kept when `root` holds nothing
+/// (see `tarball::lay_down`).
 fn extract_all(cache: &Cache, layers: &[PlannedLayer], root: &Path) -> Result<()> {
-    reset_dir(root)?;
-    for l in layers {
-        extract(&cache.layer_path(&l.key), root).with_context(|| format!("laying down layer `{}`", l.name))?;
+    if !root.exists() {
+        cache.take_kept_tree(root)?;
     }
-    Ok(())
+    let tarballs: Vec<PathBuf> = layers.iter().map(|l| cache.layer_path(&l.key)).collect();
+    let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    lay_down(&tarballs, root).with_context(|| format!("laying down the layers {}", names.join(", ")))
 }
 
 /// Makes `root` the image's root filesystem: all layers laid down in order (unless
@@ -463,13 +466,6 @@ fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
         fs_err::remove_file(&p)?;
     }
     fs_err::write(&p, text).with_context(|| format!("writing {}", p.display()))
-}
-
-fn reset_dir(p: &Path) -> Result<()> {
-    if p.exists() {
-        fs_err::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
-    }
-    fs_err::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
 }
 
 /// Packages installed in the tree, from dpkg's status file: (name, version), sorted.

@@ -1,10 +1,10 @@
 //! Layer tarballs: what a layer changed in the tree, as a zstd tar with sorted entries and
 //! `.wh.NAME` whiteouts for removals (the OCI convention), and how to lay them back down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -210,8 +210,77 @@ fn append<W: Write>(
     Ok(())
 }
 
-/// Lays one layer tarball down on `root`, applying its whiteouts.
+/// Lays one layer tarball down on what `root` holds, applying its whiteouts.
 pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
+    let mut laid = Laid::default();
+    lay_one(tarball, root, &mut laid)?;
+    laid.set_dir_times(root)
+}
+
+/// What the tarballs laid down so far: every path (a whiteout takes its own and those under it
+/// away) and each directory's mtime, set once everything is in place.
+#[derive(Default)]
+struct Laid {
+    paths: BTreeSet<PathBuf>,
+    dirs: BTreeMap<PathBuf, i64>,
+}
+
+impl Laid {
+    fn forget(&mut self, gone: &Path) {
+        // Paths order by component: what lies under `gone` follows it, contiguously.
+        let under: Vec<PathBuf> = self.paths.range(gone.to_path_buf()..).take_while(|p| p.starts_with(gone)).cloned().collect();
+        for p in under {
+            self.paths.remove(&p);
+            self.dirs.remove(&p);
+        }
+    }
+
+    /// Entries written into a directory move its mtime: directories' mtimes go last.
+    fn set_dir_times(&self, root: &Path) -> Result<()> {
+        for (rel, mtime) in &self.dirs {
+            let t = filetime::FileTime::from_unix_time(*mtime, 0);
+            filetime::set_symlink_file_times(root.join(rel), t, t).with_context(|| format!("setting the times of {}", root.join(rel).display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `root` hold what the layer tarballs make, laid down in order with their whiteouts,
+/// whatever it held before: the tree of an earlier build is reused where it is the same.
+/// Each file is compared with its entry by content and written from where they differ, in
+/// place; metadata and extended attributes are set to the entry's; an entry of another type
+/// (or a file with other links) replaces what was there; whatever no layer made is removed.
+///
+/// Laying the Debian test image's parent layers into an empty directory took 1-5 s, mostly
+/// ext4 allocating 9,500 inodes (it skips those freed in the last seconds, which the build
+/// before had just freed by the thousand): reusing them is the warm rebuild's saving.
+pub fn lay_down(tarballs: &[PathBuf], root: &Path) -> Result<()> {
+    fs_err::create_dir_all(root)?;
+    let mut laid = Laid::default();
+    for t in tarballs {
+        lay_one(t, root, &mut laid)?;
+    }
+    let mut walk = walkdir::WalkDir::new(root).min_depth(1).into_iter();
+    let mut unlaid = Vec::new();
+    while let Some(e) = walk.next() {
+        let e = e.with_context(|| format!("walking {}", root.display()))?;
+        if !laid.paths.contains(e.path().strip_prefix(root)?) {
+            unlaid.push(e.path().to_path_buf());
+            if e.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+        }
+    }
+    for p in unlaid {
+        remove_any(&p)?;
+    }
+    laid.set_dir_times(root)?;
+    // The root as if it had just been made.
+    fs_err::set_permissions(root, fs::Permissions::from_mode(0o755))?;
+    filetime::set_file_times(root, filetime::FileTime::now(), filetime::FileTime::now()).with_context(|| format!("setting the times of {}", root.display()))
+}
+
+fn lay_one(tarball: &Path, root: &Path, laid: &mut Laid) -> Result<()> {
     let f = File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?;
     let dec = zstd::Decoder::new(f)?;
     let mut ar = tar::Archive::new(dec);
@@ -219,33 +288,25 @@ pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
     ar.set_preserve_ownerships(true);
     ar.set_preserve_mtime(true);
     ar.set_overwrite(true);
-    let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
     for entry in ar.entries().with_context(|| format!("reading {}", tarball.display()))? {
         let mut entry = entry.with_context(|| format!("reading {}", tarball.display()))?;
         let rel = entry.path()?.into_owned();
         let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(gone) = name.strip_prefix(WHITEOUT) {
-            remove_any(&root.join(rel.with_file_name(gone)))?;
+            let gone = rel.with_file_name(gone);
+            remove_any(&root.join(&gone))?;
+            laid.forget(&gone);
             continue;
         }
         let dest = root.join(&rel);
-        let is_dir = entry.header().entry_type().is_dir();
-        if let Ok(existing) = fs_err::symlink_metadata(&dest)
-            && (existing.is_dir() != is_dir || existing.file_type().is_symlink())
-        {
-            remove_any(&dest)?;
-        }
-        if is_dir {
-            dirs.push((rel.clone(), entry.header().mtime()?));
-        }
-        if entry.header().entry_type() == tar::EntryType::Link {
-            // Link targets are relative to the archive root, which `Entry::unpack` does not know.
-            let target = entry.link_name()?.context("hard link without a target")?.into_owned();
-            remove_any(&dest)?;
-            fs_err::hard_link(root.join(&target), &dest)
-                .with_context(|| format!("linking {} to {} from {}", rel.display(), target.display(), tarball.display()))?;
-            continue;
-        }
+        let what = || format!("extracting {} from {}", rel.display(), tarball.display());
+        let existing = fs::symlink_metadata(&dest).ok();
+        let kind = entry.header().entry_type();
+        let (mtime, uid, gid, mode) = {
+            let h = entry.header();
+            (h.mtime()? as i64, h.uid()? as u32, h.gid()? as u32, h.mode()? & 0o7777)
+        };
+        laid.paths.insert(rel.clone());
         let mut xattrs = Vec::new();
         if let Some(exts) = entry.pax_extensions()? {
             for ext in exts {
@@ -255,16 +316,107 @@ pub fn extract(tarball: &Path, root: &Path) -> Result<()> {
                 }
             }
         }
-        entry.unpack(&dest).with_context(|| format!("extracting {} from {}", rel.display(), tarball.display()))?;
-        // tar's own xattr support skips some namespaces (POSIX ACLs among them): set them here.
-        for (name, value) in xattrs {
-            xattr::set(&dest, &name, &value).with_context(|| format!("setting xattr {name} on {}", dest.display()))?;
+        match kind {
+            tar::EntryType::Link => {
+                // Link targets are relative to the archive root, which `Entry::unpack` does not know.
+                let target = root.join(entry.link_name()?.context("hard link without a target")?);
+                let same = |m: &fs::Metadata| fs::symlink_metadata(&target).is_ok_and(|t| (t.dev(), t.ino()) == (m.dev(), m.ino()));
+                if !existing.as_ref().is_some_and(same) {
+                    remove_any(&dest)?;
+                    fs_err::hard_link(&target, &dest).with_context(what)?;
+                }
+                continue;
+            }
+            tar::EntryType::Regular => {
+                // A file with other links is not written in place: they would change with it.
+                if existing.as_ref().is_some_and(|m| !m.is_file() || m.nlink() > 1) {
+                    remove_any(&dest)?;
+                }
+                let size = entry.header().size()?;
+                let f = write_in_place(&mut entry, size, &dest).with_context(what)?;
+                let t = filetime::FileTime::from_unix_time(mtime, 0);
+                filetime::set_file_handle_times(&f, Some(t), Some(t)).with_context(what)?;
+                // The owner before the mode: chown clears setuid bits (and capabilities, set below).
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).with_context(what)?;
+                f.set_permissions(fs::Permissions::from_mode(mode)).with_context(what)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name()?.context("symbolic link without a target")?.into_owned();
+                if existing.as_ref().is_some_and(|m| m.file_type().is_symlink()) && fs::read_link(&dest).is_ok_and(|t| t == target) {
+                    std::os::unix::fs::lchown(&dest, Some(uid), Some(gid)).with_context(what)?;
+                    let t = filetime::FileTime::from_unix_time(mtime, 0);
+                    filetime::set_symlink_file_times(&dest, t, t).with_context(what)?;
+                } else {
+                    remove_any(&dest)?;
+                    entry.unpack(&dest).with_context(what)?;
+                }
+                continue;
+            }
+            tar::EntryType::Directory => {
+                if existing.as_ref().is_some_and(|m| !m.is_dir()) {
+                    remove_any(&dest)?;
+                }
+                entry.unpack(&dest).with_context(what)?;
+                laid.dirs.insert(rel.clone(), mtime);
+            }
+            _ => {
+                remove_any(&dest)?;
+                entry.unpack(&dest).with_context(what)?;
+            }
+        }
+        // tar's own xattr support skips some namespaces (POSIX ACLs among them), and a reused
+        // entry may hold some the layer's has not.
+        set_xattrs(&dest, &xattrs)?;
+    }
+    Ok(())
+}
+
+/// Makes the file `dest` hold the `size` bytes of `data`, writing only from the first block
+/// that differs from what it holds (none when it is the same file an earlier build laid down).
+fn write_in_place(data: &mut impl Read, size: u64, dest: &Path) -> io::Result<File> {
+    let mut f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dest)?;
+    let held = f.metadata()?.len();
+    let (mut new, mut old) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let (mut at, mut same) = (0u64, held > 0);
+    while at < size {
+        let n = (size - at).min(new.len() as u64) as usize;
+        data.read_exact(&mut new[..n])?;
+        if same {
+            let mut got = 0;
+            while got < n {
+                match f.read(&mut old[got..n])? {
+                    0 => break,
+                    k => got += k,
+                }
+            }
+            if got == n && old[..n] == new[..n] {
+                at += n as u64;
+                continue;
+            }
+            same = false;
+            f.seek(io::SeekFrom::Start(at))?;
+        }
+        f.write_all(&new[..n])?;
+        at += n as u64;
+    }
+    if held != size {
+        f.set_len(size)?;
+    }
+    Ok(f)
+}
+
+/// Gives `path` exactly the extended attributes `wanted` (names without tar's prefix).
+fn set_xattrs(path: &Path, wanted: &[(String, Vec<u8>)]) -> Result<()> {
+    let what = || format!("setting the extended attributes of {}", path.display());
+    for held in xattr::list(path).with_context(what)? {
+        if !wanted.iter().any(|(n, _)| std::ffi::OsStr::new(n) == held) {
+            xattr::remove(path, &held).with_context(what)?;
         }
     }
-    // Entries written into a directory move its mtime: set directories' mtimes last.
-    for (rel, mtime) in dirs.into_iter().rev() {
-        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-        filetime::set_symlink_file_times(root.join(rel), t, t)?;
+    for (name, value) in wanted {
+        if xattr::get(path, name).with_context(what)?.as_ref() != Some(value) {
+            xattr::set(path, name, value).with_context(what)?;
+        }
     }
     Ok(())
 }
@@ -396,6 +548,107 @@ mod tests {
         extract(&base_tar, &back).unwrap();
         extract(&diff_tar, &back).unwrap();
         assert_eq!(tree_listing(&root), tree_listing(&back));
+    }
+
+    /// Every entry with what the image records of it: type, mode, owner, mtime, extended
+    /// attributes, contents or target, and which earlier path it is a hard link of.
+    fn full_listing(root: &Path) -> Vec<String> {
+        let mut inodes: HashMap<u64, String> = HashMap::new();
+        walkdir::WalkDir::new(root)
+            .sort_by_file_name()
+            .into_iter()
+            .map(|e| {
+                let e = e.unwrap();
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                let m = e.path().symlink_metadata().unwrap();
+                let what = if m.file_type().is_symlink() {
+                    format!("-> {}", fs_err::read_link(e.path()).unwrap().display())
+                } else if m.is_file() {
+                    match inodes.get(&m.ino()) {
+                        Some(first) => format!("= link of {first}"),
+                        None => {
+                            inodes.insert(m.ino(), rel.clone());
+                            format!("= {:?}", fs_err::read(e.path()).unwrap())
+                        }
+                    }
+                } else {
+                    "/".to_string()
+                };
+                let xattrs = if m.file_type().is_symlink() { Vec::new() } else { xattrs(e.path()).unwrap() };
+                let mtime = if rel.is_empty() { 0 } else { m.mtime() };
+                format!("{rel} {what} mode {:o} owner {}:{} mtime {mtime} xattrs {xattrs:?}", m.mode(), m.uid(), m.gid())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layers_laid_over_an_earlier_tree_give_what_they_give_in_an_empty_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Two layers: a base, and a delta that changes and removes some of it.
+        let a = tmp.path().join("a");
+        fs_err::create_dir_all(a.join("usr/bin")).unwrap();
+        fs_err::create_dir_all(a.join("etc/gone.d")).unwrap();
+        fs_err::write(a.join("usr/bin/same"), "same bytes").unwrap();
+        fs_err::write(a.join("usr/bin/true"), "true").unwrap();
+        fs_err::write(a.join("usr/bin/ping"), "ping").unwrap();
+        xattr::set(a.join("usr/bin/ping"), "user.outpost-test", b"cap").unwrap();
+        fs_err::write(a.join("usr/bin/su"), "su").unwrap();
+        fs::set_permissions(a.join("usr/bin/su"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs_err::hard_link(a.join("usr/bin/same"), a.join("usr/bin/same-too")).unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        fs_err::write(a.join("usr/bin/big"), &big).unwrap();
+        fs_err::write(a.join("etc/conf"), "a").unwrap();
+        fs_err::write(a.join("etc/gone.d/inner"), "x").unwrap();
+        std::os::unix::fs::lchown(a.join("etc/conf"), Some(1000), Some(1000)).unwrap();
+        symlink("same", a.join("usr/bin/link")).unwrap();
+        crate::files::clamp_times(&a, 1_700_000_000).unwrap();
+        let base = tmp.path().join("base.tar.zst");
+        write_delta(&a, None, &mut File::create(&base).unwrap()).unwrap();
+        let before = snapshot(&a).unwrap();
+        fs_err::write(a.join("etc/conf"), "b").unwrap();
+        fs_err::remove_dir_all(a.join("etc/gone.d")).unwrap();
+        fs_err::write(a.join("etc/new"), "new").unwrap();
+        let delta = tmp.path().join("delta.tar.zst");
+        write_delta(&a, Some(&before), &mut File::create(&delta).unwrap()).unwrap();
+        let layers = [base, delta];
+
+        let fresh = tmp.path().join("fresh");
+        lay_down(&layers, &fresh).unwrap();
+        assert_eq!(full_listing(&fresh), full_listing(&a));
+
+        // An earlier build's tree, changed every way a build changes one.
+        let kept = tmp.path().join("kept");
+        lay_down(&layers, &kept).unwrap();
+        let ino = |p: &str| kept.join(p).symlink_metadata().unwrap().ino();
+        let (same_ino, big_ino) = (ino("usr/bin/true"), ino("usr/bin/big"));
+        let mut changed = big.clone();
+        changed[150_000] ^= 1;
+        fs_err::write(kept.join("usr/bin/big"), &changed).unwrap();
+        fs_err::write(kept.join("usr/bin/ping"), "ping, and longer").unwrap();
+        xattr::remove(kept.join("usr/bin/ping"), "user.outpost-test").unwrap();
+        xattr::set(kept.join("usr/bin/true"), "user.stale", b"x").unwrap();
+        // Two files the layers do not link, linked: neither may be written through the other.
+        fs_err::remove_file(kept.join("usr/bin/su")).unwrap();
+        fs_err::hard_link(kept.join("usr/bin/ping"), kept.join("usr/bin/su")).unwrap();
+        fs::set_permissions(&kept, fs::Permissions::from_mode(0o700)).unwrap();
+        fs_err::write(kept.join("etc/conf"), "").unwrap();
+        std::os::unix::fs::lchown(kept.join("etc/conf"), Some(0), Some(0)).unwrap();
+        // Written in place through one of two hard links: the other must not be reused.
+        fs_err::write(kept.join("usr/bin/same-too"), "other byte").unwrap();
+        fs_err::remove_file(kept.join("usr/bin/link")).unwrap();
+        symlink("elsewhere", kept.join("usr/bin/link")).unwrap();
+        fs_err::remove_file(kept.join("etc/new")).unwrap();
+        fs_err::create_dir_all(kept.join("etc/new/deep")).unwrap();
+        fs_err::rename(kept.join("etc"), kept.join("etc-moved")).unwrap();
+        fs_err::write(kept.join("etc"), "now a file").unwrap();
+        fs_err::create_dir_all(kept.join("var/lib/stale")).unwrap();
+        fs_err::write(kept.join("var/lib/stale/file"), "stale").unwrap();
+        fs_err::write(kept.join("usr/stale"), "stale").unwrap();
+        crate::files::clamp_times(&kept, 1_600_000_000).unwrap();
+        lay_down(&layers, &kept).unwrap();
+        assert_eq!(full_listing(&kept), full_listing(&a));
+        // The files were reused: the same one as it was, the changed one written in place.
+        assert_eq!((ino("usr/bin/true"), ino("usr/bin/big")), (same_ino, big_ino));
     }
 
     #[test]
