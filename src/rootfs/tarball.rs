@@ -306,6 +306,8 @@ fn lay_one(tarball: &Path, root: &Path, laid: &mut Laid) -> Result<()> {
             let h = entry.header();
             (h.mtime()? as i64, h.uid()? as u32, h.gid()? as u32, h.mode()? & 0o7777)
         };
+        // What `Entry::unpack` gives a file or link of mtime 0, whichever way it is laid down.
+        let file_time = filetime::FileTime::from_unix_time(mtime.max(1), 0);
         laid.paths.insert(rel.clone());
         let mut xattrs = Vec::new();
         if let Some(exts) = entry.pax_extensions()? {
@@ -334,8 +336,7 @@ fn lay_one(tarball: &Path, root: &Path, laid: &mut Laid) -> Result<()> {
                 }
                 let size = entry.header().size()?;
                 let f = write_in_place(&mut entry, size, &dest).with_context(what)?;
-                let t = filetime::FileTime::from_unix_time(mtime, 0);
-                filetime::set_file_handle_times(&f, Some(t), Some(t)).with_context(what)?;
+                filetime::set_file_handle_times(&f, Some(file_time), Some(file_time)).with_context(what)?;
                 // The owner before the mode: chown clears setuid bits (and capabilities, set below).
                 std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).with_context(what)?;
                 f.set_permissions(fs::Permissions::from_mode(mode)).with_context(what)?;
@@ -344,8 +345,7 @@ fn lay_one(tarball: &Path, root: &Path, laid: &mut Laid) -> Result<()> {
                 let target = entry.link_name()?.context("symbolic link without a target")?.into_owned();
                 if existing.as_ref().is_some_and(|m| m.file_type().is_symlink()) && fs::read_link(&dest).is_ok_and(|t| t == target) {
                     std::os::unix::fs::lchown(&dest, Some(uid), Some(gid)).with_context(what)?;
-                    let t = filetime::FileTime::from_unix_time(mtime, 0);
-                    filetime::set_symlink_file_times(&dest, t, t).with_context(what)?;
+                    filetime::set_symlink_file_times(&dest, file_time, file_time).with_context(what)?;
                 } else {
                     remove_any(&dest)?;
                     entry.unpack(&dest).with_context(what)?;
