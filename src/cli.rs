@@ -233,7 +233,8 @@ pub enum Command {
 pub enum CacheCommand {
     /// List cached layers
     Ls,
-    /// Remove cached layers no given image uses, and leftovers of interrupted builds
+    /// Remove cached layers no given image uses, leftovers of interrupted builds and the root
+    /// tree the last build kept for the next
     Gc {
         /// Image definitions whose layers to keep [default: images/*.toml]
         images: Vec<PathBuf>,

@@ -152,8 +152,8 @@ impl Cache {
         Ok(out)
     }
 
-    /// Removes every entry whose key is not in `keep`, every leftover `.partial` file and every
-    /// scratch directory of a build that is no longer running.
+    /// Removes every entry whose key is not in `keep`, every leftover `.partial` file, every
+    /// scratch directory of a build that is no longer running and the tree the last build kept.
     pub fn gc(&self, keep: &BTreeSet<String>) -> Result<GcReport> {
         let mut report = GcReport::default();
         let dir = self.root.join("layers");
@@ -205,6 +205,32 @@ mod tests {
         assert!(cache.entries().unwrap().is_empty());
         let leftovers: Vec<_> = fs_err::read_dir(tmp.path().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(leftovers.iter().all(|n| !n.to_string_lossy().contains("partial")), "{leftovers:?}");
+    }
+
+    #[test]
+    fn one_build_gets_the_kept_tree_and_gc_removes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(tmp.path()).unwrap();
+        let tree = |name: &str| {
+            let t = tmp.path().join(name);
+            fs_err::create_dir_all(t.join("etc")).unwrap();
+            fs_err::write(t.join("etc/hostname"), name).unwrap();
+            t
+        };
+        let (a, b) = (tree("a"), tree("b"));
+        cache.keep_tree(&a).unwrap();
+        assert!(!a.exists());
+        // Another build had kept one already: its own stays in its work directory.
+        cache.keep_tree(&b).unwrap();
+        assert!(b.exists());
+        let to = tmp.path().join("build-1/root");
+        fs_err::create_dir_all(to.parent().unwrap()).unwrap();
+        assert!(cache.take_kept_tree(&to).unwrap());
+        assert_eq!(fs_err::read_to_string(to.join("etc/hostname")).unwrap(), "a");
+        assert!(!cache.take_kept_tree(&tmp.path().join("build-2-root")).unwrap());
+        cache.keep_tree(&b).unwrap();
+        cache.gc(&BTreeSet::new()).unwrap();
+        assert!(!cache.take_kept_tree(&tmp.path().join("build-3-root")).unwrap());
     }
 
     #[test]
